@@ -1,0 +1,498 @@
+"""Validation and preparation of incoming records, and the version rules of sync.
+
+A record from a province is checked field by field; the first rule it breaks becomes its
+:class:`Rejection`, naming the record and the field. A good record is *prepared* for the
+store: its ID number becomes the person key, ID number and name are sealed, enrollments are
+packed. Preparation is pure CPU work and happens outside the store's transaction.
+
+Version rules (idempotent by province, record id, version):
+
+=====================================  =============
+incoming vs held                       outcome
+=====================================  =============
+nothing held                           CREATED
+higher version                         UPDATED
+same version, same content             UNCHANGED (a resend)
+same version, other content            REJECTED VERSION_CONFLICT
+lower version                          STALE
+=====================================  =============
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import struct
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from gateway.domain import divisions, identity
+from gateway.domain.model import (
+    EnrollmentStatus,
+    Gender,
+    Household,
+    HouseholdRelation,
+    Outcome,
+    PersonRecord,
+    Program,
+    RetirementReason,
+)
+from gateway.domain.model import Enrollment as EnrollmentT
+from gateway.domain.protection import FieldSealer, PersonKeyer
+from gateway.errors import HutongError, InvalidRecord, PermissionDenied
+
+__all__ = [
+    "MAX_ENROLLMENTS",
+    "MAX_HOUSEHOLD_MEMBERS",
+    "MAX_ITEM_ID_LENGTH",
+    "MAX_MONTHLY_AMOUNT_FEN",
+    "PreparedBatch",
+    "PreparedHousehold",
+    "PreparedRecord",
+    "RecordPreparer",
+    "Rejection",
+    "Retirement",
+    "check_retirement",
+    "decide_outcome",
+    "decode_enrollments",
+    "encode_enrollments",
+    "pii_associated_data",
+    "rejection_from_error",
+    "unseal_pii",
+]
+
+MAX_ENROLLMENTS = 16
+MAX_HOUSEHOLD_MEMBERS = 32
+MAX_ITEM_ID_LENGTH = 64
+MAX_NAME_LENGTH = 64
+#: 100,000 yuan a month: far above any assistance standard, so anything larger is a unit error.
+MAX_MONTHLY_AMOUNT_FEN = 10_000_000
+#: How far in the future a province's clock may be before updated_at is refused.
+_CLOCK_SKEW_US = 24 * 3600 * 1_000_000
+
+_PROGRAM_VALUES = frozenset(int(p) for p in Program if p is not Program.UNSPECIFIED)
+_STATUS_VALUES = frozenset(int(s) for s in EnrollmentStatus if s is not EnrollmentStatus.UNSPECIFIED)
+_GENDER_VALUES = frozenset(int(g) for g in Gender)
+_RELATION_VALUES = frozenset(int(r) for r in HouseholdRelation)
+_RETIREMENT_VALUES = frozenset(int(r) for r in RetirementReason if r is not RetirementReason.UNSPECIFIED)
+_ACTIVE = int(EnrollmentStatus.ACTIVE)
+
+# program, status, start yyyymmdd, end yyyymmdd (0 = open), amount fen, granting division.
+_ENROLLMENT = struct.Struct("<BBIIq6s")
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why one item of a batch was refused."""
+
+    index: int
+    item_id: str
+    reason: str
+    field: str
+    message: str
+    #: Name of the gRPC status the refusal would carry alone (INVALID_ARGUMENT, PERMISSION_DENIED).
+    code_name: str
+
+
+def rejection_from_error(index: int, item_id: str, exc: HutongError) -> Rejection:
+    """A rejection carrying the reason, field and message of a domain error."""
+    return Rejection(index, item_id, exc.reason, exc.field or "", exc.message, exc.code_name)
+
+
+@dataclass(frozen=True, slots=True)
+class Retirement:
+    """One record to retire, validated."""
+
+    index: int
+    record_id: str
+    version: int
+    reason: RetirementReason
+
+
+def check_retirement(index: int, record_id: str, version: int, reason: int) -> Retirement:
+    """Validate one retirement; raises the first rule it breaks."""
+    _check_item_id(record_id, "record_id", record_id or f"#{index}")
+    if version < 1:
+        raise InvalidRecord("version must be at least 1", reason="VERSION_INVALID", field="version", record=record_id)
+    if reason == 0 or reason not in _RETIREMENT_VALUES:
+        raise InvalidRecord(
+            f"reason must be a known retirement reason, got {reason}",
+            reason="REASON_MISSING" if reason == 0 else "UNKNOWN_ENUM_VALUE",
+            field="reason",
+            record=record_id,
+        )
+    return Retirement(index, record_id, version, RetirementReason(reason))
+
+
+@dataclass(slots=True)
+class PreparedRecord:
+    """A validated record ready for the store; holds no raw ID number or name."""
+
+    index: int
+    record_id: str
+    version: int
+    content_hash: bytes
+    person_key: bytes
+    sealed_pii: bytes
+    gender: int
+    birth_yyyymmdd: int
+    hukou_division: str
+    residence_division: str
+    household_id: str
+    enrollments: bytes
+    #: Mask of programmes with an ACTIVE enrollment (``Program.bit``).
+    active_programs: int
+    updated_at_us: int
+
+
+@dataclass(slots=True)
+class PreparedHousehold:
+    """A validated household ready for the store."""
+
+    index: int
+    household_id: str
+    version: int
+    content_hash: bytes
+    residence_division: str
+    members: str
+    monthly_income_per_member_fen: int
+
+
+@dataclass(slots=True)
+class PreparedBatch:
+    """The records and households of one batch that passed validation, and those that did not."""
+
+    records: list[PreparedRecord]
+    record_rejections: list[Rejection]
+    households: list[PreparedHousehold]
+    household_rejections: list[Rejection]
+    record_count: int
+    household_count: int
+
+
+def decide_outcome(
+    held: tuple[int, bytes] | None, version: int, content_hash: bytes
+) -> Outcome | None:
+    """The outcome of writing ``version`` over ``held`` (version, hash); None means VERSION_CONFLICT."""
+    if held is None:
+        return Outcome.CREATED
+    held_version, held_hash = held
+    if version > held_version:
+        return Outcome.UPDATED
+    if version < held_version:
+        return Outcome.STALE
+    return Outcome.UNCHANGED if held_hash == content_hash else None
+
+
+def _yyyymmdd(day: dt.date | None) -> int:
+    return 0 if day is None else day.year * 10000 + day.month * 100 + day.day
+
+
+def _from_yyyymmdd(value: int) -> dt.date | None:
+    return None if value == 0 else dt.date(value // 10000, value // 100 % 100, value % 100)
+
+
+def encode_enrollments(enrollments: Sequence[EnrollmentT]) -> bytes:
+    """Pack enrollments into 24 bytes each."""
+    pack = _ENROLLMENT.pack
+    return b"".join(
+        pack(
+            e.program,
+            e.status,
+            _yyyymmdd(e.start_date),
+            _yyyymmdd(e.end_date),
+            e.monthly_amount_fen,
+            e.granting_division.encode("ascii"),
+        )
+        for e in enrollments
+    )
+
+
+def decode_enrollments(blob: bytes) -> tuple[EnrollmentT, ...]:
+    """Unpack what :func:`encode_enrollments` packed."""
+    return tuple(
+        EnrollmentT(
+            program=program,
+            status=status,
+            start_date=_from_yyyymmdd(start),
+            end_date=_from_yyyymmdd(end),
+            monthly_amount_fen=amount,
+            granting_division=division.decode("ascii"),
+        )
+        for program, status, start, end, amount, division in _ENROLLMENT.iter_unpack(blob)
+    )
+
+
+def pii_associated_data(province_code: str, record_id: str) -> bytes:
+    """Associated data binding a sealed ID number and name to their row."""
+    return f"{province_code}/{record_id}".encode()
+
+
+def unseal_pii(sealer: FieldSealer, blob: bytes, province_code: str, record_id: str) -> tuple[str, str]:
+    """Open a sealed (ID number, name) pair."""
+    plain = sealer.open(blob, pii_associated_data(province_code, record_id)).decode()
+    id_number, _, name = plain.partition("\x1f")
+    return id_number, name
+
+
+def _check_item_id(value: str, field: str, record: str | None) -> None:
+    if not value or len(value) > MAX_ITEM_ID_LENGTH or not value.isprintable() or value != value.strip():
+        raise InvalidRecord(
+            f"must be 1 to {MAX_ITEM_ID_LENGTH} printable characters without surrounding spaces",
+            reason="ITEM_ID_INVALID",
+            field=field,
+            record=record,
+        )
+
+
+def _check_name(name: str, record_id: str) -> None:
+    if not name.strip():
+        raise InvalidRecord("name is required", reason="NAME_MISSING", field="name", record=record_id)
+    if len(name) > MAX_NAME_LENGTH or not name.isprintable() or any(c.isdigit() for c in name):
+        raise InvalidRecord(
+            f"name must be at most {MAX_NAME_LENGTH} printable characters and contain no digits",
+            reason="NAME_INVALID",
+            field="name",
+            record=record_id,
+        )
+
+
+class RecordPreparer:
+    """Validates records of one province and prepares them for the store."""
+
+    __slots__ = ("_keyer", "_sealer", "_today")
+
+    def __init__(self, keyer: PersonKeyer, sealer: FieldSealer, *, today: dt.date | None = None) -> None:
+        self._keyer = keyer
+        self._sealer = sealer
+        self._today = today
+
+    def prepare_batch(
+        self,
+        province_code: str,
+        records: Sequence[PersonRecord | None],
+        households: Sequence[Household | None] = (),
+        *,
+        record_rejections: Sequence[Rejection] = (),
+        household_rejections: Sequence[Rejection] = (),
+    ) -> PreparedBatch:
+        """Prepare every item; each bad item becomes a rejection and the rest go on.
+
+        ``None`` stands for an item already refused upstream (its rejection is passed in), so
+        indices keep pointing at the request's positions.
+        """
+        now_us = time.time_ns() // 1000
+        today = self._today or dt.date.today()
+        ok: list[PreparedRecord] = []
+        bad = list(record_rejections)
+        for index, record in enumerate(records):
+            if record is None:
+                continue
+            try:
+                ok.append(self.prepare_record(index, province_code, record, today, now_us))
+            except HutongError as exc:
+                bad.append(rejection_from_error(index, record.record_id, exc))
+        ok_h: list[PreparedHousehold] = []
+        bad_h = list(household_rejections)
+        for index, household in enumerate(households):
+            if household is None:
+                continue
+            try:
+                ok_h.append(self.prepare_household(index, province_code, household))
+            except HutongError as exc:
+                bad_h.append(rejection_from_error(index, household.household_id, exc))
+        return PreparedBatch(ok, bad, ok_h, bad_h, len(records), len(households))
+
+    def prepare_record(
+        self, index: int, province_code: str, record: PersonRecord, today: dt.date, now_us: int
+    ) -> PreparedRecord:
+        """Validate one record and prepare it; raises the first rule it breaks."""
+        rid = record.record_id
+        _check_item_id(rid, "record_id", rid or f"#{index}")
+        if record.version < 1:
+            raise InvalidRecord("version must be at least 1", reason="VERSION_INVALID", field="version", record=rid)
+        try:
+            id_number = identity.parse_id_number(record.id_number, today=today)
+        except HutongError as exc:
+            exc.record = rid
+            raise
+        _check_name(record.name, rid)
+        if record.gender not in _GENDER_VALUES:
+            raise InvalidRecord(
+                f"unknown gender value {record.gender}", reason="UNKNOWN_ENUM_VALUE", field="gender", record=rid
+            )
+        resident = id_number.kind == identity.IdKind.RESIDENT
+        if record.gender and resident and record.gender != id_number.gender:
+            raise InvalidRecord(
+                "gender disagrees with the ID number", reason="GENDER_MISMATCH", field="gender", record=rid
+            )
+        if record.birth_date is not None and record.birth_date != id_number.birth_date:
+            raise InvalidRecord(
+                "birth_date disagrees with the ID number",
+                reason="BIRTH_DATE_MISMATCH",
+                field="birth_date",
+                record=rid,
+            )
+        if record.hukou_division:
+            divisions.validate_division(record.hukou_division, field="hukou_division", record=rid)
+        if not record.residence_division:
+            raise InvalidRecord(
+                "residence_division is required",
+                reason="DIVISION_MISSING",
+                field="residence_division",
+                record=rid,
+            )
+        self._check_own_division(record.residence_division, province_code, "residence_division", rid)
+        if record.household_id:
+            _check_item_id(record.household_id, "household_id", rid)
+        if record.updated_at_us > now_us + _CLOCK_SKEW_US:
+            raise InvalidRecord(
+                "updated_at lies in the future", reason="UPDATED_AT_IN_FUTURE", field="updated_at", record=rid
+            )
+        active = self._check_enrollments(record, province_code, today)
+        gender = record.gender or (int(id_number.gender) if resident else 0)
+        pii = f"{id_number.value}\x1f{record.name.strip()}".encode()
+        return PreparedRecord(
+            index=index,
+            record_id=rid,
+            version=record.version,
+            content_hash=record.content_hash,
+            person_key=self._keyer.person_key(id_number.value),
+            sealed_pii=self._sealer.seal(pii, pii_associated_data(province_code, rid)),
+            gender=gender,
+            birth_yyyymmdd=_yyyymmdd(id_number.birth_date),
+            hukou_division=record.hukou_division,
+            residence_division=record.residence_division,
+            household_id=record.household_id,
+            enrollments=encode_enrollments(record.enrollments),
+            active_programs=active,
+            updated_at_us=record.updated_at_us,
+        )
+
+    @staticmethod
+    def _check_own_division(code: str, province_code: str, field: str, record: str) -> None:
+        divisions.validate_division(code, field=field, record=record)
+        if code[:2] != province_code[:2]:
+            raise PermissionDenied(
+                f"{field} lies outside the calling province {province_code}",
+                reason="PROVINCE_NOT_PERMITTED",
+                field=field,
+                record=record,
+                metadata={"caller_province": province_code},
+            )
+
+    def _check_enrollments(self, record: PersonRecord, province_code: str, today: dt.date) -> int:
+        rid = record.record_id
+        if len(record.enrollments) > MAX_ENROLLMENTS:
+            raise InvalidRecord(
+                f"at most {MAX_ENROLLMENTS} enrollments per record",
+                reason="TOO_MANY_ENROLLMENTS",
+                field="enrollments",
+                record=rid,
+            )
+        active = 0
+        latest_start = today + dt.timedelta(days=366)
+        for i, e in enumerate(record.enrollments):
+            where = f"enrollments[{i}]"
+            if e.program not in _PROGRAM_VALUES:
+                reason = "PROGRAM_MISSING" if e.program == 0 else "UNKNOWN_ENUM_VALUE"
+                raise InvalidRecord(
+                    f"program must be a known programme, got {e.program}",
+                    reason=reason,
+                    field=f"{where}.program",
+                    record=rid,
+                )
+            if e.status not in _STATUS_VALUES:
+                reason = "STATUS_MISSING" if e.status == 0 else "UNKNOWN_ENUM_VALUE"
+                raise InvalidRecord(
+                    f"status must be a known status, got {e.status}",
+                    reason=reason,
+                    field=f"{where}.status",
+                    record=rid,
+                )
+            if e.start_date is None:
+                raise InvalidRecord(
+                    "start_date is required", reason="DATE_MISSING", field=f"{where}.start_date", record=rid
+                )
+            if e.start_date > latest_start:
+                raise InvalidRecord(
+                    "start_date lies more than a year ahead",
+                    reason="DATE_IMPOSSIBLE",
+                    field=f"{where}.start_date",
+                    record=rid,
+                )
+            if e.end_date is not None and e.end_date < e.start_date:
+                raise InvalidRecord(
+                    "end_date is before start_date",
+                    reason="DATE_RANGE_INVALID",
+                    field=f"{where}.end_date",
+                    record=rid,
+                )
+            if e.monthly_amount_fen < 0:
+                raise InvalidRecord(
+                    "monthly_amount_fen must not be negative",
+                    reason="AMOUNT_NEGATIVE",
+                    field=f"{where}.monthly_amount_fen",
+                    record=rid,
+                )
+            if e.monthly_amount_fen > MAX_MONTHLY_AMOUNT_FEN:
+                raise InvalidRecord(
+                    f"monthly_amount_fen exceeds {MAX_MONTHLY_AMOUNT_FEN} fen (100,000 yuan); amounts are in fen",
+                    reason="AMOUNT_TOO_LARGE",
+                    field=f"{where}.monthly_amount_fen",
+                    record=rid,
+                )
+            self._check_own_division(e.granting_division, province_code, f"{where}.granting_division", rid)
+            if e.status == _ACTIVE:
+                bit = 1 << e.program
+                if active & bit:
+                    raise InvalidRecord(
+                        "two active enrollments in the same programme",
+                        reason="ENROLLMENT_DUPLICATED",
+                        field=f"{where}.program",
+                        record=rid,
+                    )
+                active |= bit
+        return active
+
+    def prepare_household(self, index: int, province_code: str, household: Household) -> PreparedHousehold:
+        """Validate one household and prepare it; raises the first rule it breaks."""
+        hid = household.household_id
+        _check_item_id(hid, "household_id", hid or f"#{index}")
+        if household.version < 1:
+            raise InvalidRecord("version must be at least 1", reason="VERSION_INVALID", field="version", record=hid)
+        self._check_own_division(household.residence_division, province_code, "residence_division", hid)
+        if len(household.members) > MAX_HOUSEHOLD_MEMBERS:
+            raise InvalidRecord(
+                f"at most {MAX_HOUSEHOLD_MEMBERS} members per household",
+                reason="TOO_MANY_MEMBERS",
+                field="members",
+                record=hid,
+            )
+        lines = []
+        for i, member in enumerate(household.members):
+            _check_item_id(member.record_id, f"members[{i}].record_id", hid)
+            if member.relation not in _RELATION_VALUES:
+                raise InvalidRecord(
+                    f"unknown relation value {member.relation}",
+                    reason="UNKNOWN_ENUM_VALUE",
+                    field=f"members[{i}].relation",
+                    record=hid,
+                )
+            lines.append(f"{member.record_id}\t{member.relation}")
+        if household.monthly_income_per_member_fen < 0:
+            raise InvalidRecord(
+                "monthly_income_per_member_fen must not be negative",
+                reason="AMOUNT_NEGATIVE",
+                field="monthly_income_per_member_fen",
+                record=hid,
+            )
+        return PreparedHousehold(
+            index=index,
+            household_id=hid,
+            version=household.version,
+            content_hash=household.content_hash,
+            residence_division=household.residence_division,
+            members="\n".join(lines),
+            monthly_income_per_member_fen=household.monthly_income_per_member_fen,
+        )

@@ -1,0 +1,257 @@
+"""The hub's call pipeline: authenticate → (authorize) → bind log context → (audit) → map errors.
+
+One grpc.aio interceptor wraps every ``hutong.v1`` method. It runs an ordered chain of
+:class:`CallStep` objects before the servicer and in reverse after it, and turns any
+:class:`~gateway.errors.HutongError` into a status with ``ErrorInfo``; anything else becomes
+INTERNAL with a logged traceback and no detail leaked to the caller. Authorization by token
+scope and the audit log plug in as further steps.
+
+Health checking and reflection are not wrapped: they carry no personal data and must be
+reachable by load balancers that hold no node identity.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import grpc
+import structlog
+from cryptography import x509
+
+from gateway import errors
+from gateway.rpc_status import INSECURE_IDENTITY_KEY, REQUEST_ID_KEY, to_grpc_status
+from gateway.store.base import NodeRef
+from pki import identity_from_certificate
+
+__all__ = [
+    "Authenticator",
+    "CallInfo",
+    "CallStep",
+    "HubInterceptor",
+    "LogContext",
+    "current_call",
+]
+
+log = structlog.get_logger("hutong.hub")
+
+_current: contextvars.ContextVar[CallInfo] = contextvars.ContextVar("hutong_call")
+
+
+
+@dataclass(slots=True)
+class CallInfo:
+    """What the pipeline knows about the call in progress."""
+
+    method: str
+    request_id: str
+    started: float
+    caller: NodeRef | None = None
+    code: str = "OK"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def current_call() -> CallInfo:
+    """The call being served (inside a servicer)."""
+    return _current.get()
+
+
+def current_caller() -> NodeRef:
+    """The authenticated caller of the call being served."""
+    caller = _current.get().caller
+    if caller is None:  # pragma: no cover - the Authenticator always runs first
+        raise errors.Unauthenticated("caller is not authenticated", reason="CALLER_UNKNOWN")
+    return caller
+
+
+class CallStep(Protocol):
+    """One link of the chain: runs before the servicer, and after it in reverse order."""
+
+    async def enter(self, call: CallInfo, context: grpc.aio.ServicerContext) -> None:
+        """Check or enrich the call; raise a HutongError to refuse it."""
+
+    def exit(self, call: CallInfo) -> None:
+        """Observe the finished call (its code is set)."""
+
+
+class Authenticator:
+    """Names the caller from its verified client certificate's ``hutong://`` SAN URI.
+
+    TLS has already verified the chain to the ministry CA; this step only reads the identity,
+    so the province is never taken from the request.
+    """
+
+    def __init__(self, *, insecure: bool = False, cache_size: int = 4096) -> None:
+        self._insecure = insecure
+        self._cache: OrderedDict[bytes, NodeRef] = OrderedDict()
+        self._cache_size = cache_size
+
+    async def enter(self, call: CallInfo, context: grpc.aio.ServicerContext) -> None:
+        """Set ``call.caller`` or refuse with UNAUTHENTICATED."""
+        auth = context.auth_context()
+        pems = auth.get("x509_pem_cert")
+        if not pems:
+            if self._insecure:
+                call.caller = self._insecure_caller(context)
+                return
+            raise errors.Unauthenticated(
+                "a client certificate issued by the ministry CA is required", reason="CLIENT_CERTIFICATE_MISSING"
+            )
+        pem: bytes = pems[0]
+        caller = self._cache.get(pem)
+        if caller is None:
+            caller = self._parse(pem)
+            self._cache[pem] = caller
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        call.caller = caller
+
+    @staticmethod
+    def _parse(pem: bytes) -> NodeRef:
+        try:
+            cert = x509.load_pem_x509_certificate(pem)
+            identity = identity_from_certificate(cert)
+        except (ValueError, errors.PkiError) as exc:
+            reason = exc.reason if isinstance(exc, errors.HutongError) else "CLIENT_CERTIFICATE_INVALID"
+            raise errors.Unauthenticated(
+                f"client certificate carries no usable node identity: {exc}", reason=reason
+            ) from exc
+        return NodeRef(identity.province_code, identity.node_name)
+
+    @staticmethod
+    def _insecure_caller(context: grpc.aio.ServicerContext) -> NodeRef:
+        for key, value in context.invocation_metadata() or ():
+            if key == INSECURE_IDENTITY_KEY and isinstance(value, str):
+                from pki import NodeIdentity
+
+                try:
+                    identity = NodeIdentity.parse_uri(value)
+                except errors.PkiError as exc:
+                    raise errors.Unauthenticated(str(exc), reason=exc.reason) from exc
+                return NodeRef(identity.province_code, identity.node_name)
+        raise errors.Unauthenticated(
+            f"insecure mode: name the caller in metadata {INSECURE_IDENTITY_KEY}", reason="CALLER_UNKNOWN"
+        )
+
+    def exit(self, call: CallInfo) -> None:
+        """Nothing to observe."""
+
+
+class LogContext:
+    """Binds rpc, node, province and request id to every log line of the call; logs its end."""
+
+    async def enter(self, call: CallInfo, context: grpc.aio.ServicerContext) -> None:
+        """Bind the call's identity to structlog's context."""
+        structlog.contextvars.bind_contextvars(
+            rpc=call.method,
+            request_id=call.request_id,
+            province=call.caller.province_code if call.caller else None,
+            node=call.caller.node_name if call.caller else None,
+        )
+
+    def exit(self, call: CallInfo) -> None:
+        """Log the finished call."""
+        duration_ms = round((time.perf_counter() - call.started) * 1000, 3)
+        level = log.info if call.code == "OK" else log.warning
+        level("rpc_finished", code=call.code, duration_ms=duration_ms, **call.extra)
+
+
+def _request_id(context: grpc.aio.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_KEY and isinstance(value, str) and 0 < len(value) <= 128 and value.isprintable():
+            return value
+    return uuid.uuid4().hex
+
+
+class HubInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Runs the call steps around every ``hutong.v1`` method and maps errors to statuses."""
+
+    def __init__(self, steps: Sequence[CallStep], *, prefix: str = "/hutong.v1.") -> None:
+        self._steps = tuple(steps)
+        self._prefix = prefix
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        """Wrap the handler of a hutong method; leave others alone."""
+        handler = await continuation(handler_call_details)
+        method: str = handler_call_details.method
+        if handler is None or not method.startswith(self._prefix):
+            return handler
+        short = method.rsplit("/", 1)[-1]
+        if handler.response_streaming:
+            behavior = handler.stream_stream if handler.request_streaming else handler.unary_stream
+            wrapped_stream = self._wrap_stream(short, behavior)
+            make = grpc.stream_stream_rpc_method_handler if handler.request_streaming else grpc.unary_stream_rpc_method_handler
+            return make(wrapped_stream, handler.request_deserializer, handler.response_serializer)
+        behavior = handler.stream_unary if handler.request_streaming else handler.unary_unary
+        wrapped_unary = self._wrap_unary(short, behavior)
+        make = grpc.stream_unary_rpc_method_handler if handler.request_streaming else grpc.unary_unary_rpc_method_handler
+        return make(wrapped_unary, handler.request_deserializer, handler.response_serializer)
+
+    def _begin(self, method: str, context: grpc.aio.ServicerContext) -> CallInfo:
+        structlog.contextvars.clear_contextvars()
+        call = CallInfo(method=method, request_id=_request_id(context), started=time.perf_counter())
+        _current.set(call)
+        return call
+
+    async def _enter(self, call: CallInfo, context: grpc.aio.ServicerContext) -> None:
+        for step in self._steps:
+            await step.enter(call, context)
+
+    def _exit(self, call: CallInfo) -> None:
+        for step in reversed(self._steps):
+            step.exit(call)
+
+    async def _fail(self, call: CallInfo, context: grpc.aio.ServicerContext, exc: Exception) -> None:
+        if isinstance(exc, errors.HutongError):
+            call.code = exc.code_name if exc.code_name in grpc.StatusCode.__members__ else "INTERNAL"
+            if call.code == "INTERNAL":
+                log.error("rpc_internal_error", error=repr(exc))
+            await context.abort_with_status(to_grpc_status(exc))
+        call.code = "INTERNAL"
+        log.exception("rpc_unexpected_error")
+        await context.abort(grpc.StatusCode.INTERNAL, "internal error; the hub logged it with this call's request id")
+
+    def _wrap_unary(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            call = self._begin(method, context)
+            try:
+                await self._enter(call, context)
+                return await behavior(request, context)
+            except Exception as exc:
+                if _is_abort(exc):
+                    raise
+                await self._fail(call, context, exc)
+            finally:
+                self._exit(call)
+
+        return wrapped
+
+    def _wrap_stream(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            call = self._begin(method, context)
+            try:
+                await self._enter(call, context)
+                async for response in behavior(request, context):
+                    yield response
+            except Exception as exc:
+                if _is_abort(exc):
+                    raise
+                await self._fail(call, context, exc)
+            finally:
+                self._exit(call)
+
+        return wrapped
+
+
+def _is_abort(exc: BaseException) -> bool:
+    # grpc.aio signals context.abort() with an internal exception type; let it through.
+    return type(exc).__name__ == "AbortError"

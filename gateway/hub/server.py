@@ -1,0 +1,179 @@
+"""Assembly of the hub: store, keys, servicers, interceptors, health, reflection, TLS.
+
+mTLS from the first byte: the hub requires a client certificate issued by the ministry CA.
+A plaintext port exists only with ``insecure=True``, binds loopback only, and says so
+loudly in the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import structlog
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from gateway.domain.protection import FieldSealer, PersonKeyer
+from gateway.domain.records import RecordPreparer
+from gateway.errors import ConfigError
+from gateway.hub.interceptors import Authenticator, HubInterceptor, LogContext
+from gateway.hub.keys import load_or_create_keys
+from gateway.hub.query_service import AssistanceQueryServicer
+from gateway.hub.records_service import MAX_BATCH_ITEMS, RecordExchangeServicer
+from gateway.store.sqlite import SqliteStore
+from hutong.v1 import query_pb2, query_pb2_grpc, records_pb2, records_pb2_grpc
+from pki import TlsMaterial
+
+__all__ = ["DATABASE_FILE", "HubServer", "HubSettings", "serve_forever"]
+
+log = structlog.get_logger("hutong.hub")
+
+DATABASE_FILE = "hub.sqlite3"
+_MAX_MESSAGE = 32 * 1024 * 1024
+_SERVICES = (
+    records_pb2.DESCRIPTOR.services_by_name["RecordExchangeService"].full_name,
+    query_pb2.DESCRIPTOR.services_by_name["AssistanceQueryService"].full_name,
+)
+
+
+@dataclass(frozen=True)
+class HubSettings:
+    """How to run one hub."""
+
+    #: Holds the SQLite database and the key file.
+    data_dir: Path
+    #: Address to listen on.
+    host: str = "127.0.0.1"
+    #: Port to listen on; 0 picks a free one (see ``HubServer.port``).
+    port: int = 7443
+    #: Server certificate, key and the CA that client certificates must chain to.
+    tls: TlsMaterial | None = None
+    #: Plaintext on loopback, for local debugging only.
+    insecure: bool = False
+    #: Largest batch (records, and separately households) accepted.
+    max_batch_items: int = MAX_BATCH_ITEMS
+    #: Seconds open calls get to finish on shutdown.
+    grace_seconds: float = 10.0
+    #: SQLite ``synchronous`` level: FULL survives power loss; NORMAL only process crashes.
+    sqlite_synchronous: str = "FULL"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class HubServer:
+    """A running hub: ``await start()``, then ``await stop()``."""
+
+    def __init__(self, settings: HubSettings) -> None:
+        if settings.insecure:
+            if not _is_loopback(settings.host):
+                raise ConfigError(
+                    "--insecure serves plaintext and binds loopback only; refusing to listen on " + settings.host,
+                    reason="INSECURE_NOT_LOOPBACK",
+                    field="host",
+                )
+        elif settings.tls is None:
+            raise ConfigError(
+                "the hub needs a certificate, key and CA (or --insecure for a loopback-only debug port)",
+                reason="TLS_MISSING",
+                field="tls",
+            )
+        self.settings = settings
+        self.store = SqliteStore(settings.data_dir / DATABASE_FILE, synchronous=settings.sqlite_synchronous)
+        self._server: grpc.aio.Server | None = None
+        self._health = health_aio.HealthServicer()
+        self._records: RecordExchangeServicer | None = None
+        self.port = 0
+
+    async def start(self) -> int:
+        """Open the store, bind, and start serving; returns the bound port."""
+        s = self.settings
+        keys = load_or_create_keys(s.data_dir)
+        await self.store.open()
+        keyer = PersonKeyer(keys.person_key_secret)
+        preparer = RecordPreparer(keyer, FieldSealer(keys))
+        server = grpc.aio.server(
+            interceptors=[HubInterceptor([Authenticator(insecure=s.insecure), LogContext()])],
+            options=[
+                ("grpc.max_receive_message_length", _MAX_MESSAGE),
+                ("grpc.max_send_message_length", _MAX_MESSAGE),
+                ("grpc.keepalive_time_ms", 60_000),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ],
+        )
+        self._records = RecordExchangeServicer(self.store, preparer, max_batch_items=s.max_batch_items)
+        records_pb2_grpc.add_RecordExchangeServiceServicer_to_server(self._records, server)
+        query_pb2_grpc.add_AssistanceQueryServiceServicer_to_server(AssistanceQueryServicer(self.store, keyer), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection((*_SERVICES, reflection.SERVICE_NAME, "grpc.health.v1.Health"), server)
+        address = f"[{s.host}]:{s.port}" if ":" in s.host else f"{s.host}:{s.port}"
+        if s.insecure:
+            self.port = server.add_insecure_port(address)
+            log.warning(
+                "insecure_plaintext_port",
+                address=address,
+                message="NO TLS, NO CLIENT CERTIFICATES: callers name themselves. Loopback debugging only.",
+            )
+        else:
+            assert s.tls is not None
+            credentials = grpc.ssl_server_credentials(
+                [(s.tls.private_key_pem, s.tls.cert_chain_pem)],
+                root_certificates=s.tls.ca_pem,
+                require_client_auth=True,
+            )
+            self.port = server.add_secure_port(address, credentials)
+        if self.port == 0:
+            raise ConfigError(f"cannot listen on {address}", reason="LISTEN_FAILED", field="listen")
+        await server.start()
+        self._server = server
+        for name in ("", *_SERVICES):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("hub_started", host=s.host, port=self.port, mtls=not s.insecure, data_dir=str(s.data_dir))
+        return self.port
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain: refuse new work, let open calls finish within the grace period, close the store."""
+        if self._server is None:
+            return
+        grace = self.settings.grace_seconds if grace is None else grace
+        log.info("hub_stopping", grace_seconds=grace)
+        await self._health.enter_graceful_shutdown()
+        if self._records is not None:
+            self._records.begin_drain()
+        await self._server.stop(grace)
+        self._server = None
+        await self.store.close()
+        log.info("hub_stopped")
+
+    async def wait(self) -> None:
+        """Until the server terminates."""
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+
+async def serve_forever(settings: HubSettings, *, port_file: Path | None = None) -> None:
+    """Run a hub until SIGTERM or SIGINT, then drain and stop."""
+    hub = HubServer(settings)
+    port = await hub.start()
+    if port_file is not None:
+        tmp = port_file.with_suffix(".tmp")
+        tmp.write_text(f"{port}\n", encoding="utf-8")
+        tmp.replace(port_file)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await hub.stop()

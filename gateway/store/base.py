@@ -1,0 +1,172 @@
+"""The Store protocol: what the hub needs from its database, whatever the engine.
+
+Every mutating method runs in one transaction: the records, the batch's acknowledgement
+(its idempotency record), the node's counters and the duplicate-enrollment findings are
+committed together or not at all, and the acknowledgement is returned only after commit.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from gateway.domain.model import Outcome, Program
+from gateway.domain.records import PreparedBatch, Rejection, Retirement
+
+__all__ = [
+    "BatchAck",
+    "Finding",
+    "HeldEnrollments",
+    "HubStats",
+    "NodeRef",
+    "RetireAck",
+    "Retirement",
+    "Store",
+    "SyncState",
+    "decode_rejections",
+    "encode_rejections",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRef:
+    """A calling node, as proven by its certificate."""
+
+    province_code: str
+    node_name: str
+
+
+@dataclass(slots=True)
+class BatchAck:
+    """The hub's acknowledgement of one batch."""
+
+    batch_id: str
+    #: One ``Outcome`` value per record, as bytes (compact and cheap to store).
+    record_outcomes: bytes
+    household_outcomes: bytes
+    record_rejections: list[Rejection]
+    household_rejections: list[Rejection]
+    applied_at_us: int
+    replayed: bool = False
+    #: Set when the whole batch was refused and nothing applied.
+    batch_rejection: Rejection | None = None
+
+    def counts(self) -> dict[Outcome, int]:
+        """Record outcomes counted by kind."""
+        out = dict.fromkeys((o for o in Outcome if o is not Outcome.UNSPECIFIED), 0)
+        for value in self.record_outcomes:
+            out[Outcome(value)] += 1
+        return out
+
+
+@dataclass(slots=True)
+class RetireAck:
+    """Outcome of a RetireRecords call."""
+
+    outcomes: bytes
+    rejections: list[Rejection]
+    replayed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SyncState:
+    """What the hub holds for one node and its province."""
+
+    last_batch_id: str
+    last_batch_at_us: int
+    batches_applied: int
+    records_held: int
+    records_retired: int
+    counts: Mapping[Outcome, int]
+    watermark_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class HeldEnrollments:
+    """One province's live record of a person: its enrollments, packed."""
+
+    province_code: str
+    record_id: str
+    enrollments: bytes
+    #: Mask of programmes with an ACTIVE enrollment (``Program.bit``).
+    active_programs: int
+    updated_at_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """A duplicate enrollment: one programme active for one person in several provinces."""
+
+    finding_id: str
+    program: Program
+    province_codes: tuple[str, ...]
+    open: bool
+    detected_at_us: int
+    resolved_at_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class HubStats:
+    """Totals for dashboards and the demo's summary."""
+
+    records_by_province: Mapping[str, int]
+    retired_records: int
+    households: int
+    open_findings_by_program: Mapping[Program, int] = field(default_factory=dict)
+    resolved_findings: int = 0
+    batches: int = 0
+
+
+def encode_rejections(rejections: Sequence[Rejection]) -> str:
+    """JSON for stored rejections (kept with the batch so a replay returns them)."""
+    return json.dumps(
+        [[r.index, r.item_id, r.reason, r.field, r.message, r.code_name] for r in rejections],
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+
+
+def decode_rejections(text: str) -> list[Rejection]:
+    """What :func:`encode_rejections` wrote."""
+    return [Rejection(*row) for row in json.loads(text)]
+
+
+class Store(Protocol):
+    """The hub's persistence. Implementations: SQLite (embedded), PostgreSQL (production)."""
+
+    async def open(self) -> None:
+        """Connect and bring the schema up to date."""
+
+    async def close(self) -> None:
+        """Finish pending work and disconnect."""
+
+    async def apply_batch(self, node: NodeRef, batch_id: str, digest: bytes, batch: PreparedBatch) -> BatchAck:
+        """Apply one batch idempotently; a known batch_id returns the original acknowledgement."""
+
+    async def retire_records(
+        self,
+        node: NodeRef,
+        request_id: str,
+        retirements: Sequence[Retirement],
+        rejected: Sequence[Rejection],
+        count: int,
+    ) -> RetireAck:
+        """Retire records idempotently by request_id; tombstones keep the record.
+
+        ``rejected`` are items already refused by validation; they are stored with the
+        result so that a retry returns exactly the original answer.
+        """
+
+    async def sync_state(self, node: NodeRef) -> SyncState:
+        """What the hub holds for this node and its province."""
+
+    async def enrollments_of(self, person_keys: Sequence[bytes]) -> dict[bytes, list[HeldEnrollments]]:
+        """Live records holding enrollments, by person key (absent keys map to nothing)."""
+
+    async def findings_of(self, person_key: bytes) -> list[Finding]:
+        """Duplicate-enrollment findings about one person, open first."""
+
+    async def stats(self) -> HubStats:
+        """Totals across the hub."""

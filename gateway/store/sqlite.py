@@ -1,0 +1,591 @@
+"""The embedded store: one SQLite database in WAL mode.
+
+Writes go through one dedicated writer thread with its own connection (SQLite allows one
+writer; the thread lets the event loop prepare the next batch while SQLite works, since
+the sqlite3 module releases the GIL inside the engine). Reads use a second connection on
+the event loop's thread: point lookups by indexed person key take microseconds, and WAL
+lets them run while the writer commits.
+
+Durability: ``synchronous=FULL`` by default, so an acknowledged batch survives power loss,
+not just a crash of the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import sqlite3
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+from gateway.domain.model import Outcome, Program
+from gateway.domain.policy import EXCLUSIVE_PROGRAMS, duplicate_programs
+from gateway.domain.records import PreparedBatch, Rejection, Retirement, decide_outcome
+from gateway.errors import StoreError
+from gateway.store.base import (
+    BatchAck,
+    Finding,
+    HeldEnrollments,
+    HubStats,
+    NodeRef,
+    RetireAck,
+    SyncState,
+    decode_rejections,
+    encode_rejections,
+)
+
+__all__ = ["SqliteStore"]
+
+T = TypeVar("T")
+
+_CHUNK = 500
+_EXCLUSIVE_MASK = sum(p.bit for p in EXCLUSIVE_PROGRAMS)
+_REJECTED = int(Outcome.REJECTED)
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def _chunks(items: Sequence[T], size: int = _CHUNK) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+def finding_id(person_key: bytes, program: int) -> str:
+    """Stable opaque id of the finding about one person and programme."""
+    return hashlib.blake2b(person_key + bytes([program]), digest_size=12).hexdigest()
+
+
+def _migrations() -> list[tuple[int, str]]:
+    folder = resources.files("gateway.store") / "migrations" / "sqlite"
+    out = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            out.append((int(entry.name.split("_", 1)[0]), entry.read_text(encoding="utf-8")))
+    return sorted(out)
+
+
+_UPSERT_RECORD = """
+INSERT INTO records (province, record_id, version, content_hash, person_key, sealed_pii, gender,
+    birth_date, hukou_division, residence_division, household_id, enrollments, active_programs,
+    updated_at_us, received_at_us, retired_reason, retired_at_us)
+VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,0,0)
+ON CONFLICT (province, record_id) DO UPDATE SET
+    version = excluded.version, content_hash = excluded.content_hash,
+    person_key = excluded.person_key, sealed_pii = excluded.sealed_pii, gender = excluded.gender,
+    birth_date = excluded.birth_date, hukou_division = excluded.hukou_division,
+    residence_division = excluded.residence_division, household_id = excluded.household_id,
+    enrollments = excluded.enrollments, active_programs = excluded.active_programs,
+    updated_at_us = excluded.updated_at_us, received_at_us = excluded.received_at_us,
+    retired_reason = 0, retired_at_us = 0
+"""
+
+_UPSERT_HOUSEHOLD = """
+INSERT INTO households (province, household_id, version, content_hash, residence_division, members,
+    income_fen, received_at_us)
+VALUES (?,?,?,?,?,?,?,?)
+ON CONFLICT (province, household_id) DO UPDATE SET
+    version = excluded.version, content_hash = excluded.content_hash,
+    residence_division = excluded.residence_division, members = excluded.members,
+    income_fen = excluded.income_fen, received_at_us = excluded.received_at_us
+"""
+
+
+class SqliteStore:
+    """The Store protocol on one SQLite file."""
+
+    def __init__(self, path: Path | str, *, synchronous: str = "FULL", cache_mib: int = 64) -> None:
+        self.path = Path(path)
+        self._synchronous = synchronous
+        self._cache_kib = cache_mib * 1024
+        self._executor: ThreadPoolExecutor | None = None
+        self._writer: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            con = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open database {self.path}: {exc}", reason="STORE_UNAVAILABLE") from exc
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute(f"PRAGMA synchronous={self._synchronous}")
+        con.execute(f"PRAGMA cache_size=-{self._cache_kib}")
+        con.execute("PRAGMA busy_timeout=10000")
+        con.execute("PRAGMA foreign_keys=ON")
+        return con
+
+    async def open(self) -> None:
+        """Open both connections and apply pending migrations."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
+        self._writer = await self._in_writer(self._connect)
+        await self._in_writer(self._migrate)
+        self._reader = self._connect()
+        self._reader.execute("PRAGMA query_only=ON")
+
+    def _migrate(self) -> None:
+        con = self._w
+        current = con.execute("PRAGMA user_version").fetchone()[0]
+        for version, sql in _migrations():
+            if version > current:
+                con.executescript(f"BEGIN IMMEDIATE;\n{sql}\nPRAGMA user_version={version};\nCOMMIT;")
+
+    async def close(self) -> None:
+        """Let queued writes finish, then close."""
+        if self._executor is None:
+            return
+        if self._writer is not None:
+            await self._in_writer(self._writer.close)
+        self._executor.shutdown(wait=True)
+        self._executor = None
+        if self._reader is not None:
+            self._reader.close()
+        self._writer = self._reader = None
+
+    @property
+    def schema_version(self) -> int:
+        """The applied migration version."""
+        return int(self._r.execute("PRAGMA user_version").fetchone()[0])
+
+    @property
+    def _w(self) -> sqlite3.Connection:
+        if self._writer is None:
+            raise StoreError("store is not open", reason="STORE_CLOSED")
+        return self._writer
+
+    @property
+    def _r(self) -> sqlite3.Connection:
+        if self._reader is None:
+            raise StoreError("store is not open", reason="STORE_CLOSED")
+        return self._reader
+
+    async def _in_writer(self, fn: Any, *args: Any) -> Any:
+        if self._executor is None:
+            raise StoreError("store is not open", reason="STORE_CLOSED")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, *args)
+
+    def _transaction(self, fn: Any, *args: Any) -> Any:
+        con = self._w
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(con, *args)
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
+        return result
+
+    async def _write(self, fn: Any, *args: Any) -> Any:
+        try:
+            return await self._in_writer(self._transaction, fn, *args)
+        except sqlite3.Error as exc:
+            raise StoreError(f"database write failed: {exc}", reason="STORE_WRITE_FAILED") from exc
+
+    # -- sync --------------------------------------------------------------------------------
+
+    async def apply_batch(self, node: NodeRef, batch_id: str, digest: bytes, batch: PreparedBatch) -> BatchAck:
+        """Apply one batch in one transaction; see :class:`gateway.store.base.Store`."""
+        ack: BatchAck = await self._write(self._apply_batch, node, batch_id, digest, batch)
+        return ack
+
+    def _apply_batch(
+        self, con: sqlite3.Connection, node: NodeRef, batch_id: str, digest: bytes, batch: PreparedBatch
+    ) -> BatchAck:
+        province = node.province_code
+        now = _now_us()
+        row = con.execute(
+            "SELECT digest, applied_at_us, record_outcomes, household_outcomes, record_rejections,"
+            " household_rejections FROM batches WHERE province=? AND node=? AND batch_id=?",
+            (province, node.node_name, batch_id),
+        ).fetchone()
+        if row is not None:
+            if row[0] != digest:
+                return BatchAck(
+                    batch_id, b"", b"", [], [], now,
+                    batch_rejection=Rejection(
+                        -1, batch_id, "BATCH_ID_REUSED", "batch_id",
+                        "this batch_id was already applied with different content; use a new batch_id",
+                        "FAILED_PRECONDITION",
+                    ),
+                )  # fmt: skip
+            return BatchAck(
+                batch_id, row[2], row[3], decode_rejections(row[4]), decode_rejections(row[5]), row[1],
+                replayed=True,
+            )  # fmt: skip
+
+        outcomes = bytearray([_REJECTED]) * batch.record_count
+        rejections = list(batch.record_rejections)
+        held = self._held_records(con, province, [r.record_id for r in batch.records])
+        rows = []
+        touched: set[bytes] = set()
+        new_records = retired_revived = 0
+        watermark = 0
+        for r in batch.records:
+            h = held.get(r.record_id)
+            outcome = decide_outcome(None if h is None else (h[0], h[1]), r.version, r.content_hash)
+            if outcome is None:
+                rejections.append(
+                    Rejection(
+                        r.index, r.record_id, "VERSION_CONFLICT", "version",
+                        f"version {r.version} is already held with different content; send a higher version",
+                        "FAILED_PRECONDITION",
+                    )
+                )  # fmt: skip
+                continue
+            outcomes[r.index] = outcome
+            if outcome is Outcome.CREATED or outcome is Outcome.UPDATED:
+                if h is None:
+                    new_records += 1
+                    if r.active_programs & _EXCLUSIVE_MASK:
+                        touched.add(r.person_key)
+                else:
+                    if h[4]:
+                        retired_revived += 1
+                    if h[2] != r.person_key and h[3] & _EXCLUSIVE_MASK:
+                        touched.add(h[2])
+                    if (h[2] != r.person_key or h[3] != r.active_programs or h[4]) and (
+                        (h[3] | r.active_programs) & _EXCLUSIVE_MASK
+                    ):
+                        touched.add(r.person_key)
+                held[r.record_id] = (r.version, r.content_hash, r.person_key, r.active_programs, 0)
+                watermark = max(watermark, r.updated_at_us)
+                rows.append(
+                    (
+                        province, r.record_id, r.version, r.content_hash, r.person_key, r.sealed_pii,
+                        r.gender, r.birth_yyyymmdd, r.hukou_division, r.residence_division,
+                        r.household_id, r.enrollments, r.active_programs, r.updated_at_us, now,
+                    )
+                )  # fmt: skip
+        if rows:
+            con.executemany(_UPSERT_RECORD, rows)
+        if touched:
+            self._refresh_findings(con, touched, now)
+
+        h_outcomes = bytearray([_REJECTED]) * batch.household_count
+        h_rejections = list(batch.household_rejections)
+        self._apply_households(con, province, batch, h_outcomes, h_rejections, now)
+
+        rejections.sort(key=lambda x: x.index)
+        h_rejections.sort(key=lambda x: x.index)
+        ack = BatchAck(batch_id, bytes(outcomes), bytes(h_outcomes), rejections, h_rejections, now)
+        con.execute(
+            "INSERT INTO batches VALUES (?,?,?,?,?,?,?,?,?)",
+            (
+                province, node.node_name, batch_id, digest, now, ack.record_outcomes,
+                ack.household_outcomes, encode_rejections(rejections), encode_rejections(h_rejections),
+            ),
+        )  # fmt: skip
+        counts = ack.counts()
+        con.execute(
+            "INSERT INTO node_state (province, node, last_batch_id, last_batch_at_us, batches_applied,"
+            " created, updated, unchanged, stale, rejected) VALUES (?,?,?,?,1,?,?,?,?,?)"
+            " ON CONFLICT (province, node) DO UPDATE SET last_batch_id=excluded.last_batch_id,"
+            " last_batch_at_us=excluded.last_batch_at_us, batches_applied=batches_applied+1,"
+            " created=created+excluded.created, updated=updated+excluded.updated,"
+            " unchanged=unchanged+excluded.unchanged, stale=stale+excluded.stale,"
+            " rejected=rejected+excluded.rejected",
+            (
+                province, node.node_name, batch_id, now, counts[Outcome.CREATED], counts[Outcome.UPDATED],
+                counts[Outcome.UNCHANGED], counts[Outcome.STALE], counts[Outcome.REJECTED],
+            ),
+        )  # fmt: skip
+        self._bump_province(con, province, new_records, -retired_revived, watermark)
+        return ack
+
+    @staticmethod
+    def _bump_province(con: sqlite3.Connection, province: str, held: int, retired: int, watermark: int) -> None:
+        con.execute(
+            "INSERT INTO province_state (province, records_held, records_retired, watermark_us)"
+            " VALUES (?,?,?,?) ON CONFLICT (province) DO UPDATE SET"
+            " records_held=records_held+excluded.records_held,"
+            " records_retired=records_retired+excluded.records_retired,"
+            " watermark_us=max(watermark_us, excluded.watermark_us)",
+            (province, held, retired, watermark),
+        )
+
+    @staticmethod
+    def _held_records(
+        con: sqlite3.Connection, province: str, record_ids: Sequence[str]
+    ) -> dict[str, tuple[int, bytes, bytes, int, int]]:
+        held: dict[str, tuple[int, bytes, bytes, int, int]] = {}
+        unique = list(dict.fromkeys(record_ids))
+        for chunk in _chunks(unique):
+            for rid, version, content_hash, person_key, active, retired in con.execute(
+                "SELECT record_id, version, content_hash, person_key, active_programs, retired_reason"
+                f" FROM records WHERE province=? AND record_id IN ({_marks(len(chunk))})",
+                (province, *chunk),
+            ):
+                held[rid] = (version, content_hash, person_key, active, retired)
+        return held
+
+    def _apply_households(
+        self,
+        con: sqlite3.Connection,
+        province: str,
+        batch: PreparedBatch,
+        outcomes: bytearray,
+        rejections: list[Rejection],
+        now: int,
+    ) -> None:
+        if not batch.households:
+            return
+        held: dict[str, tuple[int, bytes]] = {}
+        ids = list(dict.fromkeys(h.household_id for h in batch.households))
+        for chunk in _chunks(ids):
+            for hid, version, content_hash in con.execute(
+                "SELECT household_id, version, content_hash FROM households"
+                f" WHERE province=? AND household_id IN ({_marks(len(chunk))})",
+                (province, *chunk),
+            ):
+                held[hid] = (version, content_hash)
+        rows = []
+        for h in batch.households:
+            outcome = decide_outcome(held.get(h.household_id), h.version, h.content_hash)
+            if outcome is None:
+                rejections.append(
+                    Rejection(
+                        h.index, h.household_id, "VERSION_CONFLICT", "version",
+                        f"version {h.version} is already held with different content; send a higher version",
+                        "FAILED_PRECONDITION",
+                    )
+                )  # fmt: skip
+                continue
+            outcomes[h.index] = outcome
+            if outcome is Outcome.CREATED or outcome is Outcome.UPDATED:
+                held[h.household_id] = (h.version, h.content_hash)
+                rows.append(
+                    (
+                        province, h.household_id, h.version, h.content_hash, h.residence_division,
+                        h.members, h.monthly_income_per_member_fen, now,
+                    )
+                )  # fmt: skip
+        if rows:
+            con.executemany(_UPSERT_HOUSEHOLD, rows)
+
+    @staticmethod
+    def _refresh_findings(con: sqlite3.Connection, person_keys: Iterable[bytes], now: int) -> None:
+        """Re-evaluate duplicate enrollments of the given persons and record what changed."""
+        keys = list(person_keys)
+        masks: dict[bytes, dict[str, int]] = defaultdict(dict)
+        existing: dict[tuple[bytes, int], tuple[str, str, int]] = {}
+        for chunk in _chunks(keys):
+            marks = _marks(len(chunk))
+            for key, province, active in con.execute(
+                "SELECT person_key, province, active_programs FROM records"
+                f" WHERE person_key IN ({marks}) AND retired_reason=0 AND active_programs<>0",
+                chunk,
+            ):
+                by_province = masks[key]
+                by_province[province] = by_province.get(province, 0) | active
+            for fid, key, program, provinces, is_open in con.execute(
+                f"SELECT finding_id, person_key, program, provinces, is_open FROM findings WHERE person_key IN ({marks})",
+                chunk,
+            ):
+                existing[(key, program)] = (fid, provinces, is_open)
+        for key in keys:
+            found = duplicate_programs(masks.get(key, {})) if len(masks.get(key, ())) > 1 else {}
+            for program, provinces in found.items():
+                joined = ",".join(provinces)
+                prior = existing.pop((key, int(program)), None)
+                if prior is None:
+                    con.execute(
+                        "INSERT INTO findings VALUES (?,?,?,?,1,?,0)",
+                        (finding_id(key, program), key, int(program), joined, now),
+                    )
+                elif not prior[2]:
+                    con.execute(
+                        "UPDATE findings SET provinces=?, is_open=1, detected_at_us=?, resolved_at_us=0"
+                        " WHERE finding_id=?",
+                        (joined, now, prior[0]),
+                    )
+                elif prior[1] != joined:
+                    con.execute("UPDATE findings SET provinces=? WHERE finding_id=?", (joined, prior[0]))
+        for (key, _program), (fid, _provinces, is_open) in existing.items():
+            if is_open:
+                con.execute("UPDATE findings SET is_open=0, resolved_at_us=? WHERE finding_id=?", (now, fid))
+
+    # -- retire ------------------------------------------------------------------------------
+
+    async def retire_records(
+        self,
+        node: NodeRef,
+        request_id: str,
+        retirements: Sequence[Retirement],
+        rejected: Sequence[Rejection],
+        count: int,
+    ) -> RetireAck:
+        """Retire records idempotently; see :class:`gateway.store.base.Store`."""
+        ack: RetireAck = await self._write(self._retire, node, request_id, retirements, rejected, count)
+        return ack
+
+    def _retire(
+        self,
+        con: sqlite3.Connection,
+        node: NodeRef,
+        request_id: str,
+        retirements: Sequence[Retirement],
+        rejected: Sequence[Rejection],
+        count: int,
+    ) -> RetireAck:
+        province = node.province_code
+        digest = hashlib.sha256(
+            repr(
+                (
+                    [(r.index, r.record_id, r.version, int(r.reason)) for r in retirements],
+                    [(r.index, r.item_id, r.reason) for r in rejected],
+                )
+            ).encode()
+            + str(count).encode()
+        ).digest()
+        row = con.execute(
+            "SELECT digest, response FROM requests WHERE province=? AND node=? AND request_id=?",
+            (province, node.node_name, request_id),
+        ).fetchone()
+        if row is not None:
+            if row[0] != digest:
+                return RetireAck(
+                    b"",
+                    [
+                        Rejection(
+                            -1, request_id, "REQUEST_ID_REUSED", "request_id",
+                            "this request_id was already used for a different request; use a new request_id",
+                            "FAILED_PRECONDITION",
+                        )
+                    ],
+                )  # fmt: skip
+            outcomes_hex, _, rejections_json = row[1].partition("\n")
+            return RetireAck(bytes.fromhex(outcomes_hex), decode_rejections(rejections_json), replayed=True)
+        now = _now_us()
+        outcomes = bytearray([_REJECTED]) * count
+        rejections = list(rejected)
+        held = self._held_records(con, province, [r.record_id for r in retirements])
+        touched: set[bytes] = set()
+        newly_retired = 0
+        for r in retirements:
+            h = held.get(r.record_id)
+            content_hash = hashlib.sha256(f"retired/{r.version}/{int(r.reason)}".encode()).digest()[:16]
+            if h is None:
+                rejections.append(
+                    Rejection(
+                        r.index, r.record_id, "RECORD_NOT_FOUND", "record_id",
+                        "the hub holds no record with this id for the calling province", "NOT_FOUND",
+                    )
+                )  # fmt: skip
+                continue
+            outcome = decide_outcome((h[0], h[1]), r.version, content_hash)
+            if outcome is None:
+                rejections.append(
+                    Rejection(
+                        r.index, r.record_id, "VERSION_CONFLICT", "version",
+                        f"version {r.version} is already held with different content; send a higher version",
+                        "FAILED_PRECONDITION",
+                    )
+                )  # fmt: skip
+                continue
+            if outcome is Outcome.UPDATED:
+                con.execute(
+                    "UPDATE records SET version=?, content_hash=?, retired_reason=?, retired_at_us=?"
+                    " WHERE province=? AND record_id=?",
+                    (r.version, content_hash, int(r.reason), now, province, r.record_id),
+                )
+                if not h[4]:
+                    newly_retired += 1
+                if h[3] & _EXCLUSIVE_MASK:
+                    touched.add(h[2])
+                held[r.record_id] = (r.version, content_hash, h[2], h[3], int(r.reason))
+            outcomes[r.index] = outcome
+        if touched:
+            self._refresh_findings(con, touched, now)
+        self._bump_province(con, province, 0, newly_retired, 0)
+        rejections.sort(key=lambda x: x.index)
+        con.execute(
+            "INSERT INTO requests VALUES (?,?,?,?,?,?,?)",
+            (
+                province, node.node_name, request_id, "RetireRecords", digest,
+                f"{bytes(outcomes).hex()}\n{encode_rejections(rejections)}", now,
+            ),
+        )  # fmt: skip
+        return RetireAck(bytes(outcomes), rejections)
+
+    # -- reads -------------------------------------------------------------------------------
+
+    async def sync_state(self, node: NodeRef) -> SyncState:
+        """What the hub holds for this node and its province."""
+        con = self._r
+        n = con.execute(
+            "SELECT last_batch_id, last_batch_at_us, batches_applied, created, updated, unchanged, stale,"
+            " rejected FROM node_state WHERE province=? AND node=?",
+            (node.province_code, node.node_name),
+        ).fetchone() or ("", 0, 0, 0, 0, 0, 0, 0)
+        p = con.execute(
+            "SELECT records_held, records_retired, watermark_us FROM province_state WHERE province=?",
+            (node.province_code,),
+        ).fetchone() or (0, 0, 0)
+        counts = dict(
+            zip(
+                (Outcome.CREATED, Outcome.UPDATED, Outcome.UNCHANGED, Outcome.STALE, Outcome.REJECTED),
+                n[3:],
+                strict=True,
+            )
+        )
+        return SyncState(n[0], n[1], n[2], p[0], p[1], counts, p[2])
+
+    async def enrollments_of(self, person_keys: Sequence[bytes]) -> dict[bytes, list[HeldEnrollments]]:
+        """Live records of the given persons, by person key."""
+        out: dict[bytes, list[HeldEnrollments]] = {}
+        con = self._r
+        for chunk in _chunks(person_keys):
+            for key, province, record_id, enrollments, active, updated_at in con.execute(
+                "SELECT person_key, province, record_id, enrollments, active_programs, updated_at_us FROM records"
+                f" WHERE person_key IN ({_marks(len(chunk))}) AND retired_reason=0",
+                chunk,
+            ):
+                out.setdefault(key, []).append(HeldEnrollments(province, record_id, enrollments, active, updated_at))
+        return out
+
+    async def findings_of(self, person_key: bytes) -> list[Finding]:
+        """Findings about one person, open first, newest first."""
+        return [
+            Finding(fid, Program(program), tuple(provinces.split(",")), bool(is_open), detected, resolved)
+            for fid, program, provinces, is_open, detected, resolved in self._r.execute(
+                "SELECT finding_id, program, provinces, is_open, detected_at_us, resolved_at_us FROM findings"
+                " WHERE person_key=? ORDER BY is_open DESC, detected_at_us DESC",
+                (person_key,),
+            )
+        ]
+
+    async def stats(self) -> HubStats:
+        """Totals across the hub."""
+        con = self._r
+        by_province = {p: n for p, n in con.execute("SELECT province, records_held FROM province_state")}
+        retired = con.execute("SELECT coalesce(sum(records_retired), 0) FROM province_state").fetchone()[0]
+        households = con.execute("SELECT count(*) FROM households").fetchone()[0]
+        open_by_program = {
+            Program(program): n
+            for program, n in con.execute(
+                "SELECT program, count(*) FROM findings WHERE is_open=1 GROUP BY program"
+            )
+        }
+        resolved = con.execute("SELECT count(*) FROM findings WHERE is_open=0").fetchone()[0]
+        batches = con.execute("SELECT coalesce(sum(batches_applied), 0) FROM node_state").fetchone()[0]
+        return HubStats(by_province, retired, households, open_by_program, resolved, batches)
+
+    async def sealed_pii_of(self, province_code: str, record_id: str) -> bytes | None:
+        """The sealed (ID number, name) of one record, for tests and key rotation."""
+        row = self._r.execute(
+            "SELECT sealed_pii FROM records WHERE province=? AND record_id=?", (province_code, record_id)
+        ).fetchone()
+        return None if row is None else bytes(row[0])

@@ -1,0 +1,39 @@
+"""Hutong PKI: node identities, the certificate authority, and PEM/TLS files.
+
+Every certificate is ECDSA P-256 with SHA-256. A node's identity is the single
+``hutong://province/<code>/node/<name>`` URI in its certificate's SAN. Failures
+raise :class:`gateway.errors.PkiError` with an UPPER_SNAKE ``reason``.
+"""
+
+from __future__ import annotations
+
+from pki._ca import CertificateAuthority, generate_key, make_csr
+from pki._files import (
+    DemoPki,
+    NodeCredentials,
+    TlsMaterial,
+    load_certificate,
+    load_private_key,
+    write_demo_pki,
+    write_node_credentials,
+    write_pem_certificate,
+    write_pem_private_key,
+)
+from pki._identity import NodeIdentity, identity_from_certificate
+
+__all__ = [
+    "CertificateAuthority",
+    "DemoPki",
+    "NodeCredentials",
+    "NodeIdentity",
+    "TlsMaterial",
+    "generate_key",
+    "identity_from_certificate",
+    "load_certificate",
+    "load_private_key",
+    "make_csr",
+    "write_demo_pki",
+    "write_node_credentials",
+    "write_pem_certificate",
+    "write_pem_private_key",
+]

@@ -1,0 +1,366 @@
+"""The certificate authority: create, load, save, and issue node and server certificates.
+
+Everything is ECDSA P-256 with SHA-256, the suite gRPC's TLS supports (DESIGN §5).
+Only ``cryptography``'s x509 builders are used; nothing here is home-made crypto.
+
+The CA is built so the operator tooling can grow on it (renew = issue again for
+the same identity, revoke/CRL from the serials issued here). The CA path length
+is 1 so that an online intermediate can sit under an offline root later.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from gateway.errors import PkiError
+from pki._files import (
+    StrPath,
+    check_key_matches_certificate,
+    read_certificate,
+    read_private_key,
+    write_pem_certificate,
+    write_pem_private_key,
+)
+from pki._identity import NodeIdentity, hutong_uris, single_identity
+
+__all__ = ["CertificateAuthority", "generate_key", "make_csr"]
+
+ORGANIZATION = "Hutong"
+DEFAULT_CA_NAME = "Hutong Ministry Root CA"
+DEFAULT_HUB_NAME = "hutong-hub"
+# Backdate notBefore a little: a node whose clock runs slightly behind the CA's
+# must not reject a certificate issued a second ago.
+_CLOCK_SKEW = dt.timedelta(minutes=5)
+
+
+def _signature_hash() -> hashes.SHA256:
+    return hashes.SHA256()
+
+
+def generate_key() -> ec.EllipticCurvePrivateKey:
+    """A fresh ECDSA P-256 private key."""
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _require_p256(public_key: object, *, field: str) -> ec.EllipticCurvePublicKey:
+    if not (isinstance(public_key, ec.EllipticCurvePublicKey) and isinstance(public_key.curve, ec.SECP256R1)):
+        curve = getattr(getattr(public_key, "curve", None), "name", None)
+        kind = f"EC {curve}" if curve else type(public_key).__name__
+        raise PkiError(
+            f"public key is {kind}; Hutong certificates use ECDSA P-256 only",
+            reason="KEY_TYPE_UNSUPPORTED",
+            field=field,
+            metadata={"key_type": kind},
+        )
+    return public_key
+
+
+def _node_subject(identity: NodeIdentity) -> x509.Name:
+    # Informational only: authorization reads the SAN URI, never the subject.
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.STATE_OR_PROVINCE_NAME, identity.province_code),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORGANIZATION),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, identity.province_code),
+            x509.NameAttribute(NameOID.COMMON_NAME, identity.node_name),
+        ]
+    )
+
+
+def _node_san(identity: NodeIdentity) -> x509.SubjectAlternativeName:
+    return x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity.uri)])
+
+
+def make_csr(key: ec.EllipticCurvePrivateKey, identity: NodeIdentity) -> x509.CertificateSigningRequest:
+    """A certificate signing request for ``identity``, signed with ``key`` (done on the node)."""
+    _require_p256(key.public_key(), field="key")
+    return (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(_node_subject(identity))
+        .add_extension(_node_san(identity), critical=False)
+        .sign(key, _signature_hash())
+    )
+
+
+@dataclass(frozen=True)
+class CertificateAuthority:
+    """A CA certificate with its private key, able to issue Hutong certificates."""
+
+    cert: x509.Certificate
+    key: ec.EllipticCurvePrivateKey = field(repr=False)
+
+    # ----------------------------------------------------------------- lifecycle
+
+    @classmethod
+    def create(cls, common_name: str = DEFAULT_CA_NAME, *, valid_days: int = 3650) -> CertificateAuthority:
+        """A new self-signed root CA with a fresh P-256 key."""
+        _check_valid_days(valid_days)
+        key = generate_key()
+        name = x509.Name(
+            [
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORGANIZATION),
+                x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+            ]
+        )
+        now = dt.datetime.now(dt.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - _CLOCK_SKEW)
+            .not_valid_after(now + dt.timedelta(days=valid_days))
+            # Path length 1 leaves room for one intermediate (offline root, online intermediate).
+            .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=False,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .sign(key, _signature_hash())
+        )
+        return cls(cert=cert, key=key)
+
+    @classmethod
+    def load(
+        cls, cert_path: StrPath, key_path: StrPath, *, passphrase: bytes | None = None
+    ) -> CertificateAuthority:
+        """Load a CA from PEM files, checking that the key matches and the certificate is a CA."""
+        cert = read_certificate(cert_path, field="cert_path")
+        key = read_private_key(key_path, passphrase, field="key_path")
+        check_key_matches_certificate(key, cert, key_path=Path(key_path), cert_path=Path(cert_path))
+        try:
+            constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        except (x509.ExtensionNotFound, ValueError):
+            constraints = None
+        if constraints is None or not constraints.ca:
+            raise PkiError(
+                f"{cert_path} is not a CA certificate (BasicConstraints ca=True is missing)",
+                reason="CA_CERT_INVALID",
+                field="cert_path",
+                metadata={"path": str(cert_path)},
+            )
+        return cls(cert=cert, key=key)
+
+    def save(self, cert_path: StrPath, key_path: StrPath, *, passphrase: bytes | None = None) -> None:
+        """Write the certificate (0644) and key (0600, encrypted given a passphrase); never overwrite."""
+        # Key first: if it already exists we stop before leaving a lone certificate behind.
+        write_pem_private_key(key_path, self.key, passphrase=passphrase)
+        write_pem_certificate(cert_path, self.cert)
+
+    # ----------------------------------------------------------------- issuing
+
+    def issue_node_certificate(
+        self, identity: NodeIdentity, public_key: ec.EllipticCurvePublicKey, *, valid_days: int = 90
+    ) -> x509.Certificate:
+        """A node's mTLS certificate: SAN URI identity, client and server auth."""
+        builder = (
+            self._leaf_builder(_require_p256(public_key, field="public_key"), valid_days)
+            .subject_name(_node_subject(identity))
+            .add_extension(_node_san(identity), critical=False)
+            # serverAuth too: the hub will call nodes back for federated queries.
+            .add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]),
+                critical=False,
+            )
+        )
+        return builder.sign(self.key, _signature_hash())
+
+    def issue_server_certificate(
+        self,
+        public_key: ec.EllipticCurvePublicKey,
+        *,
+        dns_names: Sequence[str],
+        ip_addresses: Sequence[str] = (),
+        common_name: str = DEFAULT_HUB_NAME,
+        valid_days: int = 90,
+    ) -> x509.Certificate:
+        """The hub's certificate: DNS/IP SANs, server auth (and client auth to call nodes)."""
+        names = _server_names(dns_names, ip_addresses)
+        builder = (
+            self._leaf_builder(_require_p256(public_key, field="public_key"), valid_days)
+            .subject_name(
+                x509.Name(
+                    [
+                        x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORGANIZATION),
+                        x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+                    ]
+                )
+            )
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                critical=False,
+            )
+        )
+        return builder.sign(self.key, _signature_hash())
+
+    def issue_from_csr(
+        self,
+        csr: x509.CertificateSigningRequest,
+        *,
+        valid_days: int = 90,
+        expected: NodeIdentity | None = None,
+    ) -> x509.Certificate:
+        """A node certificate for a CSR, after checking its signature and its single ``hutong://`` SAN URI.
+
+        Only the identity and the public key are taken from the CSR; every other
+        requested name or extension is ignored, as the CA decides what it signs.
+        Give ``expected`` to refuse a CSR naming any other node.
+        """
+        if not csr.is_signature_valid:
+            raise PkiError(
+                "the CSR's signature does not verify with its own public key",
+                reason="CSR_SIGNATURE_INVALID",
+                field="csr.signature",
+            )
+        public_key = _require_p256(csr.public_key(), field="csr.public_key")
+        try:
+            san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except x509.ExtensionNotFound:
+            uris: list[str] = []
+        except ValueError as exc:
+            raise PkiError(
+                f"the CSR's extensions cannot be parsed: {exc}",
+                reason="CSR_INVALID",
+                field="csr.extensions",
+            ) from exc
+        else:
+            uris = hutong_uris(san)
+        try:
+            identity = single_identity(uris, subject="the CSR", field="csr.san_uri")
+        except PkiError as exc:
+            raise PkiError(
+                exc.message,
+                reason="CSR_INVALID",
+                field="csr.san_uri",
+                metadata={**exc.metadata, "cause_reason": exc.reason},
+            ) from exc
+        if expected is not None and identity != expected:
+            raise PkiError(
+                f"the CSR names {identity.uri}, not the expected {expected.uri}",
+                reason="CSR_INVALID",
+                field="csr.san_uri",
+                metadata={"uri": identity.uri, "expected_uri": expected.uri},
+            )
+        return self.issue_node_certificate(identity, public_key, valid_days=valid_days)
+
+    # ----------------------------------------------------------------- internals
+
+    def _leaf_builder(
+        self, public_key: ec.EllipticCurvePublicKey, valid_days: int
+    ) -> x509.CertificateBuilder:
+        """Issuer, key, serial, validity and the extensions every leaf shares."""
+        _check_valid_days(valid_days)
+        now = dt.datetime.now(dt.UTC)
+        not_after = now + dt.timedelta(days=valid_days)
+        ca_not_after = self.cert.not_valid_after_utc
+        if not_after > ca_not_after:
+            # A leaf outliving its CA would fail validation on the CA's last day without warning.
+            raise PkiError(
+                f"a certificate valid for {valid_days} days would outlive the CA, "
+                f"which expires {ca_not_after.isoformat()}",
+                reason="VALIDITY_EXCEEDS_CA",
+                field="valid_days",
+                metadata={"valid_days": str(valid_days), "ca_not_after": ca_not_after.isoformat()},
+            )
+        return (
+            x509.CertificateBuilder()
+            .issuer_name(self.cert.subject)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - _CLOCK_SKEW)
+            .not_valid_after(not_after)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=False,
+                    crl_sign=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+            .add_extension(self._authority_key_identifier(), critical=False)
+        )
+
+    def _authority_key_identifier(self) -> x509.AuthorityKeyIdentifier:
+        try:
+            ski = self.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        except x509.ExtensionNotFound:
+            # A CA made elsewhere may lack an SKI; derive the same value from its key.
+            return x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key())
+        return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+
+
+def _check_valid_days(valid_days: int) -> None:
+    if isinstance(valid_days, bool) or not isinstance(valid_days, int) or valid_days < 1:
+        raise PkiError(
+            f"valid_days must be a whole number of days, at least 1 (got {valid_days!r})",
+            reason="VALIDITY_INVALID",
+            field="valid_days",
+            metadata={"valid_days": repr(valid_days)},
+        )
+
+
+def _server_names(dns_names: Sequence[str], ip_addresses: Sequence[str]) -> list[x509.GeneralName]:
+    # A bare str is a Sequence[str] too; iterating it would make one SAN per character.
+    for arg, value in (("dns_names", dns_names), ("ip_addresses", ip_addresses)):
+        if isinstance(value, str):
+            raise TypeError(f"{arg} must be a sequence of strings, not a single string")
+    names: list[x509.GeneralName] = []
+    for dns_name in dns_names:
+        try:
+            if not dns_name or dns_name != dns_name.strip():
+                raise ValueError("empty or padded with whitespace")
+            names.append(x509.DNSName(dns_name))
+        except ValueError as exc:
+            raise PkiError(
+                f"DNS name {dns_name!r} is not usable: give an ASCII (A-label) host name",
+                reason="DNS_NAME_INVALID",
+                field="dns_names",
+                metadata={"dns_name": dns_name},
+            ) from exc
+    for ip in ip_addresses:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(ip)))
+        except ValueError as exc:
+            raise PkiError(
+                f"{ip!r} is not an IPv4 or IPv6 address",
+                reason="IP_ADDRESS_INVALID",
+                field="ip_addresses",
+                metadata={"ip_address": ip},
+            ) from exc
+    if not names:
+        raise PkiError(
+            "a server certificate needs at least one DNS name or IP address",
+            reason="SERVER_NAMES_MISSING",
+            field="dns_names",
+        )
+    return names
