@@ -19,7 +19,7 @@ import tenacity
 from gateway import errors
 from gateway.domain.model import Program, Purpose
 from gateway.rpc_status import INSECURE_IDENTITY_KEY, REQUEST_ID_KEY, error_from_rpc
-from hutong.v1 import query_pb2, query_pb2_grpc, records_pb2, records_pb2_grpc
+from hutong.v1 import person_pb2, query_pb2, query_pb2_grpc, records_pb2, records_pb2_grpc
 from pki import TlsMaterial
 
 __all__ = ["HubClient", "RetryConfig"]
@@ -41,6 +41,14 @@ class RetryConfig:
     max_attempts: int = 8
     #: Deadline of each single attempt, seconds.
     attempt_timeout: float = 10.0
+
+
+def _purpose(value: int) -> person_pb2.Purpose.ValueType:
+    return person_pb2.Purpose.ValueType(value)
+
+
+def _programs(values: Sequence[int]) -> list[person_pb2.Program.ValueType]:
+    return [person_pb2.Program.ValueType(v) for v in values]
 
 
 def _translate(exc: grpc.aio.AioRpcError) -> errors.HutongError:
@@ -116,7 +124,9 @@ class HubClient:
         self, id_number: str, purpose: Purpose, programs: Sequence[Program] = ()
     ) -> query_pb2.CheckEnrollmentResponse:
         """Whether a person is enrolled, per programme, with the holding provinces."""
-        request = query_pb2.CheckEnrollmentRequest(id_number=id_number, purpose=purpose, programs=programs)
+        request = query_pb2.CheckEnrollmentRequest(
+            id_number=id_number, purpose=_purpose(purpose), programs=_programs(programs)
+        )
         return await self._idempotent(
             lambda: self.queries.CheckEnrollment(request, timeout=self._retry.attempt_timeout, metadata=self._md())
         )
@@ -125,7 +135,9 @@ class HubClient:
         self, id_numbers: Sequence[str], purpose: Purpose, programs: Sequence[Program] = ()
     ) -> query_pb2.BatchCheckEnrollmentResponse:
         """CheckEnrollment for up to 1,000 persons."""
-        request = query_pb2.BatchCheckEnrollmentRequest(id_numbers=id_numbers, purpose=purpose, programs=programs)
+        request = query_pb2.BatchCheckEnrollmentRequest(
+            id_numbers=id_numbers, purpose=_purpose(purpose), programs=_programs(programs)
+        )
         return await self._idempotent(
             lambda: self.queries.BatchCheckEnrollment(request, timeout=self._retry.attempt_timeout, metadata=self._md())
         )
@@ -135,7 +147,7 @@ class HubClient:
     ) -> query_pb2.LookupPersonResponse:
         """A person's enrollments across provinces, filtered by purpose (one page)."""
         request = query_pb2.LookupPersonRequest(
-            id_number=id_number, purpose=purpose, page_size=page_size, page_token=page_token
+            id_number=id_number, purpose=_purpose(purpose), page_size=page_size, page_token=page_token
         )
         return await self._idempotent(
             lambda: self.queries.LookupPerson(request, timeout=self._retry.attempt_timeout, metadata=self._md())
@@ -162,7 +174,8 @@ class HubClient:
         )
 
     async def sync(
-        self, batches: Iterable[records_pb2.SyncRecordsRequest] | AsyncIterable[records_pb2.SyncRecordsRequest],
+        self,
+        batches: Iterable[records_pb2.SyncRecordsRequest] | AsyncIterable[records_pb2.SyncRecordsRequest],
         *,
         window: int = 4,
     ) -> AsyncIterator[records_pb2.SyncRecordsResponse]:

@@ -95,7 +95,10 @@ class HutongError(Exception):
         return f"{prefix}{self.message} [{self.reason}]"
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.message!r}, reason={self.reason!r}, field={self.field!r}, record={self.record!r})"
+        return (
+            f"{type(self).__name__}({self.message!r}, reason={self.reason!r},"
+            f" field={self.field!r}, record={self.record!r})"
+        )
 
 
 class InvalidArgument(HutongError):

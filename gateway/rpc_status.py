@@ -44,7 +44,8 @@ _BY_CODE: dict[grpc.StatusCode, type[errors.HutongError]] = {
 
 def status_code(name: str) -> grpc.StatusCode:
     """The gRPC status code of a code name; INTERNAL for names that are not codes."""
-    return getattr(grpc.StatusCode, name, grpc.StatusCode.INTERNAL)  # type: ignore[no-any-return]
+    code: grpc.StatusCode = getattr(grpc.StatusCode, name, grpc.StatusCode.INTERNAL)
+    return code
 
 
 def status_for(exc: errors.HutongError) -> status_pb2.Status:

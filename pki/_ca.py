@@ -142,9 +142,7 @@ class CertificateAuthority:
         return cls(cert=cert, key=key)
 
     @classmethod
-    def load(
-        cls, cert_path: StrPath, key_path: StrPath, *, passphrase: bytes | None = None
-    ) -> CertificateAuthority:
+    def load(cls, cert_path: StrPath, key_path: StrPath, *, passphrase: bytes | None = None) -> CertificateAuthority:
         """Load a CA from PEM files, checking that the key matches and the certificate is a CA."""
         cert = read_certificate(cert_path, field="cert_path")
         key = read_private_key(key_path, passphrase, field="key_path")
@@ -267,9 +265,7 @@ class CertificateAuthority:
 
     # ----------------------------------------------------------------- internals
 
-    def _leaf_builder(
-        self, public_key: ec.EllipticCurvePublicKey, valid_days: int
-    ) -> x509.CertificateBuilder:
+    def _leaf_builder(self, public_key: ec.EllipticCurvePublicKey, valid_days: int) -> x509.CertificateBuilder:
         """Issuer, key, serial, validity and the extensions every leaf shares."""
         _check_valid_days(valid_days)
         now = dt.datetime.now(dt.UTC)

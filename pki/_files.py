@@ -187,9 +187,7 @@ def _replace_atomically(path: Path, data: bytes, mode: int, *, field: str) -> No
         raise
 
 
-def write_pem_private_key(
-    path: StrPath, key: ec.EllipticCurvePrivateKey, *, passphrase: bytes | None = None
-) -> None:
+def write_pem_private_key(path: StrPath, key: ec.EllipticCurvePrivateKey, *, passphrase: bytes | None = None) -> None:
     """Write ``key`` as PKCS#8 PEM with mode 0600, encrypted if a passphrase is given; never overwrite."""
     path = Path(path)
     if passphrase is None:
@@ -265,9 +263,7 @@ def read_private_key(
             # fstat on the open file, so the mode checked is the mode of the bytes read.
             mode = os.fstat(handle.fileno()).st_mode
             if not stat.S_ISREG(mode):
-                raise PkiError(
-                    f"{path} is not a regular file", reason="FILE_MISSING", field=field, metadata=meta
-                )
+                raise PkiError(f"{path} is not a regular file", reason="FILE_MISSING", field=field, metadata=meta)
             if os.name == "posix" and mode & 0o077:
                 raise PkiError(
                     f"private key {path} is accessible by group or others "

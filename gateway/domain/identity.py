@@ -285,9 +285,7 @@ def propose_corrections(raw: str, *, today: dt.date | None = None) -> list[str]:
         if value[i] != value[i + 1]:
             candidates.add(value[:i] + value[i + 1] + value[i] + value[i + 2 :])
     return sorted(
-        c
-        for c in candidates
-        if "X" not in c[:17] and _check_of(c[:17]) == c[17] and is_valid_id_number(c, today=today)
+        c for c in candidates if "X" not in c[:17] and _check_of(c[:17]) == c[17] and is_valid_id_number(c, today=today)
     )
 
 

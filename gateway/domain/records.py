@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gateway.domain import divisions, identity
+from gateway.domain.model import Enrollment as EnrollmentT
 from gateway.domain.model import (
     EnrollmentStatus,
     Gender,
@@ -37,7 +38,6 @@ from gateway.domain.model import (
     Program,
     RetirementReason,
 )
-from gateway.domain.model import Enrollment as EnrollmentT
 from gateway.domain.protection import FieldSealer, PersonKeyer
 from gateway.errors import HutongError, InvalidRecord, PermissionDenied
 
@@ -170,9 +170,7 @@ class PreparedBatch:
     household_count: int
 
 
-def decide_outcome(
-    held: tuple[int, bytes] | None, version: int, content_hash: bytes
-) -> Outcome | None:
+def decide_outcome(held: tuple[int, bytes] | None, version: int, content_hash: bytes) -> Outcome | None:
     """The outcome of writing ``version`` over ``held`` (version, hash); None means VERSION_CONFLICT."""
     if held is None:
         return Outcome.CREATED

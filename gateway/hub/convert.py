@@ -21,7 +21,7 @@ from hutong.v1 import person_pb2
 __all__ = [
     "content_hash",
     "date_from_proto",
-    "date_to_proto",
+    "set_date",
     "household_from_proto",
     "record_from_proto",
     "rejection_to_proto",
@@ -50,9 +50,9 @@ def date_from_proto(value: person_pb2.Date, field: str, record: str) -> dt.date 
         ) from None
 
 
-def date_to_proto(value: dt.date | None) -> person_pb2.Date | None:
-    """The wire form of a date; None stays unset."""
-    return None if value is None else person_pb2.Date(year=value.year, month=value.month, day=value.day)
+def set_date(target: person_pb2.Date, value: dt.date) -> None:
+    """Write a date into a wire Date field."""
+    target.year, target.month, target.day = value.year, value.month, value.day
 
 
 def timestamp_from_us(us: int) -> Timestamp:

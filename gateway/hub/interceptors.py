@@ -43,7 +43,6 @@ log = structlog.get_logger("hutong.hub")
 _current: contextvars.ContextVar[CallInfo] = contextvars.ContextVar("hutong_call")
 
 
-
 @dataclass(slots=True)
 class CallInfo:
     """What the pipeline knows about the call in progress."""
@@ -189,11 +188,17 @@ class HubInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler.response_streaming:
             behavior = handler.stream_stream if handler.request_streaming else handler.unary_stream
             wrapped_stream = self._wrap_stream(short, behavior)
-            make = grpc.stream_stream_rpc_method_handler if handler.request_streaming else grpc.unary_stream_rpc_method_handler
+            make = (
+                grpc.stream_stream_rpc_method_handler
+                if handler.request_streaming
+                else grpc.unary_stream_rpc_method_handler
+            )
             return make(wrapped_stream, handler.request_deserializer, handler.response_serializer)
         behavior = handler.stream_unary if handler.request_streaming else handler.unary_unary
         wrapped_unary = self._wrap_unary(short, behavior)
-        make = grpc.stream_unary_rpc_method_handler if handler.request_streaming else grpc.unary_unary_rpc_method_handler
+        make = (
+            grpc.stream_unary_rpc_method_handler if handler.request_streaming else grpc.unary_unary_rpc_method_handler
+        )
         return make(wrapped_unary, handler.request_deserializer, handler.response_serializer)
 
     def _begin(self, method: str, context: grpc.aio.ServicerContext) -> CallInfo:

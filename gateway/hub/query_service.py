@@ -15,10 +15,10 @@ from gateway.domain.model import ALL_PROGRAMS, Program
 from gateway.domain.policy import disclosed_fields, require_purpose
 from gateway.domain.protection import PersonKeyer
 from gateway.domain.records import decode_enrollments, rejection_from_error
-from gateway.hub.convert import date_to_proto, rejection_to_proto, timestamp_from_us
+from gateway.hub.convert import rejection_to_proto, set_date, timestamp_from_us
 from gateway.hub.interceptors import current_call
 from gateway.store.base import HeldEnrollments, Store
-from hutong.v1 import query_pb2, query_pb2_grpc
+from hutong.v1 import person_pb2, query_pb2, query_pb2_grpc
 
 __all__ = ["MAX_BATCH_CHECK", "AssistanceQueryServicer"]
 
@@ -46,7 +46,11 @@ def _answer(held: Iterable[HeldEnrollments], programs: Sequence[Program]) -> lis
     results = []
     for program in programs:
         provinces = sorted({h.province_code for h in rows if h.active_programs & program.bit})
-        results.append(query_pb2.ProgramEnrollment(program=program, enrolled=bool(provinces), province_codes=provinces))
+        results.append(
+            query_pb2.ProgramEnrollment(
+                program=person_pb2.Program.ValueType(program), enrolled=bool(provinces), province_codes=provinces
+            )
+        )
     return results
 
 
@@ -79,7 +83,9 @@ class AssistanceQueryServicer(query_pb2_grpc.AssistanceQueryServiceServicer):
         programs = _programs(request.programs)
         n = len(request.id_numbers)
         if n == 0:
-            raise errors.InvalidArgument("at least one ID number is required", reason="ID_NUMBERS_MISSING", field="id_numbers")
+            raise errors.InvalidArgument(
+                "at least one ID number is required", reason="ID_NUMBERS_MISSING", field="id_numbers"
+            )
         if n > MAX_BATCH_CHECK:
             raise errors.ResourceExhausted(
                 f"at most {MAX_BATCH_CHECK} ID numbers per call; got {n}", reason="BATCH_TOO_LARGE", field="id_numbers"
@@ -125,13 +131,13 @@ class AssistanceQueryServicer(query_pb2_grpc.AssistanceQueryServiceServicer):
             for e in decode_enrollments(h.enrollments):
                 entry = query_pb2.ProvinceEnrollment(province_code=h.province_code)
                 enrollment = entry.enrollment
-                enrollment.program = e.program
-                enrollment.status = e.status
+                enrollment.program = person_pb2.Program.ValueType(e.program)
+                enrollment.status = person_pb2.EnrollmentStatus.ValueType(e.status)
                 enrollment.granting_division = e.granting_division
                 if "start_date" in allowed and e.start_date is not None:
-                    enrollment.start_date.CopyFrom(date_to_proto(e.start_date))
+                    set_date(enrollment.start_date, e.start_date)
                 if "end_date" in allowed and e.end_date is not None:
-                    enrollment.end_date.CopyFrom(date_to_proto(e.end_date))
+                    set_date(enrollment.end_date, e.end_date)
                 if "monthly_amount_fen" in allowed:
                     enrollment.monthly_amount_fen = e.monthly_amount_fen
                 if "record_id" in allowed:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import AsyncIterator
+
 import grpc
 import structlog
 
@@ -54,6 +55,12 @@ def check_client_id(value: str, field: str) -> str:
     return value
 
 
+def _outcomes(packed: bytes) -> list[records_pb2.Outcome.ValueType]:
+    # One byte per outcome in the store; the wire wants the enum values. A bytes object
+    # iterates as ints, which protobuf accepts directly.
+    return packed  # type: ignore[return-value]
+
+
 def _counts(ack: BatchAck) -> records_pb2.OutcomeCounts:
     c = ack.counts()
     return records_pb2.OutcomeCounts(
@@ -69,8 +76,8 @@ def ack_to_proto(ack: BatchAck) -> records_pb2.SyncRecordsResponse:
     """The wire form of a batch acknowledgement."""
     response = records_pb2.SyncRecordsResponse(
         batch_id=ack.batch_id,
-        record_outcomes=ack.record_outcomes,
-        household_outcomes=ack.household_outcomes,
+        record_outcomes=_outcomes(ack.record_outcomes),
+        household_outcomes=_outcomes(ack.household_outcomes),
         record_rejections=rejections_to_proto(ack.record_rejections),
         household_rejections=rejections_to_proto(ack.household_rejections),
         replayed=ack.replayed,
@@ -107,7 +114,9 @@ class RecordExchangeServicer(records_pb2_grpc.RecordExchangeServiceServicer):
             task.cancel()
 
     def _refuse(self, batch_id: str, reason: str, field: str, message: str, code: str) -> BatchAck:
-        return BatchAck(batch_id, b"", b"", [], [], 0, batch_rejection=Rejection(-1, batch_id, reason, field, message, code))
+        return BatchAck(
+            batch_id, b"", b"", [], [], 0, batch_rejection=Rejection(-1, batch_id, reason, field, message, code)
+        )
 
     def _start_batch(self, caller: NodeRef, request: records_pb2.SyncRecordsRequest) -> asyncio.Future[BatchAck]:
         """Validate and prepare a batch now; schedule its write. Returns the future acknowledgement."""
@@ -145,7 +154,7 @@ class RecordExchangeServicer(records_pb2_grpc.RecordExchangeServiceServicer):
                 rejected.append(rejection_from_error(index, pb.record_id, exc))
         households: list[Household | None] = []
         h_rejected: list[Rejection] = []
-        for index, hpb in enumerate(request.households):
+        for hpb in request.households:
             digest = content_hash(hpb)
             hashes.append(digest)
             households.append(household_from_proto(hpb, digest))
@@ -189,7 +198,9 @@ class RecordExchangeServicer(records_pb2_grpc.RecordExchangeServiceServicer):
                 batches += 1
                 for outcome, n in ack.counts().items():
                     totals[outcome] += n
-                log.debug("batch_acknowledged", batch_id=ack.batch_id, replayed=ack.replayed, records=len(ack.record_outcomes))
+                log.debug(
+                    "batch_acknowledged", batch_id=ack.batch_id, replayed=ack.replayed, records=len(ack.record_outcomes)
+                )
                 yield ack_to_proto(ack)
             try:
                 await reader
@@ -260,5 +271,5 @@ class RecordExchangeServicer(records_pb2_grpc.RecordExchangeServiceServicer):
             raise errors.FailedPrecondition(r.message, reason=r.reason, field=r.field)
         current_call().extra.update(retirements=len(request.retirements), rejected=len(ack.rejections))
         return records_pb2.RetireRecordsResponse(
-            outcomes=ack.outcomes, rejections=rejections_to_proto(ack.rejections), replayed=ack.replayed
+            outcomes=_outcomes(ack.outcomes), rejections=rejections_to_proto(ack.rejections), replayed=ack.replayed
         )

@@ -55,10 +55,8 @@ class BatchAck:
 
     def counts(self) -> dict[Outcome, int]:
         """Record outcomes counted by kind."""
-        out = dict.fromkeys((o for o in Outcome if o is not Outcome.UNSPECIFIED), 0)
-        for value in self.record_outcomes:
-            out[Outcome(value)] += 1
-        return out
+        outcomes = self.record_outcomes
+        return {o: outcomes.count(o) for o in Outcome if o is not Outcome.UNSPECIFIED}
 
 
 @dataclass(slots=True)

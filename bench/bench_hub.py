@@ -1,0 +1,256 @@
+"""Hub benchmark: ingest, CheckEnrollment under load, and memory, beside a bare baseline.
+
+Run: ``.venv/bin/python bench/bench_hub.py [--records 1000000] [--calls 20000]``
+
+In one run, on this machine:
+
+1. a synthetic population of ``--records`` persons (one province) is generated and serialized
+   into batches of 1,000 before anything is timed;
+2. the bare server (``bench/bare_server.py``: same services, same mTLS, no work) and then the
+   hub (``hutong hub serve``, SQLite, FULL durability) each run in their own process;
+3. the same batches are streamed to each (at most 4 unacknowledged), then ``--calls``
+   CheckEnrollment calls are made by 64 concurrent callers, for persons that exist;
+4. the hub's peak RSS (VmHWM) is read after it holds every record.
+
+It prints each figure, the hub/bare ratio and the target. Load loops are bounded by count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from gateway.demo.population import PopulationSpec, iter_province_records
+from hutong.v1 import query_pb2, records_pb2
+from pki import DemoPki, TlsMaterial, write_demo_pki
+
+PROVINCE = "440000"
+BATCH = 1000
+WINDOW = 4
+CALLERS = 64
+
+
+@dataclass
+class Ingest:
+    records: int
+    seconds: float
+    rejected: int
+
+    @property
+    def rate(self) -> float:
+        return self.records / self.seconds
+
+
+@dataclass
+class Queries:
+    calls: int
+    seconds: float
+    latencies_ms: list[float]
+    errors: int
+
+    @property
+    def rate(self) -> float:
+        return self.calls / self.seconds
+
+    def pct(self, p: float) -> float:
+        return statistics.quantiles(self.latencies_ms, n=1000)[int(p * 10) - 1]
+
+
+def prepare(records: int, seed: int) -> tuple[list[bytes], list[str]]:
+    """Serialized batches and a sample of ID numbers held in them."""
+    spec = PopulationSpec(provinces=(PROVINCE,), persons_per_province=records, seed=seed, mover_share=0.0)
+    batches: list[bytes] = []
+    ids: list[str] = []
+    pending: list[object] = []
+    rnd = random.Random(seed)
+    for record in iter_province_records(spec, PROVINCE):
+        pending.append(record)
+        if rnd.random() < 0.02:
+            ids.append(record.id_number)
+        if len(pending) == BATCH:
+            batches.append(_batch(len(batches), pending))
+            pending = []
+    if pending:
+        batches.append(_batch(len(batches), pending))
+    return batches, ids
+
+
+def _batch(n: int, records: list[object]) -> bytes:
+    return records_pb2.SyncRecordsRequest(batch_id=f"bench-{n:07d}", records=records).SerializeToString()  # type: ignore[arg-type]
+
+
+def start(command: list[str], port_file: Path, log: Path) -> tuple[subprocess.Popen[bytes], int]:
+    port_file.unlink(missing_ok=True)
+    with log.open("ab") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=out)
+    deadline = time.monotonic() + 60
+    while not port_file.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise SystemExit(f"server did not start; see {log}")
+        time.sleep(0.05)
+    return process, int(port_file.read_text())
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def channel(port: int, tls: TlsMaterial) -> grpc.aio.Channel:
+    creds = grpc.ssl_channel_credentials(tls.ca_pem, tls.private_key_pem, tls.cert_chain_pem)
+    return grpc.aio.secure_channel(
+        f"localhost:{port}", creds, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)]
+    )
+
+
+async def ingest(port: int, tls: TlsMaterial, batches: list[bytes]) -> Ingest:
+    async with channel(port, tls) as ch:
+        identity: Callable[[bytes], bytes] = lambda b: b  # noqa: E731 - batches are pre-serialized
+        sync = ch.stream_stream(
+            "/hutong.v1.RecordExchangeService/SyncRecords",
+            request_serializer=identity,
+            response_deserializer=records_pb2.SyncRecordsResponse.FromString,
+        )
+        credits = asyncio.Semaphore(WINDOW)
+
+        async def requests() -> Iterator[bytes]:  # type: ignore[misc]
+            for batch in batches:
+                await credits.acquire()
+                yield batch
+
+        records = rejected = 0
+        started = time.perf_counter()
+        async for ack in sync(requests()):
+            credits.release()
+            records += len(ack.record_outcomes)
+            rejected += ack.record_counts.rejected
+        return Ingest(records, time.perf_counter() - started, rejected)
+
+
+async def query_load(port: int, tls: TlsMaterial, ids: list[str], calls: int) -> Queries:
+    async with channel(port, tls) as ch:
+        check = ch.unary_unary(
+            "/hutong.v1.AssistanceQueryService/CheckEnrollment",
+            request_serializer=query_pb2.CheckEnrollmentRequest.SerializeToString,
+            response_deserializer=query_pb2.CheckEnrollmentResponse.FromString,
+        )
+        requests = [
+            query_pb2.CheckEnrollmentRequest(id_number=ids[i % len(ids)], purpose=2, programs=[1]) for i in range(calls)
+        ]
+        for r in requests[:200]:  # warm up the connection and caches
+            await check(r)
+        latencies: list[float] = []
+        errors = 0
+        cursor = iter(requests)
+
+        async def caller() -> None:
+            nonlocal errors
+            for request in cursor:
+                t = time.perf_counter()
+                try:
+                    await check(request, timeout=30)
+                except grpc.aio.AioRpcError:
+                    errors += 1
+                latencies.append((time.perf_counter() - t) * 1000)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(caller() for _ in range(CALLERS)))
+        return Queries(calls, time.perf_counter() - started, latencies, errors)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--records", type=int, default=1_000_000, help="persons to ingest (default 1,000,000)")
+    parser.add_argument("--calls", type=int, default=20_000, help="CheckEnrollment calls (default 20,000)")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = parser.parse_args()
+
+    root = Path(tempfile.mkdtemp(prefix="hutong-bench-"))
+    try:
+        pki: DemoPki = write_demo_pki(root / "pki", provinces=[(PROVINCE, "bench-01")])
+        tls = next(iter(pki.nodes.values())).tls
+        t = time.perf_counter()
+        batches, ids = prepare(args.records, args.seed)
+        print(f"prepared {args.records:,} records in {len(batches):,} batches in {time.perf_counter() - t:.1f}s")
+        here = Path(__file__).resolve().parent
+        certs = [str(pki.hub_cert_path), str(pki.hub_key_path), str(pki.ca_cert_path)]
+
+        bare, bare_port = start(
+            [sys.executable, str(here / "bare_server.py"), *certs, str(root / "bare.port")],
+            root / "bare.port",
+            root / "bare.log",
+        )
+        try:
+            bare_ingest = asyncio.run(ingest(bare_port, tls, batches))
+            bare_queries = asyncio.run(query_load(bare_port, tls, ids, args.calls))
+        finally:
+            stop(bare)
+
+        hub, hub_port = start(
+            [
+                sys.executable, "-m", "gateway.cli", "--log-level", "warning", "hub", "serve",
+                "--data-dir", str(root / "hub"), "--listen", "127.0.0.1:0",
+                "--cert", certs[0], "--key", certs[1], "--ca", certs[2], "--port-file", str(root / "hub.port"),
+            ],
+            root / "hub.port",
+            root / "hub.log",
+        )  # fmt: skip
+        try:
+            hub_ingest = asyncio.run(ingest(hub_port, tls, batches))
+            rss_after_ingest = peak_rss_mib(hub.pid)
+            hub_queries = asyncio.run(query_load(hub_port, tls, ids, args.calls))
+            rss = peak_rss_mib(hub.pid)
+        finally:
+            stop(hub)
+    finally:
+        if args.keep:
+            print(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+    def row(name: str, hub_value: float, bare_value: float, unit: str, target: str) -> None:
+        ratio = hub_value / bare_value if bare_value else float("nan")
+        print(f"{name:<34}{hub_value:>14,.1f}{bare_value:>14,.1f}  {unit:<10}{ratio:>7.2f}  {target}")
+
+    print()
+    print(f"{'figure':<34}{'hub':>14}{'bare':>14}  {'unit':<10}{'ratio':>7}  target")
+    row("ingest over mTLS", hub_ingest.rate, bare_ingest.rate, "records/s", ">= 50,000 records/s")
+    row("CheckEnrollment, 64 callers", hub_queries.rate, bare_queries.rate, "calls/s", "ratio >= 0.50")
+    row("CheckEnrollment p50", hub_queries.pct(50), bare_queries.pct(50), "ms", "")
+    row("CheckEnrollment p99", hub_queries.pct(99), bare_queries.pct(99), "ms", "ratio <= 2.00")
+    print(f"{'hub peak RSS holding records':<34}{rss:>14,.1f}{'':>14}  {'MiB':<10}{'':>7}  <= 500 MB")
+    print(
+        f"\nrecords {hub_ingest.records:,} ({hub_ingest.rejected:,} rejected by the hub's rules) in"
+        f" {hub_ingest.seconds:.1f}s; bare {bare_ingest.seconds:.1f}s; peak RSS after ingest {rss_after_ingest:,.1f} MiB;"
+        f" query errors hub {hub_queries.errors}, bare {bare_queries.errors}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""What the small CLI subcommands do: queries against a hub, quick certificates, ID checks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from gateway.client import HubClient
+from gateway.domain import identity
+from gateway.domain.divisions import PROVINCE_CODES
+from gateway.domain.model import Program, Purpose
+from gateway.errors import ConfigError, HutongError
+from hutong.v1 import person_pb2, query_pb2
+from pki import TlsMaterial, write_demo_pki
+
+__all__ = ["id_check", "pki_quickstart", "run_query"]
+
+
+def _province(code: str) -> str:
+    return f"{code} {PROVINCE_CODES.get(code, '')}".strip()
+
+
+async def run_query(
+    kind: str,
+    *,
+    hub: str,
+    id_number: str,
+    purpose: int,
+    programs: Sequence[int],
+    tls: TlsMaterial,
+    server_name: str | None,
+) -> int:
+    """``hutong query check|lookup``: print the hub's answer."""
+    console = Console()
+    async with HubClient(hub, tls=tls, server_name=server_name) as client:
+        if kind == "check":
+            answer = await client.check_enrollment(id_number, Purpose(purpose), [Program(p) for p in programs])
+            table = Table(title="CheckEnrollment")
+            table.add_column("programme")
+            table.add_column("enrolled")
+            table.add_column("holding provinces")
+            for r in answer.results:
+                table.add_row(
+                    Program(r.program).name.lower(),
+                    "yes" if r.enrolled else "no",
+                    ", ".join(_province(p) for p in r.province_codes),
+                )
+            console.print(table)
+            return 0
+        page_token = ""
+        table = Table(title=f"LookupPerson (purpose: {Purpose(purpose).name.lower()})")
+        for column in ("province", "programme", "status", "since", "until", "monthly (yuan)", "record"):
+            table.add_column(column)
+        findings: list[query_pb2.DuplicateEnrollmentFinding] = []
+        disclosed: Sequence[str] = ()
+        while True:
+            page = await client.lookup_person(id_number, Purpose(purpose), page_token=page_token)
+            disclosed = list(page.disclosed_fields)
+            findings.extend(page.findings)
+            for e in page.enrollments:
+                en = e.enrollment
+                table.add_row(
+                    _province(e.province_code),
+                    Program(en.program).name.lower(),
+                    ("active", "suspended", "exited", "deceased")[en.status - 1] if en.status else "",
+                    _date(en.start_date) if en.HasField("start_date") else "",
+                    _date(en.end_date) if en.HasField("end_date") else "",
+                    f"{en.monthly_amount_fen / 100:.2f}" if "monthly_amount_fen" in disclosed else "",
+                    e.record_id,
+                )
+            page_token = page.next_page_token
+            if not page_token:
+                break
+        console.print(table)
+        console.print("disclosed for this purpose: " + ", ".join(disclosed))
+        for f in findings:
+            state = "OPEN" if f.status == 1 else "resolved"
+            console.print(
+                f"[bold red]duplicate enrollment[/] {Program(f.program).name.lower()} in "
+                + " and ".join(_province(p) for p in f.province_codes)
+                + f" ({state}, finding {f.finding_id})"
+            )
+    return 0
+
+
+def _date(d: person_pb2.Date) -> str:
+    return f"{d.year:04d}-{d.month:02d}-{d.day:02d}"
+
+
+def pki_quickstart(directory: Path, nodes: Sequence[str]) -> int:
+    """``hutong pki quickstart``: a throwaway CA, hub and node certificates."""
+    provinces = []
+    for spec in nodes:
+        province, sep, name = spec.partition("/")
+        if not sep:
+            raise ConfigError(f"--node expects PROVINCE/NAME, got {spec!r}", reason="NODE_SPEC_INVALID", field="node")
+        provinces.append((province, name))
+    made = write_demo_pki(directory, provinces=provinces)
+    console = Console()
+    console.print(f"CA:  {made.ca_cert_path}")
+    console.print(f"hub: {made.hub_cert_path}  {made.hub_key_path}")
+    for uri, creds in made.nodes.items():
+        console.print(f"node {uri}: {creds.cert_path}  {creds.key_path}")
+    console.print("[yellow]throwaway CA: its key is not encrypted; use `hutong pki init` for a real one[/]")
+    return 0
+
+
+def id_check(raw: str) -> int:
+    """``hutong id check``: validate an ID number, propose corrections for a typo."""
+    console = Console()
+    try:
+        parsed = identity.parse_id_number(raw)
+    except HutongError as exc:
+        console.print(f"[red]invalid[/]: {exc}")
+        proposals = identity.propose_corrections(identity.normalize_id_number(raw))
+        if proposals:
+            console.print("single-typo corrections to confirm against the person's documents:")
+            for p in proposals:
+                console.print(f"  {p}")
+        return 4
+    console.print(
+        f"valid {parsed.kind.name.lower()} number: {parsed.value}; province {_province(parsed.province_code)},"
+        f" born {parsed.birth_date.isoformat()}, {parsed.gender.name.lower()}"
+    )
+    return 0

@@ -1,0 +1,208 @@
+"""Shared fixtures: a real demo PKI, real hubs on port 0 with mTLS, clients per node, record builders.
+
+Tests run with ``--import-mode=importlib``, so nothing here can be imported by test modules;
+builders are handed out as fixtures instead.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import pytest
+
+from gateway.client import HubClient, RetryConfig
+from gateway.domain.identity import make_id_number
+from gateway.hub.server import HubServer, HubSettings
+from hutong.v1 import person_pb2
+from pki import DemoPki, TlsMaterial, write_demo_pki
+
+#: The nodes of the demo PKI: (province code, node name).
+PROVINCES: tuple[tuple[str, str], ...] = (("440000", "gz-01"), ("410000", "zz-01"), ("510000", "cd-01"))
+#: A county of each province, used as residence and granting division of its records.
+COUNTY_OF: dict[str, str] = {"440000": "440106", "410000": "410105", "510000": "510104"}
+
+GZ_URI = "hutong://province/440000/node/gz-01"
+ZZ_URI = "hutong://province/410000/node/zz-01"
+CD_URI = "hutong://province/510000/node/cd-01"
+
+#: Fast retries: tests must not sit in a 30-second backoff when a call fails UNAVAILABLE.
+FAST_RETRY = RetryConfig(
+    initial_backoff=0.01, max_backoff=0.05, total_deadline=3.0, max_attempts=2, attempt_timeout=10.0
+)
+
+
+@pytest.fixture(scope="session")
+def demo_pki(tmp_path_factory: pytest.TempPathFactory) -> DemoPki:
+    """One throwaway CA, a hub certificate and a certificate per demo node (per test worker)."""
+    return write_demo_pki(tmp_path_factory.mktemp("pki"), provinces=PROVINCES)
+
+
+@pytest.fixture(scope="session")
+def node_uris() -> dict[str, str]:
+    """Node URI by province code."""
+    return {"440000": GZ_URI, "410000": ZZ_URI, "510000": CD_URI}
+
+
+class HubFactory(Protocol):
+    """Starts a hub: ``await hub_factory(data_dir=None, **HubSettings fields)``."""
+
+    async def __call__(self, data_dir: Path | None = None, **settings: Any) -> HubServer: ...
+
+
+@pytest.fixture
+async def hub_factory(demo_pki: DemoPki, tmp_path: Path) -> AsyncIterator[HubFactory]:
+    """Start real hubs (127.0.0.1, port 0, mTLS by default); every one is stopped after the test."""
+    started: list[HubServer] = []
+
+    async def start(data_dir: Path | None = None, **settings: Any) -> HubServer:
+        settings.setdefault("tls", None if settings.get("insecure") else demo_pki.hub_tls)
+        settings.setdefault("host", "127.0.0.1")
+        # Each hub gets its own data directory unless the test means to share one (a restart).
+        hub = HubServer(HubSettings(data_dir=data_dir or tmp_path / f"hub-{len(started)}", port=0, **settings))
+        started.append(hub)
+        await hub.start()
+        return hub
+
+    yield start
+    for hub in reversed(started):
+        await hub.stop(0)
+
+
+@pytest.fixture
+async def hub(hub_factory: HubFactory) -> HubServer:
+    """A running hub with default settings; ``hub.port`` is the bound port."""
+    return await hub_factory()
+
+
+ClientFor = Callable[..., HubClient]
+
+
+@pytest.fixture
+async def client_for(demo_pki: DemoPki, hub: HubServer) -> AsyncIterator[ClientFor]:
+    """``client_for(uri)``: a HubClient speaking mTLS to ``hub`` as that demo node; closed after the test.
+
+    ``client_for(uri, port=..., tls=..., retry=...)`` reaches another hub or uses other TLS material.
+    """
+    clients: list[HubClient] = []
+
+    def make(
+        uri: str | None = None,
+        *,
+        port: int | None = None,
+        tls: TlsMaterial | None = None,
+        retry: RetryConfig = FAST_RETRY,
+        insecure_identity: str | None = None,
+    ) -> HubClient:
+        if tls is None and insecure_identity is None:
+            assert uri is not None, "name a node or give TLS material"
+            tls = demo_pki.nodes[uri].tls
+        target = f"localhost:{port or hub.port}" if insecure_identity is None else f"127.0.0.1:{port or hub.port}"
+        client = HubClient(target, tls=tls, retry=retry, insecure_identity=insecure_identity)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.close()
+
+
+@pytest.fixture
+def sync_all() -> Callable[..., Awaitable[list[Any]]]:
+    """``await sync_all(client, [SyncRecordsRequest, ...])``: every acknowledgement of one stream."""
+
+    async def run(client: HubClient, batches: Sequence[Any], *, window: int = 4) -> list[Any]:
+        return [ack async for ack in client.sync(list(batches), window=window)]
+
+    return run
+
+
+def _date(value: dt.date | None) -> person_pb2.Date | None:
+    return None if value is None else person_pb2.Date(year=value.year, month=value.month, day=value.day)
+
+
+def build_enrollment(
+    *,
+    province: str = "440000",
+    program: int = person_pb2.PROGRAM_DIBAO,
+    status: int = person_pb2.ENROLLMENT_STATUS_ACTIVE,
+    start: dt.date | None = dt.date(2020, 1, 1),
+    end: dt.date | None = None,
+    amount_fen: int = 80_000,
+    granting_division: str | None = None,
+) -> person_pb2.Enrollment:
+    """A valid enrollment granted in ``province`` unless told otherwise."""
+    return person_pb2.Enrollment(
+        program=program,
+        status=status,
+        start_date=_date(start),
+        end_date=_date(end),
+        monthly_amount_fen=amount_fen,
+        granting_division=COUNTY_OF[province] if granting_division is None else granting_division,
+    )
+
+
+def build_record(
+    record_id: str = "r-1",
+    *,
+    province: str = "440000",
+    hukou_province: str | None = None,
+    version: int = 1,
+    birth: dt.date = dt.date(1960, 5, 6),
+    sequence: int = 123,
+    id_number: str | None = None,
+    name: str = "张三",
+    residence_division: str | None = None,
+    enrollments: Sequence[person_pb2.Enrollment] | None = None,
+    updated_at_us: int = 0,
+    **fields: Any,
+) -> person_pb2.PersonRecord:
+    """A valid PersonRecord written by ``province``: hukou (and ID number) in ``hukou_province``, one active dibao."""
+    hukou_division = COUNTY_OF[hukou_province or province]
+    record = person_pb2.PersonRecord(
+        record_id=record_id,
+        version=version,
+        id_number=make_id_number(hukou_division, birth, sequence) if id_number is None else id_number,
+        name=name,
+        hukou_division=hukou_division,
+        residence_division=COUNTY_OF[province] if residence_division is None else residence_division,
+        enrollments=[build_enrollment(province=province)] if enrollments is None else list(enrollments),
+        **fields,
+    )
+    if updated_at_us:
+        record.updated_at.FromMicroseconds(updated_at_us)
+    return record
+
+
+@pytest.fixture
+def make_record() -> Callable[..., person_pb2.PersonRecord]:
+    """``make_record(record_id, province=..., hukou_province=..., ...)``: a valid wire PersonRecord."""
+    return build_record
+
+
+@pytest.fixture
+def make_enrollment() -> Callable[..., person_pb2.Enrollment]:
+    """``make_enrollment(province=..., program=..., status=...)``: a valid wire Enrollment."""
+    return build_enrollment
+
+
+@pytest.fixture
+def id_number_of() -> Callable[..., str]:
+    """``id_number_of(province, birth=..., sequence=...)``: the ID number ``make_record`` would build."""
+
+    def make(province: str = "440000", *, birth: dt.date = dt.date(1960, 5, 6), sequence: int = 123) -> str:
+        return make_id_number(COUNTY_OF[province], birth, sequence)
+
+    return make
+
+
+@pytest.fixture
+def corrupt_check() -> Callable[[str], str]:
+    """The same ID number with a wrong check character."""
+
+    def corrupt(number: str) -> str:
+        return number[:-1] + ("0" if number[-1] != "0" else "1")
+
+    return corrupt
