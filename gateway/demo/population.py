@@ -131,12 +131,7 @@ def generate_population(spec: PopulationSpec) -> Population:
     by_province: dict[str, list[person_pb2.PersonRecord]] = {}
     bad: dict[str, str] = {}
     for province in spec.provinces:
-        records = by_province[province] = []
-        append = records.append
-        for record, kind in _province_records(spec, province):
-            append(record)
-            if kind is not None:
-                bad[record.record_id] = kind
+        by_province[province] = list(_province_records(spec, province, bad))
     cal = _calendar(spec.as_of)
     movers = [
         mover.id_number.decode()
@@ -150,8 +145,7 @@ def iter_province_records(spec: PopulationSpec, province: str) -> Iterator[perso
     """One province's records, streamed in constant memory; the same as ``generate_population`` gives."""
     if province not in spec.provinces:
         raise ValueError(f"{province!r} is not a province of the spec")
-    for record, _kind in _province_records(spec, province):
-        yield record
+    return _province_records(spec, province, None)
 
 
 def batches(
@@ -325,6 +319,8 @@ _LEN = tuple(bytes([n]) for n in range(128))
 _GENDER_FIELD = (b"", b"\x28\x01", b"\x28\x02")
 _PROGRAM_STATUS = tuple(bytes([0x08, p, 0x10, s]) for p in range(10) for s in range(5))
 _SEQUENCE = tuple(f"{n:03d}".encode() for n in range(1000))
+#: The name field's tag and length, by the name's length in bytes.
+_NAME_FIELD = tuple(b"\x22" + bytes([n]) for n in range(128))
 _BLOCK = 499  # persons per block: a prime, so that k -> (a*k + b) mod 499 permutes the block
 _ADULT_DAYS = 6575  # eighteen years: the earliest an adult mover can have been enrolled alone
 
@@ -397,20 +393,23 @@ class _Calendar:
     births: int
     #: Index of the day before as_of: the latest date anything happens.
     last: int
-    #: Index of 1 January of a year, by year.
-    year_start: dict[int, int]
+    #: Index of 1 January of the year a person of a given age (0..96 at as_of) was born.
+    age_start: tuple[int, ...]
+    #: Given-name tables (women's, men's) of a person of a given age.
+    given_by_age: tuple[tuple[tuple[bytes, ...], tuple[bytes, ...]], ...]
     #: ``YYYYMMDD`` as it appears in an ID number.
     keys: tuple[bytes, ...]
     #: The encoded Date message (7 bytes: a two-byte year, month, day).
     dates: tuple[bytes, ...]
     #: The encoded ``birth_date`` field of a PersonRecord.
     birth_fields: tuple[bytes, ...]
-    #: The first day an ``updated_at`` may fall on (two years before as_of).
-    updated_first: int
-    #: Encoded ``updated_at`` fields: ``_UPDATE_TIMES`` times of day for each day from updated_first.
+    #: Encoded ``updated_at`` fields, ``_UPDATE_TIMES`` times of day per day, backwards from
+    #: the day before as_of: entry ``k * _UPDATE_TIMES + t`` lies k days before it.
     updated: tuple[bytes, ...]
 
 
+#: Records were last updated within this many days before as_of, at one of _UPDATE_TIMES times a day.
+_UPDATE_DAYS = 730
 _UPDATE_TIMES = 64
 
 
@@ -421,32 +420,29 @@ def _calendar(as_of: dt.date) -> _Calendar:
     last = (as_of - first).days - 1
     keys = []
     dates = []
-    year_start: dict[int, int] = {}
     for index in range(last + 1):
         day = first + dt.timedelta(days=index)
-        if day.month == 1 and day.day == 1:
-            year_start[day.year] = index
         keys.append(f"{day.year:04d}{day.month:02d}{day.day:02d}".encode())
         dates.append(b"\x08" + _varint(day.year) + bytes([0x10, day.month, 0x18, day.day]))
     # Provinces update records in office hours, Beijing time; as_of itself is not yet exported.
     beijing = dt.timezone(dt.timedelta(hours=8))
-    epoch0 = int(dt.datetime.combine(first, dt.time(), beijing).timestamp())
-    updated_first = last - 729
+    last_midnight = int(dt.datetime.combine(as_of - dt.timedelta(days=1), dt.time(), beijing).timestamp())
     rng = random.Random(f"hutong-demo:updated:{as_of.isoformat()}")
     updated = []
-    for index in range(updated_first, last + 1):
+    for days_before in range(_UPDATE_DAYS):
         for _ in range(_UPDATE_TIMES):
-            seconds = epoch0 + index * 86400 + rng.randrange(8 * 3600, 20 * 3600)
+            seconds = last_midnight - days_before * 86400 + rng.randrange(8 * 3600, 20 * 3600)
             timestamp = b"\x08" + _varint(seconds)
             updated.append(b"\x5a" + _LEN[len(timestamp)] + timestamp)
+    years = [as_of.year - age for age in range(_OLDEST + 1)]
     return _Calendar(
         births=(latest_birth - first).days + 1,
         last=last,
-        year_start=year_start,
+        age_start=tuple((dt.date(year, 1, 1) - first).days for year in years),
+        given_by_age=tuple(_GIVEN_BY_YEAR[year - _FIRST_NAME_YEAR] for year in years),
         keys=tuple(keys),
         dates=tuple(dates),
         birth_fields=tuple(b"\x32\x07" + d for d in dates),
-        updated_first=updated_first,
         updated=tuple(updated),
     )
 
@@ -465,9 +461,10 @@ class _Layout:
     #: Salts of the per-block slot permutation.
     salt_a: int
     salt_b: int
-    #: Shares (of 1024) of records without gender, without birth date; of Uyghur, Tibetan names.
+    #: Shares (of 128) of records without gender, without birth date.
     no_gender: int
     no_birth: int
+    #: Shares (of 1024) of households with Uyghur, with Tibetan names.
     uyghur: int
     tibetan: int
 
@@ -485,7 +482,7 @@ def _layout_cached(seed: int, province: str, persons: int, as_of: dt.date) -> _L
     # Districts of the capital and richer counties pay the provincial line, others somewhat less.
     lines = tuple(base - rng.randrange(0, base // 10 + 1, 10) for _ in counties)
     # Some provinces' legacy systems leave gender and birth date out more often than others.
-    omission = rng.choice((0, 20, 20, 100))
+    omission = rng.choice((0, 3, 3, 13))
     return _Layout(
         province=province,
         counties=tuple(c.encode() for c in counties),
@@ -594,8 +591,9 @@ def _movers(spec: PopulationSpec, layout: _Layout, cal: _Calendar) -> Iterator[_
         county = layout.counties[block % n_counties]
         x = bits(64)
         male = x & 1
-        year = spec.as_of.year - _SINGLE_AGES[(x >> 1) & 4095]  # migrant workers: working age
-        day = _snap(cal.year_start[year] + (x >> 13) % 365, block // n_counties, layout.rounds, cal.births)
+        age = _SINGLE_AGES[(x >> 1) & 4095]  # migrant workers: working age
+        year = spec.as_of.year - age
+        day = _snap(cal.age_start[age] + (x >> 13) % 365, block // n_counties, layout.rounds, cal.births)
         y = bits(64)
         ethnicity = y & 1023
         if ethnicity < layout.uyghur or (ethnicity < _DOTTED_ELSEWHERE and not layout.tibetan):
@@ -619,11 +617,11 @@ def _movers(spec: PopulationSpec, layout: _Layout, cal: _Calendar) -> Iterator[_
 
 
 def _province_records(
-    spec: PopulationSpec, province: str
-) -> Iterator[tuple[person_pb2.PersonRecord, str | None]]:
-    """Each record of one province, with the error planted in it if any.
+    spec: PopulationSpec, province: str, bad: dict[str, str] | None
+) -> Iterator[person_pb2.PersonRecord]:
+    """Each record of one province; planted errors are noted in ``bad`` (record_id -> kind).
 
-    The hot loop is written flat, with local names, because it runs once per record of
+    The hot loop is written flat, on local names, because it runs once per record of
     multi-million-record benchmarks; the rare paths (movers, bad records) call helpers.
     """
     cal = _calendar(spec.as_of)
@@ -632,23 +630,31 @@ def _province_records(
     bits = rng.getrandbits
     parse = person_pb2.PersonRecord.FromString
     keys, dates, birth_fields, births, last = cal.keys, cal.dates, cal.birth_fields, cal.births, cal.last
-    year_start, updated, updated_first = cal.year_start, cal.updated, cal.updated_first
-    as_of_year = spec.as_of.year
+    age_start, given_by_age, updated = cal.age_start, cal.given_by_age, cal.updated
+    updated_first = last - _UPDATE_DAYS + 1
     counties, lines, rounds = layout.counties, layout.lines, layout.rounds
     n_counties = len(counties)
     prefix = province[:2].encode()
-    bad_threshold = round(spec.bad_share * (1 << 30))
+    bad_threshold = round(spec.bad_share * (1 << 20))
     no_gender, no_birth = layout.no_gender, layout.no_birth
     uyghur, minority = layout.uyghur, layout.uyghur + layout.tibetan
     # Outside Xinjiang and Tibet a few names still carry the middle dot (Uyghur, Kazakh, foreign-born).
     dotted = _DOTTED_ELSEWHERE if not minority else 0
-    gender_fields = _GENDER_FIELD
-    sequence = _SEQUENCE
-    check_by_remainder = _CHECK_BY_REMAINDER
-    given_by_year = _GIVEN_BY_YEAR
-    surnames = _SURNAMES
-    enrollment = _enrollment
-    amount_field_of = _amount_field
+    gender_fields, name_fields = _GENDER_FIELD, _NAME_FIELD
+    sequence, check_by_remainder, surnames = _SEQUENCE, _CHECK_BY_REMAINDER, _SURNAMES
+    # The 3-digit sequence of a slot: even for women, odd for men.
+    sequence_by_sex = (
+        tuple(sequence[2 * k + 2] for k in range(_BLOCK)),
+        tuple(sequence[2 * k + 1] for k in range(_BLOCK)),
+    )
+    all_update_times = _UPDATE_DAYS * _UPDATE_TIMES
+    sizes, templates, main_single, main_family, main_status = (
+        _SIZES, _TEMPLATES, _MAIN_SINGLE, _MAIN_FAMILY, _MAIN_STATUS
+    )  # fmt: skip
+    head_ages = {"E": _ELDER_AGES, "A": _ADULT_AGES, "a": _PARENT_AGES, "S": _SINGLE_AGES}
+    head_male_share = _HEAD_MALE
+    enrollment, amount_field_of = _enrollment, _amount_field
+    version_and_id_tag = b"\x10\x01\x1a\x12"  # version 1, then the 18-character id_number
 
     movers = _movers(spec, layout, cal)
     mover = next(movers, None)
@@ -660,30 +666,29 @@ def _province_records(
     def rare_record(
         idn: bytes, name: bytes, gender: int, birth: int, hukou: bytes, residence: bytes, enrolled: bytes, latest: int
     ) -> person_pb2.PersonRecord:
-        """A mover's record, assembled like the others but without the hot loop's shortcuts."""
+        """A mover's record, one household of its own, updated after its latest date."""
         nonlocal record_no, household_no, rid_head
         record_no += 1
         household_no += 1
         if not record_no % 1000:
             rid_head = b"\x0a\x0c%s-%06d" % (prefix, record_no // 1000)
         r = bits(64)
-        span = last - max(latest, updated_first) + 1
-        stamp = (last + 1 - span + ((r >> 48) & 1023) % span - updated_first) * _UPDATE_TIMES + (r >> 58)
+        stamps = all_update_times if latest < updated_first else (last - latest + 1) * _UPDATE_TIMES
         return parse(
             b"".join(
                 (
                     rid_head,
                     sequence[record_no % 1000],
-                    b"\x10\x01\x1a\x12",
+                    version_and_id_tag,
                     idn,
-                    b"\x22" + _LEN[len(name)] + name,
+                    name_fields[len(name)] + name,
                     gender_fields[gender],
                     birth_fields[birth],
                     b"\x3a\x06" + hukou,
                     b"\x42\x06" + residence,
                     b"\x4a\x0c%s-H%08d" % (prefix, household_no),
                     enrolled,
-                    updated[stamp],
+                    updated[(r >> 34) % stamps],
                 )
             )
         )
@@ -698,6 +703,7 @@ def _province_records(
         line = lines[county_index]
         round_ = block // n_counties
         mult, offset = _block_permutation(layout, block)
+        slot = offset - mult  # the slot of the person before the block's first: k = (a*q + b) mod 499
         position = begin
         while position < end:
             if mover is not None and mover.position == position:
@@ -709,19 +715,20 @@ def _province_records(
                 )
                 yield rare_record(
                     mover.id_number, mover.name, mover.gender, mover.birth, county, county, enrolled, start
-                ), None
+                )
                 mover = next(movers, None)
                 position += 1
+                slot += mult
                 continue
 
             # A household. x: bits 0-11 size, 12-23 composition, 24-33 ethnicity, 34-45 surname,
             # 46-57 main programme.
             limit = end if mover is None or mover.position >= end else mover.position
             x = bits(64)
-            size = _SIZES[x & 4095]
+            size = sizes[x & 4095]
             if size > limit - position:
                 size = limit - position
-            template = _TEMPLATES[size][(x >> 12) & 4095]
+            template = templates[size][(x >> 12) & 4095]
             household_no += 1
             household_field = b"\x4a\x0c%s-H%08d" % (prefix, household_no)
             ethnic_draw = (x >> 24) & 1023
@@ -734,17 +741,18 @@ def _province_records(
             father = b""
             main_draw = (x >> 46) & 4095
             if size == 1:
-                program = _MAIN_SINGLE[main_draw]
+                program = main_single[main_draw]
             else:
-                program = _MAIN_FAMILY[main_draw]
+                program = main_family[main_draw]
                 if program == _DIBAO and template == "Es" and main_draw & 3 == 0:
                     program = _EXTREME  # an elderly couple with no children to support them
 
             # The household's status, start, amount and hukou. h: bits 0-11 status, 12-23 start,
-            # 24-35 amount, 36-45 hukou elsewhere, 46-55 which county.
+            # 24-35 amount, 36-45 hukou elsewhere, 46-55 which county, 56-63 exit.
             h = bits(64)
-            status = _MAIN_STATUS[h & 4095]
+            status = main_status[h & 4095]
             household_start = last - 30 - ((h >> 12) & 4095) % 4000
+            household_started = dates[household_start]
             if program == _DIBAO:
                 amount = amount_field_of(_dibao_amount(line, h >> 24))
             elif program == _EXTREME:
@@ -753,36 +761,30 @@ def _province_records(
             else:
                 amount = b""
             hukou_draw = (h >> 36) & 1023
-            if hukou_draw < 61:  # 人户分离: registered in another county of the province
-                other = counties[(county_index + 1 + ((h >> 46) & 1023) % max(1, n_counties - 1)) % n_counties]
-                hukou_field = b"\x3a\x06" + other
-            elif hukou_draw < 82:  # not recorded
-                hukou_field = b""
-            else:
+            if hukou_draw >= 82:
                 hukou_field = same_hukou
-            # Most members share the household's enrollments; computed once.
-            if program != _NONE:
-                household_started = dates[household_start]
-                main_ended: bytes | None = None
-                if status == _EXITED:
-                    stop = household_start + 30 + ((h >> 56) * 16) % (last - household_start - 29)
-                    main_ended = dates[stop]
+            elif hukou_draw >= 61:  # not recorded
+                hukou_field = b""
+            else:  # 人户分离: registered in another county of the province
+                other = (county_index + 1 + ((h >> 46) & 1023) % max(1, n_counties - 1)) % n_counties
+                hukou_field = b"\x3a\x06" + counties[other]
+            # Members enrolled with the household share its main enrollment; encoded once.
+            main_ended: bytes | None = None
+            if status == _EXITED:
+                main_ended = dates[household_start + 30 + ((h >> 56) * 16) % (last - household_start - 29)]
+            if program:
                 main_enrollment = enrollment(program, status, household_started, main_ended, amount, county)
                 medical_enrollment = enrollment(_MEDICAL, status, household_started, main_ended, b"", county)
-                medical_share = 360 if program <= _EXTREME else 150
+            medical_share = 360 if program <= _EXTREME else 150
             head_age = head_male = 0
 
             for role in template:
                 # A member. y: bits 0-9 a head's gender (10 for others), 10-21 age,
                 # 22-33 surname, 34-49 day of the year, 50-61 given name.
                 y = bits(64)
-                if role in "EAaS":
-                    male = 1 if (y & 1023) < _HEAD_MALE[role] else 0
-                    ages = (
-                        _ELDER_AGES if role == "E" else _ADULT_AGES if role == "A"
-                        else _PARENT_AGES if role == "a" else _SINGLE_AGES
-                    )  # fmt: skip
-                    age = head_age = ages[(y >> 10) & 4095]
+                if role in head_ages:
+                    male = 1 if (y & 1023) < head_male_share[role] else 0
+                    age = head_age = head_ages[role][(y >> 10) & 4095]
                     head_male = male
                     surname = head_surname
                 elif role == "s":
@@ -800,22 +802,20 @@ def _province_records(
                 else:  # C, G: a child or grandchild of the head
                     male = (y >> 10) & 1
                     low_gap = 20 if role == "C" else 42
-                    span = min(19, head_age - _YOUNGEST - low_gap + 1)
-                    age = head_age - low_gap - (((y >> 11) & 2047) % span if span > 0 else 0)
+                    span = head_age - _YOUNGEST - low_gap + 1
+                    age = head_age - low_gap - (((y >> 11) & 2047) % (19 if span > 19 else span) if span > 0 else 0)
                     age = _YOUNGEST if age < _YOUNGEST else age
                     surname = family_surname
-                year = as_of_year - age
-                birth = year_start[year] + ((y >> 34) & 0xFFFF) % 365
-                birth = birth - birth % rounds + round_  # ≡ the block's round: unique ID numbers
+                birth = age_start[age] + ((y >> 34) & 0xFFFF) % 365
+                birth += round_ - birth % rounds  # ≡ the block's round: unique ID numbers
                 while birth >= births:
                     birth -= rounds
-                first17 = (
-                    county + keys[birth] + sequence[2 * ((mult * (position - begin) + offset) % _BLOCK) + 2 - male]
-                )
+                slot += mult
+                first17 = county + keys[birth] + sequence_by_sex[male][slot % _BLOCK]
                 idn = first17 + check_by_remainder[int(first17, 13) % 11]
                 position += 1
                 if ethnicity == _HAN:
-                    name = surname + given_by_year[year - _FIRST_NAME_YEAR][male][(y >> 50) & 4095]
+                    name = surname + given_by_age[age][male][(y >> 50) & 4095]
                 elif ethnicity == _UYGHUR:
                     # A child's second name is the father's given name.
                     z = bits(20)
@@ -828,53 +828,55 @@ def _province_records(
                 # Enrollments. e: bits 0-7 a baby's start, 8-14 death, 15-26 exit, 27-36 medical,
                 # 37-42 education, 43-46 employment, 47-56 housing or temporary, 57-62 rent.
                 e = bits(64)
-                if household_start > birth + 30:
-                    start = household_start
-                    started = household_started if program != _NONE else dates[start]
-                    shared = True
-                else:  # born after the household was enrolled
-                    start = birth + 30 + (e & 255) % 90
-                    start = last if start > last else start
-                    started = dates[start]
-                    shared = False
-                latest = start
-                if program != _NONE:
-                    person_status = status
-                    ended = main_ended
-                    if age >= 75 and (e >> 8) & 127 == 0:
-                        person_status = _DECEASED
-                        shared = False
-                        stop = start + 30 + ((e >> 15) & 4095) % max(1, last - start - 29)
-                        ended = dates[stop if stop <= last else last]
-                    elif status == _EXITED and not shared:
-                        stop = start + 30 + ((e >> 15) & 4095) % max(1, last - start - 29)
-                        ended = dates[stop if stop <= last else last]
-                    if ended is not None:
-                        latest = last  # exits are recent enough for any update day to follow them
-                    if shared:
+                latest = household_start
+                if program:
+                    if household_start > birth + 30 and (age < 75 or (e >> 8) & 127):
                         enrolled = main_enrollment
                         if (e >> 27) & 1023 < medical_share:
                             enrolled += medical_enrollment
+                        started = household_started
+                        person_status = status
+                        if main_ended is not None:
+                            latest = last  # exits are recent enough for any update day to follow
                     else:
+                        # Born after the household was enrolled, or died since: a record of one's own.
+                        if household_start > birth + 30:
+                            start = household_start
+                            person_status = _DECEASED
+                        else:
+                            start = birth + 30 + (e & 255) % 90
+                            start = last if start > last else start
+                            person_status = status
+                        started = dates[start]
+                        ended = None
+                        latest = start
+                        if person_status >= _EXITED:
+                            stop = start + 30 + ((e >> 15) & 4095) % (last - start - 29 if last - start > 29 else 1)
+                            ended = dates[stop if stop <= last else last]
+                            latest = last
                         enrolled = enrollment(program, person_status, started, ended, amount, county)
                         if (e >> 27) & 1023 < medical_share:
                             enrolled += enrollment(_MEDICAL, person_status, started, ended, b"", county)
                     if 6 <= age <= 18 and (e >> 37) & 1 and person_status <= _SUSPENDED:
-                        school = birth + 2192 if birth + 2192 > start else start  # from age six
-                        school = last if school > last else school
-                        latest = school if school > latest else latest
+                        school = birth + 2192 if birth + 2192 > latest else latest  # from age six
+                        latest = school = last if school > last else school
                         allowance = amount_field_of(10_000 + ((e >> 38) & 31) % 31 * 1000)
                         enrolled += enrollment(_EDUCATION, person_status, dates[school], None, allowance, county)
                     if program == _DIBAO and 18 <= age < 60 and (e >> 43) & 15 == 0:
                         enrolled += enrollment(_EMPLOYMENT, person_status, started, None, b"", county)
                 else:
                     enrolled = b""
+                    if household_start <= birth:
+                        latest = birth + 1
+                        started = dates[latest]
+                    else:
+                        started = household_started
                 special = (e >> 47) & 1023
-                if special < 20 or (program == _NONE and special < 400):
+                if special < 20 or (not program and special < 400):
                     # 住房救助: a rent subsidy, or the renovation of a dilapidated house (no cash).
                     rent = amount_field_of(20_000 + ((e >> 57) & 63) % 41 * 1000 if special & 1 else 0)
                     enrolled += enrollment(_HOUSING, _ACTIVE, started, None, rent, county)
-                if special >= 980 or (program == _NONE and special >= 400):
+                if special >= 980 or (not program and special >= 400):
                     # 临时救助: a one-off payment within the last two years, closed soon after.
                     t = bits(32)
                     given = last - (t & 1023) % 700
@@ -885,38 +887,38 @@ def _province_records(
                     payment = amount_field_of(50_000 + ((t >> 16) & 31) % 26 * 10_000)
                     enrolled += enrollment(_TEMPORARY, _EXITED, dates[given], dates[closed], payment, county)
 
-                # The record. r: bits 0-29 a planted error, 30-39 no birth date, 40-49 no gender,
-                # 48-57 update day, 58-63 update time.
+                # The record. r: bits 0-19 a planted error, 20-26 no birth date, 27-33 no gender,
+                # 34-49 when it was last updated.
                 record_no += 1
-                if not record_no % 1000:
+                low = record_no % 1000
+                if not low:
                     rid_head = b"\x0a\x0c%s-%06d" % (prefix, record_no // 1000)
-                r = bits(64)
-                span = last - (latest if latest > updated_first else updated_first) + 1
+                r = bits(50)
                 record = parse(
                     b"".join(
                         (
                             rid_head,
-                            sequence[record_no % 1000],
-                            b"\x10\x01\x1a\x12",  # version 1, then the 18-character id_number
+                            sequence[low],
+                            version_and_id_tag,
                             idn,
-                            b"\x22" + _LEN[len(name)] + name,
-                            b"" if ((r >> 40) & 1023) < no_gender else gender_fields[2 - male],
-                            b"" if ((r >> 30) & 1023) < no_birth else birth_fields[birth],
+                            name_fields[len(name)] + name,
+                            b"" if ((r >> 27) & 127) < no_gender else gender_fields[2 - male],
+                            b"" if ((r >> 20) & 127) < no_birth else birth_fields[birth],
                             hukou_field,
                             residence_field,
                             household_field,
                             enrolled,
                             updated[
-                                (last + 1 - span + ((r >> 48) & 1023) % span - updated_first) * _UPDATE_TIMES
-                                + (r >> 58)
+                                (r >> 34) % (all_update_times if latest < updated_first else (last - latest + 1) * _UPDATE_TIMES)
                             ],
                         )
                     )
                 )
-                if (r & 0x3FFFFFFF) < bad_threshold:
-                    yield record, _plant_error(record, r & 0x3FFFFFFF, lines[county_index])
-                else:
-                    yield record, None
+                if (r & 0xFFFFF) < bad_threshold:
+                    kind = _plant_error(record, r & 0xFFFFF, line)
+                    if bad is not None:
+                        bad[record.record_id] = kind
+                yield record
 
     # Persons of other provinces who moved here: a second record, on 低保 here too (异地).
     for home in spec.provinces:
@@ -935,7 +937,7 @@ def _province_records(
             yield rare_record(
                 incoming.id_number, incoming.name, incoming.gender, incoming.birth,
                 incoming.hukou, residence, enrolled, start,
-            ), None  # fmt: skip
+            )  # fmt: skip
 
 
 def _plant_error(record: person_pb2.PersonRecord, x: int, line_yuan: int) -> str:

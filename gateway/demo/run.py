@@ -217,7 +217,7 @@ def _summary(console: Console, r: _Result, stats: HubStats, total: int, hub_exit
     synced = sum(t.records for t in tallies.values())
     console.print(f"records synced: {synced:,} of {total:,} in {elapsed:.1f}s = [bold]{synced / elapsed:,.0f} records/s[/]")
     table = Table(title="outcomes by province")
-    table.add_column("province")
+    table.add_column("province", no_wrap=True)
     for outcome in ("CREATED", "UPDATED", "UNCHANGED", "STALE", "REJECTED"):
         table.add_column(outcome.lower(), justify="right")
     table.add_column("held at hub", justify="right")

@@ -12,6 +12,7 @@ reachable by load balancers that hold no node identity.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import time
 import uuid
@@ -231,6 +232,9 @@ class HubInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             try:
                 await self._enter(call, context)
                 return await behavior(request, context)
+            except asyncio.CancelledError:
+                call.code = "CANCELLED"
+                raise
             except Exception as exc:
                 if _is_abort(exc):
                     raise
@@ -247,6 +251,9 @@ class HubInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 await self._enter(call, context)
                 async for response in behavior(request, context):
                     yield response
+            except asyncio.CancelledError:
+                call.code = "CANCELLED"
+                raise
             except Exception as exc:
                 if _is_abort(exc):
                     raise

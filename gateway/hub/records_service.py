@@ -1,58 +1,39 @@
-"""``RecordExchangeService``: thin servicer over the domain's preparer and the store.
+"""``RecordExchangeService``: thin servicer over the batch preparer and the store.
 
-``SyncRecords`` pipelines: a reader task takes batch *n+1* off the stream and prepares it
-(validation, keyed hashing, sealing — CPU work on the event loop) while the store's writer
-thread commits batch *n*. At most ``pipeline_depth`` batches are in flight per stream; past
-that the reader stops reading and HTTP/2 flow control pushes back on the node.
+``SyncRecords`` pipelines. A reader task takes serialized batches off the stream and hands
+each to the :class:`~gateway.hub.preparation.BatchPreparer` (worker processes); the response
+side takes the preparations in stream order, has the store commit each, and acknowledges it.
+While batch *n* commits, batches *n+1* … are being prepared. At most ``pipeline_depth``
+batches are in flight per stream; past that the reader stops reading and HTTP/2 flow control
+pushes back on the node.
+
+``SyncRecords`` is registered with a pass-through request deserializer (see
+:func:`sync_records_handler`): batches reach the workers as the bytes they arrived in, so
+the event loop never parses a record.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import AsyncIterator
 
 import grpc
 import structlog
 
 from gateway import errors
-from gateway.domain.model import Household, Outcome, PersonRecord
-from gateway.domain.records import (
-    RecordPreparer,
-    Rejection,
-    Retirement,
-    check_retirement,
-    rejection_from_error,
-)
-from gateway.hub.convert import (
-    content_hash,
-    household_from_proto,
-    record_from_proto,
-    rejection_to_proto,
-    rejections_to_proto,
-    timestamp_from_us,
-)
+from gateway.domain.model import Outcome
+from gateway.domain.records import Rejection, Retirement, check_retirement, rejection_from_error
+from gateway.hub.convert import rejection_to_proto, rejections_to_proto, timestamp_from_us
 from gateway.hub.interceptors import current_call, current_caller
+from gateway.hub.preparation import BatchPreparer, PreparedRequest, check_client_id
 from gateway.store.base import BatchAck, NodeRef, Store
 from hutong.v1 import records_pb2, records_pb2_grpc
 
-__all__ = ["MAX_BATCH_ITEMS", "RecordExchangeServicer", "check_client_id"]
+__all__ = ["MAX_BATCH_ITEMS", "RecordExchangeServicer", "add_to_server"]
 
 log = structlog.get_logger("hutong.hub.records")
 
 MAX_BATCH_ITEMS = 5000
-MAX_CLIENT_ID_LENGTH = 128
-
-
-def check_client_id(value: str, field: str) -> str:
-    """Validate a batch_id or request_id: 1 to 128 printable ASCII characters."""
-    if not value or len(value) > MAX_CLIENT_ID_LENGTH or not (value.isascii() and value.isprintable()):
-        raise errors.InvalidArgument(
-            f"{field} must be 1 to {MAX_CLIENT_ID_LENGTH} printable ASCII characters",
-            reason="CLIENT_ID_INVALID" if value else "CLIENT_ID_MISSING",
-            field=field,
-        )
-    return value
 
 
 def _outcomes(packed: bytes) -> list[records_pb2.Outcome.ValueType]:
@@ -95,7 +76,7 @@ class RecordExchangeServicer(records_pb2_grpc.RecordExchangeServiceServicer):
     def __init__(
         self,
         store: Store,
-        preparer: RecordPreparer,
+        preparer: BatchPreparer,
         *,
         max_batch_items: int = MAX_BATCH_ITEMS,
         pipeline_depth: int = 4,
@@ -113,95 +94,50 @@ class RecordExchangeServicer(records_pb2_grpc.RecordExchangeServiceServicer):
         for task in list(self._readers):
             task.cancel()
 
-    def _refuse(self, batch_id: str, reason: str, field: str, message: str, code: str) -> BatchAck:
-        return BatchAck(
-            batch_id, b"", b"", [], [], 0, batch_rejection=Rejection(-1, batch_id, reason, field, message, code)
-        )
-
-    def _start_batch(self, caller: NodeRef, request: records_pb2.SyncRecordsRequest) -> asyncio.Future[BatchAck]:
-        """Validate and prepare a batch now; schedule its write. Returns the future acknowledgement."""
-        loop = asyncio.get_running_loop()
-        batch_id = request.batch_id
-        try:
-            check_client_id(batch_id, "batch_id")
-        except errors.HutongError as exc:
-            done: asyncio.Future[BatchAck] = loop.create_future()
-            done.set_result(self._refuse(batch_id, exc.reason, "batch_id", exc.message, exc.code_name))
-            return done
-        n_records, n_households = len(request.records), len(request.households)
-        if n_records > self._max_items or n_households > self._max_items:
-            done = loop.create_future()
-            done.set_result(
-                self._refuse(
-                    batch_id, "BATCH_TOO_LARGE", "records" if n_records > self._max_items else "households",
-                    f"a batch holds at most {self._max_items} records and {self._max_items} households;"
-                    f" got {n_records} and {n_households}; split it",
-                    "RESOURCE_EXHAUSTED",
-                )
-            )  # fmt: skip
-            return done
-
-        records: list[PersonRecord | None] = []
-        rejected: list[Rejection] = []
-        hashes: list[bytes] = []
-        for index, pb in enumerate(request.records):
-            digest = content_hash(pb)
-            hashes.append(digest)
-            try:
-                records.append(record_from_proto(pb, digest))
-            except errors.HutongError as exc:
-                records.append(None)
-                rejected.append(rejection_from_error(index, pb.record_id, exc))
-        households: list[Household | None] = []
-        h_rejected: list[Rejection] = []
-        for hpb in request.households:
-            digest = content_hash(hpb)
-            hashes.append(digest)
-            households.append(household_from_proto(hpb, digest))
-        prepared = self._preparer.prepare_batch(
-            caller.province_code,
-            records,
-            households,
-            record_rejections=rejected,
-            household_rejections=h_rejected,
-        )
-        batch_digest = hashlib.sha256(f"{n_records}/{n_households}/".encode() + b"".join(hashes)).digest()
-        return asyncio.ensure_future(self._store.apply_batch(caller, batch_id, batch_digest, prepared))
+    async def _apply(self, caller: NodeRef, prepared: PreparedRequest) -> BatchAck:
+        if prepared.refusal is not None or prepared.batch is None:
+            return BatchAck(prepared.batch_id, b"", b"", [], [], 0, batch_rejection=prepared.refusal)
+        return await self._store.apply_batch(caller, prepared.batch_id, prepared.digest, prepared.batch)
 
     async def SyncRecords(
-        self, request_iterator: AsyncIterator[records_pb2.SyncRecordsRequest], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[records_pb2.SyncRecordsResponse]:
         """Apply a stream of batches; acknowledge each, in order."""
         caller = current_caller()
         call = current_call()
-        queue: asyncio.Queue[asyncio.Future[BatchAck] | None] = asyncio.Queue(maxsize=self._depth)
-
-        async def read() -> None:
-            try:
-                async for request in request_iterator:
-                    await queue.put(self._start_batch(caller, request))
-                    if self._draining.is_set():
-                        break
-            finally:
-                # Never blocks for long: the writer side keeps draining the queue.
-                await queue.put(None)
-
         if self._draining.is_set():
             raise errors.Unavailable("the hub is shutting down; reconnect", reason="HUB_SHUTTING_DOWN")
+        # Unbounded queue, bounded by the slots: putting the end marker can never block.
+        queue: asyncio.Queue[asyncio.Future[PreparedRequest] | None] = asyncio.Queue()
+        slots = asyncio.Semaphore(self._depth)
+
+        async def read() -> None:
+            incoming = aiter(request_iterator)
+            try:
+                while not self._draining.is_set():
+                    await slots.acquire()
+                    try:
+                        raw = await anext(incoming)
+                    except StopAsyncIteration:
+                        break
+                    queue.put_nowait(self._preparer.prepare(caller.province_code, raw))
+            finally:
+                queue.put_nowait(None)
+
         reader = asyncio.create_task(read())
         self._readers.add(reader)
         totals = dict.fromkeys(Outcome, 0)
         batches = 0
         try:
             while (pending := await queue.get()) is not None:
-                ack = await pending
+                ack = await self._apply(caller, await pending)
                 batches += 1
                 for outcome, n in ack.counts().items():
                     totals[outcome] += n
-                log.debug(
-                    "batch_acknowledged", batch_id=ack.batch_id, replayed=ack.replayed, records=len(ack.record_outcomes)
-                )
+                if ack.batch_rejection is not None:
+                    log.warning("batch_refused", batch_id=ack.batch_id, reason=ack.batch_rejection.reason)
                 yield ack_to_proto(ack)
+                slots.release()
             try:
                 await reader
             except asyncio.CancelledError:
@@ -273,3 +209,26 @@ class RecordExchangeServicer(records_pb2_grpc.RecordExchangeServiceServicer):
         return records_pb2.RetireRecordsResponse(
             outcomes=_outcomes(ack.outcomes), rejections=rejections_to_proto(ack.rejections), replayed=ack.replayed
         )
+
+
+def add_to_server(servicer: RecordExchangeServicer, server: grpc.aio.Server) -> None:
+    """Register the service; SyncRecords takes its requests as raw bytes (parsed by the preparer)."""
+    handlers = {
+        "SyncRecords": grpc.stream_stream_rpc_method_handler(
+            servicer.SyncRecords,
+            request_deserializer=None,
+            response_serializer=records_pb2.SyncRecordsResponse.SerializeToString,
+        ),
+        "GetSyncState": grpc.unary_unary_rpc_method_handler(
+            servicer.GetSyncState,
+            request_deserializer=records_pb2.GetSyncStateRequest.FromString,
+            response_serializer=records_pb2.GetSyncStateResponse.SerializeToString,
+        ),
+        "RetireRecords": grpc.unary_unary_rpc_method_handler(
+            servicer.RetireRecords,
+            request_deserializer=records_pb2.RetireRecordsRequest.FromString,
+            response_serializer=records_pb2.RetireRecordsResponse.SerializeToString,
+        ),
+    }
+    name = records_pb2.DESCRIPTOR.services_by_name["RecordExchangeService"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import ipaddress
+import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,15 +21,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from gateway.domain.protection import FieldSealer, PersonKeyer
-from gateway.domain.records import RecordPreparer
+from gateway.domain.protection import PersonKeyer
 from gateway.errors import ConfigError
 from gateway.hub.interceptors import Authenticator, HubInterceptor, LogContext
 from gateway.hub.keys import load_or_create_keys
 from gateway.hub.query_service import AssistanceQueryServicer
-from gateway.hub.records_service import MAX_BATCH_ITEMS, RecordExchangeServicer
+from gateway.hub.preparation import BatchPreparer
+from gateway.hub.records_service import MAX_BATCH_ITEMS, RecordExchangeServicer, add_to_server
 from gateway.store.sqlite import SqliteStore
-from hutong.v1 import query_pb2, query_pb2_grpc, records_pb2, records_pb2_grpc
+from hutong.v1 import query_pb2, query_pb2_grpc, records_pb2
 from pki import TlsMaterial
 
 __all__ = ["DATABASE_FILE", "HubServer", "HubSettings", "serve_forever"]
@@ -63,6 +64,9 @@ class HubSettings:
     grace_seconds: float = 10.0
     #: SQLite ``synchronous`` level: FULL survives power loss; NORMAL only process crashes.
     sqlite_synchronous: str = "FULL"
+    #: Processes preparing batches (validation, hashing, sealing); 0 prepares on the event loop.
+    #: Default: one per CPU beyond the first, which serves gRPC and the store.
+    prepare_workers: int = -1
 
 
 def _is_loopback(host: str) -> bool:
@@ -96,6 +100,7 @@ class HubServer:
         self._server: grpc.aio.Server | None = None
         self._health = health_aio.HealthServicer()
         self._records: RecordExchangeServicer | None = None
+        self._preparer: BatchPreparer | None = None
         self.port = 0
 
     async def start(self) -> int:
@@ -104,7 +109,9 @@ class HubServer:
         keys = load_or_create_keys(s.data_dir)
         await self.store.open()
         keyer = PersonKeyer(keys.person_key_secret)
-        preparer = RecordPreparer(keyer, FieldSealer(keys))
+        workers = s.prepare_workers if s.prepare_workers >= 0 else max(1, (os.cpu_count() or 2) - 1)
+        self._preparer = BatchPreparer(keys, workers=workers, max_items=s.max_batch_items)
+        await asyncio.get_running_loop().run_in_executor(None, self._preparer.warm_up)
         server = grpc.aio.server(
             interceptors=[HubInterceptor([Authenticator(insecure=s.insecure), LogContext()])],
             options=[
@@ -114,8 +121,8 @@ class HubServer:
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ],
         )
-        self._records = RecordExchangeServicer(self.store, preparer, max_batch_items=s.max_batch_items)
-        records_pb2_grpc.add_RecordExchangeServiceServicer_to_server(self._records, server)
+        self._records = RecordExchangeServicer(self.store, self._preparer, max_batch_items=s.max_batch_items)
+        add_to_server(self._records, server)
         query_pb2_grpc.add_AssistanceQueryServiceServicer_to_server(AssistanceQueryServicer(self.store, keyer), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection((*_SERVICES, reflection.SERVICE_NAME, "grpc.health.v1.Health"), server)
@@ -144,7 +151,6 @@ class HubServer:
         # (measured: the collector otherwise takes about 40 % of batch preparation time).
         gc.freeze()
         gc.set_threshold(50_000, 50, 100)
-        import sys; sys.setswitchinterval(0.0002)
         for name in ("", *_SERVICES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("hub_started", host=s.host, port=self.port, mtls=not s.insecure, data_dir=str(s.data_dir))
@@ -161,6 +167,8 @@ class HubServer:
             self._records.begin_drain()
         await self._server.stop(grace)
         self._server = None
+        if self._preparer is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._preparer.close)
         await self.store.close()
         log.info("hub_stopped")
 
