@@ -57,7 +57,7 @@ async def main(cert: str, key: str, ca: str, port_file: str) -> None:
     )
     port = server.add_secure_port("127.0.0.1:0", creds)
     await server.start()
-    Path(port_file).write_text(f"{port}\n")
+    Path(port_file).write_text(f"{port}\n")  # noqa: ASYNC240 - once, before serving
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)

@@ -247,7 +247,8 @@ def main() -> None:
     print(f"{'hub peak RSS holding records':<34}{rss:>14,.1f}{'':>14}  {'MiB':<10}{'':>7}  <= 500 MB")
     print(
         f"\nrecords {hub_ingest.records:,} ({hub_ingest.rejected:,} rejected by the hub's rules) in"
-        f" {hub_ingest.seconds:.1f}s; bare {bare_ingest.seconds:.1f}s; peak RSS after ingest {rss_after_ingest:,.1f} MiB;"
+        f" {hub_ingest.seconds:.1f}s; bare {bare_ingest.seconds:.1f}s;"
+        f" peak RSS after ingest {rss_after_ingest:,.1f} MiB;"
         f" query errors hub {hub_queries.errors}, bare {bare_queries.errors}"
     )
 

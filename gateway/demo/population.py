@@ -20,11 +20,14 @@ Two kinds of trouble are planted on purpose, and listed in the :class:`Populatio
   impossible birth date, unknown division, negative amount, missing name) that the hub must
   reject. Movers' records are never bad, so every mover stays findable.
 
-Generation is deterministic for a seed and streams in constant memory
-(:func:`iter_province_records`), at well over 100,000 records a second. The speed comes from
-two choices: records are assembled as protobuf wire bytes from precomputed pieces and parsed
-once by the C runtime (building messages field by field costs three times as much), and the
-random draws come as 64-bit words cut into fields.
+Generation is deterministic for a seed (each province draws from its own ``random.Random``
+streams, so one province can be generated alone) and streams in constant memory
+(:func:`iter_province_records`) at over 100,000 records a second. The speed comes from three
+choices: records are assembled as protobuf wire bytes from precomputed pieces (dates, ID
+birth-date keys, update times, household enrollments) and parsed once by the C runtime —
+building messages field by field costs three times as much; random draws are words of at most
+30 bits cut into fields, which CPython keeps in one machine digit; and the hot loop is one flat
+function on local names.
 
 ID numbers are unique by construction, so a shared ID number always means a mover: persons
 are laid out in blocks of 499 (a prime), one county per block; a person's place in the block
@@ -134,9 +137,7 @@ def generate_population(spec: PopulationSpec) -> Population:
         by_province[province] = list(_province_records(spec, province, bad))
     cal = _calendar(spec.as_of)
     movers = [
-        mover.id_number.decode()
-        for province in spec.provinces
-        for mover in _movers(spec, _layout(spec, province), cal)
+        mover.id_number.decode() for province in spec.provinces for mover in _movers(spec, _layout(spec, province), cal)
     ]
     return Population(by_province=by_province, movers=movers, bad_record_ids=bad)
 
@@ -275,11 +276,11 @@ _HAN, _UYGHUR, _TIBETAN = 0, 1, 2
 _SIZES = _weighted([(1, 35), (2, 25), (3, 18), (4, 14), (5, 8)])
 _TEMPLATES: tuple[tuple[str, ...], ...] = (
     (),
-    _weighted([("E", 60), ("S", 40)]),
-    _weighted([("Es", 45), ("aC", 25), ("EG", 15), ("EC", 15)]),
-    _weighted([("AsC", 45), ("aCC", 20), ("EGG", 20), ("EsG", 15)]),
-    _weighted([("AsCC", 55), ("AsCP", 25), ("EsGG", 20)]),
-    _weighted([("AsCCP", 50), ("AsCCC", 30), ("AsCPP", 20)]),
+    _weighted([("E", 70), ("S", 30)]),
+    _weighted([("Es", 52), ("aC", 18), ("EG", 18), ("EC", 12)]),
+    _weighted([("AsC", 35), ("aCC", 20), ("EGG", 25), ("EsG", 20)]),
+    _weighted([("AsCC", 45), ("AsCP", 30), ("EsGG", 25)]),
+    _weighted([("AsCCP", 45), ("AsCCC", 25), ("AsCPP", 30)]),
 )
 # Heads' ages at as_of: the elderly thin out after 75.
 _ELDER_AGES = _weighted([(a, 1.0 if a <= 75 else 1.0 - (a - 75) / 22) for a in range(60, 97)])
@@ -323,6 +324,11 @@ _SEQUENCE = tuple(f"{n:03d}".encode() for n in range(1000))
 _NAME_FIELD = tuple(b"\x22" + bytes([n]) for n in range(128))
 _BLOCK = 499  # persons per block: a prime, so that k -> (a*k + b) mod 499 permutes the block
 _ADULT_DAYS = 6575  # eighteen years: the earliest an adult mover can have been enrolled alone
+# Life stages by age, for education (6-17) and employment (18-59) assistance.
+_SCHOOL_AGE, _WORKING_AGE = 1, 2
+_LIFE_STAGE = tuple(
+    _SCHOOL_AGE if 6 <= age < 18 else _WORKING_AGE if 18 <= age < 60 else 0 for age in range(_OLDEST + 1)
+)
 
 
 def _given_table(era: int, male: int) -> tuple[bytes, ...]:
@@ -403,6 +409,8 @@ class _Calendar:
     dates: tuple[bytes, ...]
     #: The encoded ``birth_date`` field of a PersonRecord.
     birth_fields: tuple[bytes, ...]
+    #: The encoded ``gender`` and ``birth_date`` fields: (of a woman, of a man) by birth day.
+    gender_birth_fields: tuple[tuple[bytes, ...], tuple[bytes, ...]]
     #: Encoded ``updated_at`` fields, ``_UPDATE_TIMES`` times of day per day, backwards from
     #: the day before as_of: entry ``k * _UPDATE_TIMES + t`` lies k days before it.
     updated: tuple[bytes, ...]
@@ -435,14 +443,19 @@ def _calendar(as_of: dt.date) -> _Calendar:
             timestamp = b"\x08" + _varint(seconds)
             updated.append(b"\x5a" + _LEN[len(timestamp)] + timestamp)
     years = [as_of.year - age for age in range(_OLDEST + 1)]
+    births = (latest_birth - first).days + 1
     return _Calendar(
-        births=(latest_birth - first).days + 1,
+        births=births,
         last=last,
         age_start=tuple((dt.date(year, 1, 1) - first).days for year in years),
         given_by_age=tuple(_GIVEN_BY_YEAR[year - _FIRST_NAME_YEAR] for year in years),
         keys=tuple(keys),
         dates=tuple(dates),
         birth_fields=tuple(b"\x32\x07" + d for d in dates),
+        gender_birth_fields=(
+            tuple(_GENDER_FIELD[2] + b"\x32\x07" + d for d in dates[:births]),
+            tuple(_GENDER_FIELD[1] + b"\x32\x07" + d for d in dates[:births]),
+        ),
         updated=tuple(updated),
     )
 
@@ -461,9 +474,8 @@ class _Layout:
     #: Salts of the per-block slot permutation.
     salt_a: int
     salt_b: int
-    #: Shares (of 128) of records without gender, without birth date.
-    no_gender: int
-    no_birth: int
+    #: Share (of 128) of records without gender, birth date or both.
+    omissions: int
     #: Shares (of 1024) of households with Uyghur, with Tibetan names.
     uyghur: int
     tibetan: int
@@ -490,8 +502,7 @@ def _layout_cached(seed: int, province: str, persons: int, as_of: dt.date) -> _L
         rounds=rounds,
         salt_a=rng.randrange(1 << 30),
         salt_b=rng.randrange(1 << 30),
-        no_gender=omission,
-        no_birth=omission // 2,
+        omissions=omission,
         uyghur=_UYGHUR_SHARE.get(province[:2], 0),
         tibetan=_TIBETAN_SHARE.get(province[:2], 0),
     )
@@ -636,7 +647,8 @@ def _province_records(
     n_counties = len(counties)
     prefix = province[:2].encode()
     bad_threshold = round(spec.bad_share * (1 << 20))
-    no_gender, no_birth = layout.no_gender, layout.no_birth
+    omissions = layout.omissions
+    gender_birth_fields = cal.gender_birth_fields
     uyghur, minority = layout.uyghur, layout.uyghur + layout.tibetan
     # Outside Xinjiang and Tibet a few names still carry the middle dot (Uyghur, Kazakh, foreign-born).
     dotted = _DOTTED_ELSEWHERE if not minority else 0
@@ -648,6 +660,7 @@ def _province_records(
         tuple(sequence[2 * k + 1] for k in range(_BLOCK)),
     )
     all_update_times = _UPDATE_DAYS * _UPDATE_TIMES
+    life_stage = _LIFE_STAGE
     sizes, templates, main_single, main_family, main_status = (
         _SIZES, _TEMPLATES, _MAIN_SINGLE, _MAIN_FAMILY, _MAIN_STATUS
     )  # fmt: skip
@@ -672,7 +685,6 @@ def _province_records(
         household_no += 1
         if not record_no % 1000:
             rid_head = b"\x0a\x0c%s-%06d" % (prefix, record_no // 1000)
-        r = bits(64)
         stamps = all_update_times if latest < updated_first else (last - latest + 1) * _UPDATE_TIMES
         return parse(
             b"".join(
@@ -688,7 +700,7 @@ def _province_records(
                     b"\x42\x06" + residence,
                     b"\x4a\x0c%s-H%08d" % (prefix, household_no),
                     enrolled,
-                    updated[(r >> 34) % stamps],
+                    updated[bits(16) % stamps],
                 )
             )
         )
@@ -708,7 +720,7 @@ def _province_records(
         while position < end:
             if mover is not None and mover.position == position:
                 # A person who has moved away: alone on the rolls here, and still on 低保.
-                x = bits(64)
+                x = bits(30)
                 start = max(last - 30 - (x >> 12) % 3000, min(last, mover.birth + _ADULT_DAYS))
                 enrolled = enrollment(
                     _DIBAO, _ACTIVE, dates[start], None, amount_field_of(_dibao_amount(line, x)), county
@@ -721,92 +733,101 @@ def _province_records(
                 slot += mult
                 continue
 
-            # A household. x: bits 0-11 size, 12-23 composition, 24-33 ethnicity, 34-45 surname,
-            # 46-57 main programme.
+            # A household. Random words of at most 30 bits, which Python keeps in one machine
+            # digit: bit operations on them cost half as much as on 64-bit words.
             limit = end if mover is None or mover.position >= end else mover.position
-            x = bits(64)
+            x = bits(24)  # bits 0-11 size, 12-23 composition
             size = sizes[x & 4095]
             if size > limit - position:
                 size = limit - position
-            template = templates[size][(x >> 12) & 4095]
+            template = templates[size][x >> 12]
             household_no += 1
             household_field = b"\x4a\x0c%s-H%08d" % (prefix, household_no)
-            ethnic_draw = (x >> 24) & 1023
+            x = bits(30)  # bits 0-9 ethnicity, 10-19 hukou elsewhere, 20-29 which county
+            ethnic_draw = x & 1023
             ethnicity = (
                 _HAN if ethnic_draw >= minority and ethnic_draw >= dotted
                 else _TIBETAN if ethnic_draw >= uyghur and ethnic_draw >= dotted
                 else _UYGHUR
             )  # fmt: skip
-            head_surname = family_surname = surnames[(x >> 34) & 4095]
-            father = b""
-            main_draw = (x >> 46) & 4095
-            if size == 1:
-                program = main_single[main_draw]
-            else:
-                program = main_family[main_draw]
-                if program == _DIBAO and template == "Es" and main_draw & 3 == 0:
-                    program = _EXTREME  # an elderly couple with no children to support them
-
-            # The household's status, start, amount and hukou. h: bits 0-11 status, 12-23 start,
-            # 24-35 amount, 36-45 hukou elsewhere, 46-55 which county, 56-63 exit.
-            h = bits(64)
-            status = main_status[h & 4095]
-            household_start = last - 30 - ((h >> 12) & 4095) % 4000
-            household_started = dates[household_start]
-            if program == _DIBAO:
-                amount = amount_field_of(_dibao_amount(line, h >> 24))
-            elif program == _EXTREME:
-                # 特困 basic living: at least 1.3 times the dibao line, plus care.
-                amount = amount_field_of(line * (1300 + ((h >> 24) & 4095) % 301) // 1000 * 100)
-            else:
-                amount = b""
-            hukou_draw = (h >> 36) & 1023
+            hukou_draw = (x >> 10) & 1023
             if hukou_draw >= 82:
                 hukou_field = same_hukou
             elif hukou_draw >= 61:  # not recorded
                 hukou_field = b""
             else:  # 人户分离: registered in another county of the province
-                other = (county_index + 1 + ((h >> 46) & 1023) % max(1, n_counties - 1)) % n_counties
+                other = (county_index + 1 + (x >> 20) % (n_counties - 1 if n_counties > 1 else 1)) % n_counties
                 hukou_field = b"\x3a\x06" + counties[other]
-            # Members enrolled with the household share its main enrollment; encoded once.
+            x = bits(24)  # bits 0-11 surname, 12-23 main programme
+            head_surname = family_surname = surnames[x & 4095]
+            father = b""
+            if size == 1:
+                program = main_single[x >> 12]
+            else:
+                program = main_family[x >> 12]
+                if program == _DIBAO and template == "Es" and x & 0x3000 == 0:
+                    program = _EXTREME  # an elderly couple with no children to support them
+
+            # The household's status, start, amount and end, shared by its members.
+            h = bits(24)  # bits 0-11 status, 12-23 start
+            status = main_status[h & 4095]
+            household_start = last - 30 - (h >> 12) % 4000
+            household_started = dates[household_start]
+            household_latest = household_start
             main_ended: bytes | None = None
-            if status == _EXITED:
-                main_ended = dates[household_start + 30 + ((h >> 56) * 16) % (last - household_start - 29)]
             if program:
+                h = bits(24)  # bits 0-11 amount, 12-23 end
+                if program == _DIBAO:
+                    amount = amount_field_of(_dibao_amount(line, h))
+                elif program == _EXTREME:
+                    # 特困 basic living: at least 1.3 times the dibao line, plus care.
+                    amount = amount_field_of(line * (1300 + (h & 4095) % 301) // 1000 * 100)
+                else:
+                    amount = b""
+                if status == _EXITED:
+                    household_latest = household_start + 30 + ((h >> 12) * 16) % (last - household_start - 29)
+                    main_ended = dates[household_latest]
                 main_enrollment = enrollment(program, status, household_started, main_ended, amount, county)
-                medical_enrollment = enrollment(_MEDICAL, status, household_started, main_ended, b"", county)
-            medical_share = 360 if program <= _EXTREME else 150
+                with_medical = main_enrollment + enrollment(
+                    _MEDICAL, status, household_started, main_ended, b"", county
+                )
+                medical_share = 360 if program <= _EXTREME else 150
+                # Shares (of 1024) of housing and of temporary assistance.
+                housing_share, temporary_from = 20, 980
+            else:
+                # On no main programme: housing, medical or temporary assistance.
+                housing_share, temporary_from = 150, 700
             head_age = head_male = 0
 
             for role in template:
-                # A member. y: bits 0-9 a head's gender (10 for others), 10-21 age,
-                # 22-33 surname, 34-49 day of the year, 50-61 given name.
-                y = bits(64)
+                # A member. y: bits 0-9 a head's gender (0 for others), 10-21 age or age gap.
+                y = bits(22)
                 if role in head_ages:
                     male = 1 if (y & 1023) < head_male_share[role] else 0
-                    age = head_age = head_ages[role][(y >> 10) & 4095]
+                    age = head_age = head_ages[role][y >> 10]
                     head_male = male
                     surname = head_surname
                 elif role == "s":
                     male = 1 - head_male
-                    age = head_age + ((y >> 10) & 4095) % 9 - (6 if head_male else 2)
+                    age = head_age + (y >> 10) % 9 - (6 if head_male else 2)
                     age = 18 if age < 18 else _OLDEST if age > _OLDEST else age
-                    surname = surnames[(y >> 22) & 4095]
+                    surname = surnames[bits(12)]
                     if male:
                         family_surname = surname  # the children take their father's surname
                 elif role == "P":
-                    male = (y >> 10) & 1
-                    age = head_age + 20 + ((y >> 11) & 2047) % 16
+                    male = y & 1
+                    age = head_age + 20 + (y >> 10) % 16
                     age = _OLDEST if age > _OLDEST else age
-                    surname = head_surname if male else surnames[(y >> 22) & 4095]
+                    surname = head_surname if male else surnames[bits(12)]
                 else:  # C, G: a child or grandchild of the head
-                    male = (y >> 10) & 1
+                    male = y & 1
                     low_gap = 20 if role == "C" else 42
                     span = head_age - _YOUNGEST - low_gap + 1
-                    age = head_age - low_gap - (((y >> 11) & 2047) % (19 if span > 19 else span) if span > 0 else 0)
+                    age = head_age - low_gap - ((y >> 10) % (19 if span > 19 else span) if span > 0 else 0)
                     age = _YOUNGEST if age < _YOUNGEST else age
                     surname = family_surname
-                birth = age_start[age] + ((y >> 34) & 0xFFFF) % 365
+                z = bits(30)  # bits 0-11 given name, 12-29 day of the year
+                birth = age_start[age] + (z >> 12) % 365
                 birth += round_ - birth % rounds  # ≡ the block's round: unique ID numbers
                 while birth >= births:
                     birth -= rounds
@@ -815,7 +836,7 @@ def _province_records(
                 idn = first17 + check_by_remainder[int(first17, 13) % 11]
                 position += 1
                 if ethnicity == _HAN:
-                    name = surname + given_by_age[age][male][(y >> 50) & 4095]
+                    name = surname + given_by_age[age][male][z & 4095]
                 elif ethnicity == _UYGHUR:
                     # A child's second name is the father's given name.
                     z = bits(20)
@@ -823,77 +844,82 @@ def _province_records(
                     if male and role in "EAas":
                         father = name[: name.index(_DOT)]
                 else:
-                    name = _tibetan_name(y >> 50, male)
+                    name = _tibetan_name(z, male)
 
-                # Enrollments. e: bits 0-7 a baby's start, 8-14 death, 15-26 exit, 27-36 medical,
-                # 37-42 education, 43-46 employment, 47-56 housing or temporary, 57-62 rent.
-                e = bits(64)
-                latest = household_start
+                # Enrollments. e: bits 0-9 medical, 10-19 housing or temporary, 20-25 death,
+                # 26 education (school age) or 26-29 employment (working age).
+                e = bits(30)
                 if program:
-                    if household_start > birth + 30 and (age < 75 or (e >> 8) & 127):
-                        enrolled = main_enrollment
-                        if (e >> 27) & 1023 < medical_share:
-                            enrolled += medical_enrollment
+                    if household_start > birth + 30 and (age < 75 or (e >> 20) & 63):
+                        # The common case: enrolled with the household.
+                        enrolled = with_medical if (e & 1023) < medical_share else main_enrollment
                         started = household_started
                         person_status = status
-                        if main_ended is not None:
-                            latest = last  # exits are recent enough for any update day to follow
+                        latest = household_latest
                     else:
                         # Born after the household was enrolled, or died since: a record of one's own.
                         if household_start > birth + 30:
                             start = household_start
                             person_status = _DECEASED
                         else:
-                            start = birth + 30 + (e & 255) % 90
+                            start = birth + 30 + bits(7) % 90
                             start = last if start > last else start
                             person_status = status
                         started = dates[start]
                         ended = None
                         latest = start
                         if person_status >= _EXITED:
-                            stop = start + 30 + ((e >> 15) & 4095) % (last - start - 29 if last - start > 29 else 1)
-                            ended = dates[stop if stop <= last else last]
-                            latest = last
+                            stop = start + 30 + bits(12) % (last - start - 29 if last - start > 29 else 1)
+                            latest = stop if stop <= last else last
+                            ended = dates[latest]
                         enrolled = enrollment(program, person_status, started, ended, amount, county)
-                        if (e >> 27) & 1023 < medical_share:
+                        if (e & 1023) < medical_share:
                             enrolled += enrollment(_MEDICAL, person_status, started, ended, b"", county)
-                    if 6 <= age <= 18 and (e >> 37) & 1 and person_status <= _SUSPENDED:
-                        school = birth + 2192 if birth + 2192 > latest else latest  # from age six
-                        latest = school = last if school > last else school
-                        allowance = amount_field_of(10_000 + ((e >> 38) & 31) % 31 * 1000)
-                        enrolled += enrollment(_EDUCATION, person_status, dates[school], None, allowance, county)
-                    if program == _DIBAO and 18 <= age < 60 and (e >> 43) & 15 == 0:
+                    stage = life_stage[age]
+                    if stage == _SCHOOL_AGE:
+                        if (e >> 26) & 1 and person_status <= _SUSPENDED:
+                            school = birth + 2192 if birth + 2192 > latest else latest  # from age six
+                            latest = school = last if school > last else school
+                            allowance = amount_field_of(10_000 + bits(5) % 31 * 1000)
+                            enrolled += enrollment(_EDUCATION, person_status, dates[school], None, allowance, county)
+                    elif stage == _WORKING_AGE and program == _DIBAO and not e >> 26:
                         enrolled += enrollment(_EMPLOYMENT, person_status, started, None, b"", county)
                 else:
-                    enrolled = b""
-                    if household_start <= birth:
+                    if household_start > birth:
+                        latest = household_start
+                        started = household_started
+                    else:
                         latest = birth + 1
                         started = dates[latest]
-                    else:
-                        started = household_started
-                special = (e >> 47) & 1023
-                if special < 20 or (not program and special < 400):
+                    # 医疗救助 alone: neither housing nor temporary assistance below.
+                    enrolled = (
+                        enrollment(_MEDICAL, _ACTIVE, started, None, b"", county)
+                        if housing_share <= (e >> 10) & 1023 < temporary_from
+                        else b""
+                    )
+                special = (e >> 10) & 1023
+                if special < housing_share:
                     # 住房救助: a rent subsidy, or the renovation of a dilapidated house (no cash).
-                    rent = amount_field_of(20_000 + ((e >> 57) & 63) % 41 * 1000 if special & 1 else 0)
+                    rent = amount_field_of(20_000 + bits(6) % 41 * 1000 if special & 1 else 0)
                     enrolled += enrollment(_HOUSING, _ACTIVE, started, None, rent, county)
-                if special >= 980 or (not program and special >= 400):
+                elif special >= temporary_from:
                     # 临时救助: a one-off payment within the last two years, closed soon after.
-                    t = bits(32)
+                    t = bits(21)
                     given = last - (t & 1023) % 700
                     given = birth + 1 if given <= birth else given
                     closed = given + ((t >> 10) & 63) % 60
                     closed = last if closed > last else closed
                     latest = closed if closed > latest else latest
-                    payment = amount_field_of(50_000 + ((t >> 16) & 31) % 26 * 10_000)
+                    payment = amount_field_of(50_000 + (t >> 16) % 26 * 10_000)
                     enrolled += enrollment(_TEMPORARY, _EXITED, dates[given], dates[closed], payment, county)
 
-                # The record. r: bits 0-19 a planted error, 20-26 no birth date, 27-33 no gender,
-                # 34-49 when it was last updated.
+                # The record. r: bits 0-15 when it was last updated, 16-22 whether and 23-29
+                # which of gender and birth date are left out.
                 record_no += 1
                 low = record_no % 1000
                 if not low:
                     rid_head = b"\x0a\x0c%s-%06d" % (prefix, record_no // 1000)
-                r = bits(50)
+                r = bits(30)
                 record = parse(
                     b"".join(
                         (
@@ -902,20 +928,22 @@ def _province_records(
                             version_and_id_tag,
                             idn,
                             name_fields[len(name)] + name,
-                            b"" if ((r >> 27) & 127) < no_gender else gender_fields[2 - male],
-                            b"" if ((r >> 20) & 127) < no_birth else birth_fields[birth],
+                            gender_birth_fields[male][birth]
+                            if (r >> 16) & 127 >= omissions
+                            else (b"", gender_fields[2 - male], birth_fields[birth])[(r >> 23) % 3],
                             hukou_field,
                             residence_field,
                             household_field,
                             enrolled,
                             updated[
-                                (r >> 34) % (all_update_times if latest < updated_first else (last - latest + 1) * _UPDATE_TIMES)
+                                (r & 0xFFFF)
+                                % (all_update_times if latest < updated_first else (last - latest + 1) * _UPDATE_TIMES)
                             ],
                         )
                     )
                 )
-                if (r & 0xFFFFF) < bad_threshold:
-                    kind = _plant_error(record, r & 0xFFFFF, line)
+                if bad_threshold and bits(20) < bad_threshold:
+                    kind = _plant_error(record, bits(20), line)
                     if bad is not None:
                         bad[record.record_id] = kind
                 yield record

@@ -134,11 +134,12 @@ async def _exchange(pki: DemoPki, port: int, population: Population, console: Co
         # Idempotency: the very same batch again (same batch_id) returns the original acknowledgement...
         first_code = DEMO_NODES[0][0]
         tally = tallies[first_code]
-        assert tally.first_batch is not None and tally.first_ack is not None
-        replay = [ack async for ack in clients[first_code].sync([tally.first_batch])][0]
+        assert tally.first_batch is not None
+        assert tally.first_ack is not None
+        replay, *_ = [ack async for ack in clients[first_code].sync([tally.first_batch])]
         # ...and the same records under a new batch_id are recognised as already held.
         resend = records_pb2.SyncRecordsRequest(batch_id="demo-resend-1", records=tally.first_batch.records)
-        again = [ack async for ack in clients[first_code].sync([resend])][0]
+        again, *_ = [ack async for ack in clients[first_code].sync([resend])]
 
         mover = population.movers[0] if population.movers else None
         check = lookup = None
@@ -215,7 +216,9 @@ def _summary(console: Console, r: _Result, stats: HubStats, total: int, hub_exit
     tallies, elapsed = r.tallies, r.elapsed
     console.rule("[bold]summary")
     synced = sum(t.records for t in tallies.values())
-    console.print(f"records synced: {synced:,} of {total:,} in {elapsed:.1f}s = [bold]{synced / elapsed:,.0f} records/s[/]")
+    console.print(
+        f"records synced: {synced:,} of {total:,} in {elapsed:.1f}s = [bold]{synced / elapsed:,.0f} records/s[/]"
+    )
     table = Table(title="outcomes by province")
     table.add_column("province", no_wrap=True)
     for outcome in ("CREATED", "UPDATED", "UNCHANGED", "STALE", "REJECTED"):

@@ -21,10 +21,10 @@ from hutong.v1 import person_pb2
 __all__ = [
     "content_hash",
     "date_from_proto",
-    "set_date",
     "household_from_proto",
     "record_from_proto",
     "rejection_to_proto",
+    "set_date",
     "timestamp_from_us",
 ]
 

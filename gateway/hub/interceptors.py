@@ -1,6 +1,6 @@
 """The hub's call pipeline: authenticate → (authorize) → bind log context → (audit) → map errors.
 
-One grpc.aio interceptor wraps every ``hutong.v1`` method. It runs an ordered chain of
+One :class:`HubInterceptor` wraps every ``hutong.v1`` method when it is registered. It runs an ordered chain of
 :class:`CallStep` objects before the servicer and in reverse after it, and turns any
 :class:`~gateway.errors.HutongError` into a status with ``ErrorInfo``; anything else becomes
 INTERNAL with a logged traceback and no detail leaked to the caller. Authorization by token
@@ -17,7 +17,7 @@ import contextvars
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -168,39 +168,67 @@ def _request_id(context: grpc.aio.ServicerContext) -> str:
     return uuid.uuid4().hex
 
 
-class HubInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Runs the call steps around every ``hutong.v1`` method and maps errors to statuses."""
+class _Capture:
+    """Stands in for a server to collect the handlers a generated ``add_*_to_server`` registers."""
 
-    def __init__(self, steps: Sequence[CallStep], *, prefix: str = "/hutong.v1.") -> None:
+    def __init__(self) -> None:
+        self.service = ""
+        self.handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    def add_generic_rpc_handlers(self, generic_handlers: object) -> None:
+        """Ignored: the same handlers arrive through add_registered_method_handlers."""
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        self.service, self.handlers = service, dict(handlers)
+
+
+class HubInterceptor:
+    """Runs the call steps around every ``hutong.v1`` method and maps errors to statuses.
+
+    The chain is applied once, when a service is registered (:meth:`register`), rather than
+    through grpc.aio's per-call interceptor hook: that hook costs a coroutine and a new
+    handler object on every call (measured: a third of CheckEnrollment's throughput).
+    """
+
+    def __init__(self, steps: Sequence[CallStep]) -> None:
         self._steps = tuple(steps)
-        self._prefix = prefix
 
-    async def intercept_service(
+    def register(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        """Wrap the handler of a hutong method; leave others alone."""
-        handler = await continuation(handler_call_details)
-        method: str = handler_call_details.method
-        if handler is None or not method.startswith(self._prefix):
-            return handler
-        short = method.rsplit("/", 1)[-1]
+        server: grpc.aio.Server,
+        add_to_server: Callable[[Any, Any], None],
+        servicer: object,
+        *,
+        overrides: dict[str, grpc.RpcMethodHandler] | None = None,
+    ) -> str:
+        """Register a servicer through its generated ``add_*_to_server``, every method wrapped.
+
+        ``overrides`` replaces generated handlers by name (e.g. to take raw request bytes).
+        Returns the full service name.
+        """
+        capture = _Capture()
+        add_to_server(servicer, capture)
+        handlers = {**capture.handlers, **(overrides or {})}
+        wrapped = {name: self.wrap(name, handler) for name, handler in handlers.items()}
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(capture.service, wrapped),))
+        server.add_registered_method_handlers(capture.service, wrapped)
+        return capture.service
+
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """The handler with the call steps and error mapping around its behaviour."""
         if handler.response_streaming:
             behavior = handler.stream_stream if handler.request_streaming else handler.unary_stream
-            wrapped_stream = self._wrap_stream(short, behavior)
             make = (
                 grpc.stream_stream_rpc_method_handler
                 if handler.request_streaming
                 else grpc.unary_stream_rpc_method_handler
             )
-            return make(wrapped_stream, handler.request_deserializer, handler.response_serializer)
+            return make(self._wrap_stream(method, behavior), handler.request_deserializer, handler.response_serializer)
         behavior = handler.stream_unary if handler.request_streaming else handler.unary_unary
-        wrapped_unary = self._wrap_unary(short, behavior)
         make = (
             grpc.stream_unary_rpc_method_handler if handler.request_streaming else grpc.unary_unary_rpc_method_handler
         )
-        return make(wrapped_unary, handler.request_deserializer, handler.response_serializer)
+        return make(self._wrap_unary(method, behavior), handler.request_deserializer, handler.response_serializer)
 
     def _begin(self, method: str, context: grpc.aio.ServicerContext) -> CallInfo:
         structlog.contextvars.clear_contextvars()

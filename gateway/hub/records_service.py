@@ -8,7 +8,7 @@ batches are in flight per stream; past that the reader stops reading and HTTP/2 
 pushes back on the node.
 
 ``SyncRecords`` is registered with a pass-through request deserializer (see
-:func:`sync_records_handler`): batches reach the workers as the bytes they arrived in, so
+:func:`raw_sync_handler`): batches reach the workers as the bytes they arrived in, so
 the event loop never parses a record.
 """
 
@@ -29,7 +29,7 @@ from gateway.hub.preparation import BatchPreparer, PreparedRequest, check_client
 from gateway.store.base import BatchAck, NodeRef, Store
 from hutong.v1 import records_pb2, records_pb2_grpc
 
-__all__ = ["MAX_BATCH_ITEMS", "RecordExchangeServicer", "add_to_server"]
+__all__ = ["MAX_BATCH_ITEMS", "RecordExchangeServicer", "raw_sync_handler"]
 
 log = structlog.get_logger("hutong.hub.records")
 
@@ -99,7 +99,7 @@ class RecordExchangeServicer(records_pb2_grpc.RecordExchangeServiceServicer):
             return BatchAck(prepared.batch_id, b"", b"", [], [], 0, batch_rejection=prepared.refusal)
         return await self._store.apply_batch(caller, prepared.batch_id, prepared.digest, prepared.batch)
 
-    async def SyncRecords(
+    async def SyncRecords(  # type: ignore[override]  # requests arrive as bytes: see raw_sync_handler
         self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[records_pb2.SyncRecordsResponse]:
         """Apply a stream of batches; acknowledge each, in order."""
@@ -211,24 +211,12 @@ class RecordExchangeServicer(records_pb2_grpc.RecordExchangeServiceServicer):
         )
 
 
-def add_to_server(servicer: RecordExchangeServicer, server: grpc.aio.Server) -> None:
-    """Register the service; SyncRecords takes its requests as raw bytes (parsed by the preparer)."""
-    handlers = {
+def raw_sync_handler(servicer: RecordExchangeServicer) -> dict[str, grpc.RpcMethodHandler]:
+    """SyncRecords taking its requests as raw bytes (the preparer parses them in its workers)."""
+    return {
         "SyncRecords": grpc.stream_stream_rpc_method_handler(
             servicer.SyncRecords,
             request_deserializer=None,
             response_serializer=records_pb2.SyncRecordsResponse.SerializeToString,
-        ),
-        "GetSyncState": grpc.unary_unary_rpc_method_handler(
-            servicer.GetSyncState,
-            request_deserializer=records_pb2.GetSyncStateRequest.FromString,
-            response_serializer=records_pb2.GetSyncStateResponse.SerializeToString,
-        ),
-        "RetireRecords": grpc.unary_unary_rpc_method_handler(
-            servicer.RetireRecords,
-            request_deserializer=records_pb2.RetireRecordsRequest.FromString,
-            response_serializer=records_pb2.RetireRecordsResponse.SerializeToString,
-        ),
+        )
     }
-    name = records_pb2.DESCRIPTOR.services_by_name["RecordExchangeService"].full_name
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))

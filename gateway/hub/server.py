@@ -25,11 +25,11 @@ from gateway.domain.protection import PersonKeyer
 from gateway.errors import ConfigError
 from gateway.hub.interceptors import Authenticator, HubInterceptor, LogContext
 from gateway.hub.keys import load_or_create_keys
-from gateway.hub.query_service import AssistanceQueryServicer
 from gateway.hub.preparation import BatchPreparer
-from gateway.hub.records_service import MAX_BATCH_ITEMS, RecordExchangeServicer, add_to_server
+from gateway.hub.query_service import AssistanceQueryServicer
+from gateway.hub.records_service import MAX_BATCH_ITEMS, RecordExchangeServicer, raw_sync_handler
 from gateway.store.sqlite import SqliteStore
-from hutong.v1 import query_pb2, query_pb2_grpc, records_pb2
+from hutong.v1 import query_pb2, query_pb2_grpc, records_pb2, records_pb2_grpc
 from pki import TlsMaterial
 
 __all__ = ["DATABASE_FILE", "HubServer", "HubSettings", "serve_forever"]
@@ -112,8 +112,8 @@ class HubServer:
         workers = s.prepare_workers if s.prepare_workers >= 0 else max(1, (os.cpu_count() or 2) - 1)
         self._preparer = BatchPreparer(keys, workers=workers, max_items=s.max_batch_items)
         await asyncio.get_running_loop().run_in_executor(None, self._preparer.warm_up)
+        chain = HubInterceptor([Authenticator(insecure=s.insecure), LogContext()])
         server = grpc.aio.server(
-            interceptors=[HubInterceptor([Authenticator(insecure=s.insecure), LogContext()])],
             options=[
                 ("grpc.max_receive_message_length", _MAX_MESSAGE),
                 ("grpc.max_send_message_length", _MAX_MESSAGE),
@@ -122,8 +122,17 @@ class HubServer:
             ],
         )
         self._records = RecordExchangeServicer(self.store, self._preparer, max_batch_items=s.max_batch_items)
-        add_to_server(self._records, server)
-        query_pb2_grpc.add_AssistanceQueryServiceServicer_to_server(AssistanceQueryServicer(self.store, keyer), server)
+        chain.register(
+            server,
+            records_pb2_grpc.add_RecordExchangeServiceServicer_to_server,
+            self._records,
+            overrides=raw_sync_handler(self._records),
+        )
+        chain.register(
+            server,
+            query_pb2_grpc.add_AssistanceQueryServiceServicer_to_server,
+            AssistanceQueryServicer(self.store, keyer),
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection((*_SERVICES, reflection.SERVICE_NAME, "grpc.health.v1.Health"), server)
         address = f"[{s.host}]:{s.port}" if ":" in s.host else f"{s.host}:{s.port}"

@@ -243,13 +243,13 @@ class SqliteStore:
             if outcome is None:
                 rejections.append(
                     Rejection(
-                        r.index, r.record_id, "VERSION_CONFLICT", "version",
+                        r.position, r.record_id, "VERSION_CONFLICT", "version",
                         f"version {r.version} is already held with different content; send a higher version",
                         "FAILED_PRECONDITION",
                     )
                 )  # fmt: skip
                 continue
-            outcomes[r.index] = outcome
+            outcomes[r.position] = outcome
             if outcome is Outcome.CREATED or outcome is Outcome.UPDATED:
                 if h is None:
                     new_records += 1
@@ -361,13 +361,13 @@ class SqliteStore:
             if outcome is None:
                 rejections.append(
                     Rejection(
-                        h.index, h.household_id, "VERSION_CONFLICT", "version",
+                        h.position, h.household_id, "VERSION_CONFLICT", "version",
                         f"version {h.version} is already held with different content; send a higher version",
                         "FAILED_PRECONDITION",
                     )
                 )  # fmt: skip
                 continue
-            outcomes[h.index] = outcome
+            outcomes[h.position] = outcome
             if outcome is Outcome.CREATED or outcome is Outcome.UPDATED:
                 held[h.household_id] = (h.version, h.content_hash)
                 rows.append(

@@ -20,8 +20,7 @@ async def test_worker_processes_apply_good_records_and_reject_bad_ones_in_order(
     bad = make_record("w-bad", sequence=99)
     bad.residence_division = "449999"
     batches = [
-        records_pb2.SyncRecordsRequest(batch_id=f"wb{n}", records=[*good[n * 10 : n * 10 + 10], bad])
-        for n in range(3)
+        records_pb2.SyncRecordsRequest(batch_id=f"wb{n}", records=[*good[n * 10 : n * 10 + 10], bad]) for n in range(3)
     ]
     acks = [ack async for ack in client.sync(batches, window=3)]
     assert [a.batch_id for a in acks] == ["wb0", "wb1", "wb2"]
@@ -29,7 +28,7 @@ async def test_worker_processes_apply_good_records_and_reject_bad_ones_in_order(
         assert list(ack.record_outcomes) == [records_pb2.OUTCOME_CREATED] * 10 + [records_pb2.OUTCOME_REJECTED]
         assert ack.record_rejections[0].reason == "DIVISION_UNKNOWN"
         assert ack.record_rejections[0].item_id == "w-bad"
-    replay = [ack async for ack in client.sync(batches[:1])][0]
+    replay, *_ = [ack async for ack in client.sync(batches[:1])]
     assert replay.replayed
     assert list(replay.record_outcomes) == list(acks[0].record_outcomes)
     state = await client.get_sync_state()

@@ -153,9 +153,7 @@ def test_division_code_of_an_id_number_need_not_exist_any_more() -> None:
     assert number.kind is IdKind.RESIDENT
 
 
-@pytest.mark.parametrize(
-    ("prefix", "province"), [("810000", "810000"), ("820000", "820000"), ("830000", "710000")]
-)
+@pytest.mark.parametrize(("prefix", "province"), [("810000", "810000"), ("820000", "820000"), ("830000", "710000")])
 def test_hk_macau_taiwan_residence_permits_are_recognised(prefix: str, province: str) -> None:
     number = parse_id_number(make_id_number(prefix, dt.date(1990, 3, 7), 31), today=TODAY)
     assert number.kind is IdKind.HK_MACAU_TAIWAN_RESIDENCE

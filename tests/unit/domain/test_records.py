@@ -120,7 +120,7 @@ def test_valid_record_is_prepared_without_raw_id_number_or_name(
     assert prepared.active_programs == Program.DIBAO.bit
     assert decode_enrollments(prepared.enrollments) == (enrollment(),)
     assert unseal_pii(sealer, prepared.sealed_pii, GD, "r-1") == (MALE_ID, NAME)
-    for value in dataclasses.astuple(prepared):
+    for value in prepared:
         if isinstance(value, bytes):
             assert MALE_ID.encode() not in value
             assert NAME.encode() not in value
@@ -396,7 +396,7 @@ def test_one_bad_record_does_not_stop_the_others(preparer: RecordPreparer) -> No
     records = [record(record_id="a"), record(record_id="b", name=""), record(record_id="c")]
     batch = preparer.prepare_batch(GD, records)
     assert [r.record_id for r in batch.records] == ["a", "c"]
-    assert [r.index for r in batch.records] == [0, 2]
+    assert [r.position for r in batch.records] == [0, 2]
     assert [(r.index, r.item_id, r.reason) for r in batch.record_rejections] == [(1, "b", "NAME_MISSING")]
     assert batch.record_count == 3
 
@@ -406,7 +406,7 @@ def test_items_refused_upstream_keep_their_rejection_and_position(preparer: Reco
     batch = preparer.prepare_batch(
         GD, [record(record_id="a"), None, record(record_id="c")], record_rejections=[upstream]
     )
-    assert [r.index for r in batch.records] == [0, 2]
+    assert [r.position for r in batch.records] == [0, 2]
     assert batch.record_rejections == [upstream]
     assert batch.record_count == 3
 

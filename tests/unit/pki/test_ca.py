@@ -299,9 +299,7 @@ def test_csr_cannot_smuggle_in_extra_names_or_ca_powers(ca: CertificateAuthority
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "evil")]))
         .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.UniformResourceIdentifier(GZ.uri), x509.DNSName("hub.example")]
-            ),
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(GZ.uri), x509.DNSName("hub.example")]),
             critical=False,
         )
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
@@ -455,10 +453,7 @@ def test_encrypted_ca_key_without_passphrase_asks_for_one(ca: CertificateAuthori
         CertificateAuthority.load(tmp_path / "ca.pem", tmp_path / "ca.key")
     assert exc_info.value.reason == "PASSPHRASE_REQUIRED"
 
-    assert (
-        CertificateAuthority.load(tmp_path / "ca.pem", tmp_path / "ca.key", passphrase=b"s3cret").cert
-        == ca.cert
-    )
+    assert CertificateAuthority.load(tmp_path / "ca.pem", tmp_path / "ca.key", passphrase=b"s3cret").cert == ca.cert
 
 
 def test_empty_passphrase_is_refused(tmp_path: Path) -> None:
@@ -526,9 +521,7 @@ def test_demo_pki_node_material_is_keyed_by_uri_and_chains_to_the_demo_ca(tmp_pa
         assert tls.ca_pem == demo.hub_tls.ca_pem
     hub_cert = load_certificate(demo.hub_cert_path)
     hub_cert.verify_directly_issued_by(ca_cert)
-    assert _ext(hub_cert, x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName) == [
-        "localhost"
-    ]
+    assert _ext(hub_cert, x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName) == ["localhost"]
 
 
 def test_demo_pki_tls_material_is_accepted_by_grpc(tmp_path: Path) -> None:
