@@ -276,7 +276,7 @@ class SqliteStore:
         if rows:
             con.executemany(_UPSERT_RECORD, rows)
         if touched:
-            self._refresh_findings(con, touched, now)
+            self._refresh_findings(con, province, touched, now)
 
         h_outcomes = bytearray([_REJECTED]) * batch.household_count
         h_rejections = list(batch.household_rejections)
@@ -380,12 +380,13 @@ class SqliteStore:
             con.executemany(_UPSERT_HOUSEHOLD, rows)
 
     @staticmethod
-    def _refresh_findings(con: sqlite3.Connection, person_keys: Iterable[bytes], now: int) -> None:
+    def _refresh_findings(con: sqlite3.Connection, province: str, person_keys: Iterable[bytes], now: int) -> None:
         """Re-evaluate duplicate enrollments of the given persons and record what changed.
 
-        Most persons are held by one province only; SQL narrows the work to those with an
-        exclusive programme active in more than one province or with an open finding, so the
-        Python loop below runs for the few, not for every record of the batch.
+        ``province`` is the one whose records changed. Most persons are held by one province
+        only; SQL narrows the work to those with an exclusive programme active in another
+        province or with an open finding, so the Python loop below runs for the few, not for
+        every record of the batch.
         """
         keys = list(person_keys)
         candidates: set[bytes] = set()
@@ -394,10 +395,9 @@ class SqliteStore:
             candidates.update(
                 key
                 for (key,) in con.execute(
-                    f"SELECT person_key FROM records WHERE person_key IN ({marks}) AND retired_reason=0"
-                    f" AND (active_programs & {_EXCLUSIVE_MASK}) <> 0"
-                    " GROUP BY person_key HAVING count(DISTINCT province) > 1",
-                    chunk,
+                    f"SELECT person_key FROM records WHERE person_key IN ({marks}) AND province <> ?"
+                    f" AND retired_reason=0 AND (active_programs & {_EXCLUSIVE_MASK}) <> 0",
+                    (*chunk, province),
                 )
             )
             candidates.update(
@@ -538,7 +538,7 @@ class SqliteStore:
                 held[r.record_id] = (r.version, content_hash, h[2], h[3], int(r.reason))
             outcomes[r.index] = outcome
         if touched:
-            self._refresh_findings(con, touched, now)
+            self._refresh_findings(con, province, touched, now)
         self._bump_province(con, province, 0, newly_retired, 0)
         rejections.sort(key=lambda x: x.index)
         con.execute(
