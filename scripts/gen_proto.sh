@@ -5,6 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python}"
+# The mypy-protobuf plugins (protoc-gen-mypy, protoc-gen-mypy_grpc) live beside that Python.
+PATH="$(dirname "$(command -v "$PYTHON")"):$PATH"
+export PATH
 rm -f hutong/v1/*_pb2*.py hutong/v1/*_pb2*.pyi
 "$PYTHON" -m grpc_tools.protoc \
   --proto_path=proto \

@@ -179,7 +179,7 @@ def _batch(batch_id: str, records: list[person_pb2.PersonRecord]) -> records_pb2
 
 _T = TypeVar("_T")
 
-#: Size of the weighted lookup tables: a choice is ``table[bits & 4095]``.
+#: Size of the weighted lookup tables: a choice is ``table[twelve random bits]``.
 _TABLE = 4096
 
 

@@ -385,7 +385,7 @@ def test_batches_have_the_requested_size_and_numbered_ids(population: Population
     assert [r for b in out for r in b.records] == records
 
 
-def test_batches_of_nothing_are_none() -> None:
+def test_no_records_make_no_batches() -> None:
     assert list(batches([], size=10, prefix="x")) == []
 
 
