@@ -104,7 +104,7 @@ def pki_quickstart(directory: Path, nodes: Sequence[str]) -> int:
     console.print(f"hub: {made.hub_cert_path}  {made.hub_key_path}")
     for uri, creds in made.nodes.items():
         console.print(f"node {uri}: {creds.cert_path}  {creds.key_path}")
-    console.print("[yellow]throwaway CA: its key is not encrypted; use `hutong pki init` for a real one[/]")
+    console.print("[yellow]throwaway CA: its key is stored unencrypted; use it only to try Hutong out[/]")
     return 0
 
 
