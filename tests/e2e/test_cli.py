@@ -1,0 +1,125 @@
+"""The ``hutong`` command end to end: real processes, real certificates, loopback only."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+HUTONG = [sys.executable, "-m", "gateway.cli"]
+VALID_ID = "11010519491231002X"
+
+
+def run(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run([*HUTONG, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.mark.slow
+def test_demo_runs_the_whole_exchange_and_reports_duplicates(tmp_path: Path) -> None:
+    result = run("demo", "--persons", "800", "--data-dir", str(tmp_path / "demo"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "records synced: 2,472 of 2,472" in out
+    assert "replayed=True, original acknowledgement returned: True" in out
+    assert "duplicate enrollments found: 72" in out
+    assert "enrolled=True" in out
+    assert "hub stopped gracefully (exit code 0)" in out
+    # The hub's log never carries a raw ID number.
+    log = (tmp_path / "demo" / "hub.log").read_text()
+    assert VALID_ID not in log
+
+
+def test_demo_refuses_a_directory_that_already_holds_one(tmp_path: Path) -> None:
+    (tmp_path / "demo" / "pki").mkdir(parents=True)
+    result = run("demo", "--persons", "10", "--data-dir", str(tmp_path / "demo"), cwd=tmp_path)
+    assert result.returncode == 3
+    assert "DEMO_DIR_NOT_EMPTY" in result.stderr
+
+
+@pytest.fixture
+def served_hub(tmp_path: Path) -> Iterator[tuple[Path, int]]:
+    certs = tmp_path / "certs"
+    made = run("pki", "quickstart", str(certs), "--node", "440000/gd-gz-01", cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    port_file = tmp_path / "hub.port"
+    log = (tmp_path / "hub.log").open("wb")
+    hub = subprocess.Popen(
+        [
+            *HUTONG, "hub", "serve", "--data-dir", str(tmp_path / "hub"), "--listen", "127.0.0.1:0",
+            "--cert", str(certs / "hub.pem"), "--key", str(certs / "hub.key"), "--ca", str(certs / "ca.pem"),
+            "--port-file", str(port_file),
+        ],
+        stdout=log,
+        stderr=log,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not port_file.exists():
+        assert hub.poll() is None, (tmp_path / "hub.log").read_text()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    yield certs, int(port_file.read_text())
+    hub.send_signal(signal.SIGTERM)
+    assert hub.wait(timeout=30) == 0
+    log.close()
+
+
+def node_tls(certs: Path) -> list[str]:
+    node = certs / "nodes" / "440000-gd-gz-01"
+    return ["--cert", f"{node}.pem", "--key", f"{node}.key", "--ca", str(certs / "ca.pem")]
+
+
+def test_query_check_answers_from_a_served_hub(served_hub: tuple[Path, int], tmp_path: Path) -> None:
+    certs, port = served_hub
+    args = ["query", "check", "--hub", f"localhost:{port}", "--id", VALID_ID, "--purpose", "duplicate-check"]
+    result = run(*args, "--program", "dibao", *node_tls(certs), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "dibao" in result.stdout
+    assert "no" in result.stdout
+
+
+def test_query_with_a_bad_check_character_exits_4_naming_the_field(
+    served_hub: tuple[Path, int], tmp_path: Path
+) -> None:
+    certs, port = served_hub
+    bad = VALID_ID[:-1] + "1"
+    args = ["query", "lookup", "--hub", f"localhost:{port}", "--id", bad, "--purpose", "audit"]
+    result = run(*args, *node_tls(certs), cwd=tmp_path)
+    assert result.returncode == 4
+    assert "id_number" in result.stderr
+    assert "ID_NUMBER_BAD_CHECK_CHARACTER" in result.stderr
+    assert bad not in result.stderr
+
+
+def test_query_without_tls_material_exits_3(tmp_path: Path) -> None:
+    result = run("query", "check", "--hub", "localhost:1", "--id", VALID_ID, "--purpose", "audit", cwd=tmp_path)
+    assert result.returncode == 3
+    assert "--cert" in result.stderr
+
+
+def test_hub_serve_refuses_to_start_without_certificates(tmp_path: Path) -> None:
+    result = run("hub", "serve", "--data-dir", str(tmp_path / "hub"), "--listen", "127.0.0.1:0", cwd=tmp_path)
+    assert result.returncode == 3
+    assert "TLS_MISSING" in result.stderr
+
+
+def test_insecure_hub_refuses_a_non_loopback_address(tmp_path: Path) -> None:
+    args = ["hub", "serve", "--data-dir", str(tmp_path / "hub"), "--listen", "0.0.0.0:0", "--insecure"]
+    result = run(*args, cwd=tmp_path)
+    assert result.returncode == 3
+    assert "INSECURE_NOT_LOOPBACK" in result.stderr
+
+
+def test_id_check_proposes_the_original_for_a_typo(tmp_path: Path) -> None:
+    result = run("id", "check", VALID_ID[:-1] + "1", cwd=tmp_path)
+    assert result.returncode == 4
+    assert VALID_ID in result.stdout
+    ok = run("id", "check", VALID_ID.lower(), cwd=tmp_path)
+    assert ok.returncode == 0
+    assert "born 1949-12-31, female" in ok.stdout
