@@ -39,7 +39,7 @@ from gateway.store.sqlite import SqliteStore
 from hutong.v1 import query_pb2, records_pb2
 from pki import DemoPki, write_demo_pki
 
-__all__ = ["DEMO_NODES", "run_demo"]
+__all__ = ["DEMO_NODES", "run_demo", "spawn_server"]
 
 #: (province code, node name): Guangdong receives many workers from Henan and Sichuan.
 DEMO_NODES: tuple[tuple[str, str], ...] = (("440000", "gd-gz-01"), ("410000", "ha-zz-01"), ("510000", "sc-cd-01"))
@@ -71,26 +71,32 @@ def _province(code: str) -> str:
     return f"{PROVINCE_CODES.get(code, code)}"
 
 
-def _start_hub(pki: DemoPki, data_dir: Path, log_path: Path) -> tuple[subprocess.Popen[bytes], int]:
-    port_file = data_dir / "hub.port"
+def spawn_server(
+    command: list[str], port_file: Path, log_path: Path, *, timeout: float = 60
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Start a server process that writes its bound port to ``port_file``; wait for the port."""
     port_file.unlink(missing_ok=True)
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=log)
+    deadline = time.monotonic() + timeout
+    while not port_file.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise ConfigError(f"{command[0]} did not start; see {log_path}", reason="SERVER_START_FAILED")
+        time.sleep(0.05)
+    return process, int(port_file.read_text().strip())
+
+
+def _start_hub(pki: DemoPki, data_dir: Path, log_path: Path) -> tuple[subprocess.Popen[bytes], int]:
     command = [
         sys.executable, "-m", "gateway.cli", "--log-level", "warning",
         "hub", "serve",
         "--data-dir", str(data_dir / "hub"),
         "--listen", "127.0.0.1:0",
         "--cert", str(pki.hub_cert_path), "--key", str(pki.hub_key_path), "--ca", str(pki.ca_cert_path),
-        "--port-file", str(port_file),
+        "--port-file", str(data_dir / "hub.port"),
     ]  # fmt: skip
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=log)
-    deadline = time.monotonic() + 30
-    while not port_file.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise ConfigError(f"the hub did not start; see {log_path}", reason="HUB_START_FAILED")
-        time.sleep(0.05)
-    return process, int(port_file.read_text().strip())
+    return spawn_server(command, data_dir / "hub.port", log_path)
 
 
 async def _sync_province(

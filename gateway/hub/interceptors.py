@@ -1,7 +1,7 @@
 """The hub's call pipeline: authenticate → (authorize) → bind log context → (audit) → map errors.
 
-One :class:`HubInterceptor` wraps every ``hutong.v1`` method when it is registered. It runs an ordered chain of
-:class:`CallStep` objects before the servicer and in reverse after it, and turns any
+One :class:`HubInterceptor` wraps every ``hutong.v1`` method when it is registered. It runs an
+ordered chain of :class:`CallStep` objects before the servicer and in reverse after it, and turns any
 :class:`~gateway.errors.HutongError` into a status with ``ErrorInfo``; anything else becomes
 INTERNAL with a logged traceback and no detail leaked to the caller. Authorization by token
 scope and the audit log plug in as further steps.
@@ -28,7 +28,7 @@ from cryptography import x509
 from gateway import errors
 from gateway.rpc_status import INSECURE_IDENTITY_KEY, REQUEST_ID_KEY, to_grpc_status
 from gateway.store.base import NodeRef
-from pki import identity_from_certificate
+from pki import NodeIdentity, identity_from_certificate
 
 __all__ = [
     "Authenticator",
@@ -37,6 +37,7 @@ __all__ = [
     "HubInterceptor",
     "LogContext",
     "current_call",
+    "current_caller",
 ]
 
 log = structlog.get_logger("hutong.hub")
@@ -127,8 +128,6 @@ class Authenticator:
     def _insecure_caller(context: grpc.aio.ServicerContext) -> NodeRef:
         for key, value in context.invocation_metadata() or ():
             if key == INSECURE_IDENTITY_KEY and isinstance(value, str):
-                from pki import NodeIdentity
-
                 try:
                     identity = NodeIdentity.parse_uri(value)
                 except errors.PkiError as exc:

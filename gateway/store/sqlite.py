@@ -61,6 +61,17 @@ def _marks(n: int) -> str:
     return ",".join("?" * n)
 
 
+def _version_conflict(index: int, item_id: str, version: int) -> Rejection:
+    return Rejection(
+        index,
+        item_id,
+        "VERSION_CONFLICT",
+        "version",
+        f"version {version} is already held with different content; send a higher version",
+        "FAILED_PRECONDITION",
+    )
+
+
 def finding_id(person_key: bytes, program: int) -> str:
     """Stable opaque id of the finding about one person and programme."""
     return hashlib.blake2b(person_key + bytes([program]), digest_size=12).hexdigest()
@@ -241,13 +252,7 @@ class SqliteStore:
             h = held.get(r.record_id)
             outcome = decide_outcome(None if h is None else (h[0], h[1]), r.version, r.content_hash)
             if outcome is None:
-                rejections.append(
-                    Rejection(
-                        r.position, r.record_id, "VERSION_CONFLICT", "version",
-                        f"version {r.version} is already held with different content; send a higher version",
-                        "FAILED_PRECONDITION",
-                    )
-                )  # fmt: skip
+                rejections.append(_version_conflict(r.position, r.record_id, r.version))
                 continue
             outcomes[r.position] = outcome
             if outcome is Outcome.CREATED or outcome is Outcome.UPDATED:
@@ -359,13 +364,7 @@ class SqliteStore:
         for h in batch.households:
             outcome = decide_outcome(held.get(h.household_id), h.version, h.content_hash)
             if outcome is None:
-                rejections.append(
-                    Rejection(
-                        h.position, h.household_id, "VERSION_CONFLICT", "version",
-                        f"version {h.version} is already held with different content; send a higher version",
-                        "FAILED_PRECONDITION",
-                    )
-                )  # fmt: skip
+                rejections.append(_version_conflict(h.position, h.household_id, h.version))
                 continue
             outcomes[h.position] = outcome
             if outcome is Outcome.CREATED or outcome is Outcome.UPDATED:
@@ -517,13 +516,7 @@ class SqliteStore:
                 continue
             outcome = decide_outcome((h[0], h[1]), r.version, content_hash)
             if outcome is None:
-                rejections.append(
-                    Rejection(
-                        r.index, r.record_id, "VERSION_CONFLICT", "version",
-                        f"version {r.version} is already held with different content; send a higher version",
-                        "FAILED_PRECONDITION",
-                    )
-                )  # fmt: skip
+                rejections.append(_version_conflict(r.index, r.record_id, r.version))
                 continue
             if outcome is Outcome.UPDATED:
                 con.execute(
