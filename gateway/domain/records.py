@@ -248,10 +248,13 @@ def _check_item_id(value: str, field: str, record: str | None) -> None:
         )
 
 
+_DIGIT_CHARS = frozenset("0123456789０１２３４５６７８９")
+
+
 def _check_name(name: str, record_id: str) -> None:
     if not name.strip():
         raise InvalidRecord("name is required", reason="NAME_MISSING", field="name", record=record_id)
-    if len(name) > MAX_NAME_LENGTH or not name.isprintable() or any(c.isdigit() for c in name):
+    if len(name) > MAX_NAME_LENGTH or not name.isprintable() or not _DIGIT_CHARS.isdisjoint(name):
         raise InvalidRecord(
             f"name must be at most {MAX_NAME_LENGTH} printable characters and contain no digits",
             reason="NAME_INVALID",
@@ -325,11 +328,13 @@ class RecordPreparer:
                 f"unknown gender value {record.gender}", reason="UNKNOWN_ENUM_VALUE", field="gender", record=rid
             )
         resident = id_number.kind == identity.IdKind.RESIDENT
-        if record.gender and resident and record.gender != id_number.gender:
+        id_gender = int(id_number.gender) if resident else 0
+        birth = id_number.birth_date
+        if record.gender and resident and record.gender != id_gender:
             raise InvalidRecord(
                 "gender disagrees with the ID number", reason="GENDER_MISMATCH", field="gender", record=rid
             )
-        if record.birth_date is not None and record.birth_date != id_number.birth_date:
+        if record.birth_date is not None and record.birth_date != birth:
             raise InvalidRecord(
                 "birth_date disagrees with the ID number",
                 reason="BIRTH_DATE_MISMATCH",
@@ -353,7 +358,7 @@ class RecordPreparer:
                 "updated_at lies in the future", reason="UPDATED_AT_IN_FUTURE", field="updated_at", record=rid
             )
         active = self._check_enrollments(record, province_code, today)
-        gender = record.gender or (int(id_number.gender) if resident else 0)
+        gender = record.gender or id_gender
         pii = f"{id_number.value}\x1f{record.name.strip()}".encode()
         return PreparedRecord(
             position=index,
@@ -363,7 +368,7 @@ class RecordPreparer:
             person_key=self._keyer.person_key(id_number.value),
             sealed_pii=self._sealer.seal(pii, pii_associated_data(province_code, rid)),
             gender=gender,
-            birth_yyyymmdd=_yyyymmdd(id_number.birth_date),
+            birth_yyyymmdd=int(id_number.value[6:14]),
             hukou_division=record.hukou_division,
             residence_division=record.residence_division,
             household_id=record.household_id,
