@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from gateway.demo.population import PopulationSpec, generate_population
+from gateway.demo.run import DEMO_NODES
+
 HUTONG = [sys.executable, "-m", "gateway.cli"]
 VALID_ID = "11010519491231002X"
 
@@ -31,9 +34,21 @@ def test_demo_runs_the_whole_exchange_and_reports_duplicates(tmp_path: Path) -> 
     assert "duplicate enrollments found: 72" in out
     assert "enrolled=True" in out
     assert "hub stopped gracefully (exit code 0)" in out
-    # The hub's log never carries a raw ID number.
+    # Neither the hub's log nor its database carries a raw ID number or name.
+    population = generate_population(
+        PopulationSpec(provinces=tuple(code for code, _ in DEMO_NODES), persons_per_province=800)
+    )
+    records = [r for rs in population.by_province.values() for r in rs]
+    mover = population.movers[0]
+    assert f"CheckEnrollment({mover[:6]}********{mover[-4:]}" in out  # the same population as the demo
     log = (tmp_path / "demo" / "hub.log").read_text()
-    assert VALID_ID not in log
+    stored = b"".join(p.read_bytes() for p in (tmp_path / "demo" / "hub").glob("hub.sqlite3*"))
+    assert records
+    for record in records:
+        assert record.id_number not in log
+        assert record.id_number.encode() not in stored
+        if len(record.name) > 1:
+            assert record.name.encode() not in stored
 
 
 def test_demo_refuses_a_directory_that_already_holds_one(tmp_path: Path) -> None:
