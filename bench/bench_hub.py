@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import shutil
 import signal
@@ -114,6 +115,12 @@ def peak_rss_mib(pid: int) -> float:
     return total
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def children(pid: int) -> list[int]:
     out = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -121,7 +128,7 @@ def children(pid: int) -> list[int]:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[1]) == pid:
+        if int(fields[1]) == pid and b"resource_tracker" not in (stat.parent / "cmdline").read_bytes():
             out.append(int(stat.parent.name))
     return out
 
@@ -226,7 +233,10 @@ def main() -> None:
             root / "hub.log",
         )  # fmt: skip
         try:
+            workers = children(hub.pid)
+            cpu_before = [cpu_seconds(p) for p in (hub.pid, *workers)]
             hub_ingest = asyncio.run(ingest(hub_port, tls, batches))
+            cpu_ingest = [cpu_seconds(p) - b for p, b in zip((hub.pid, *workers), cpu_before, strict=True)]
             rss_after_ingest = peak_rss_mib(hub.pid)
             hub_queries = asyncio.run(query_load(hub_port, tls, ids, args.calls))
             rss = peak_rss_mib(hub.pid)
@@ -254,6 +264,12 @@ def main() -> None:
         f" {hub_ingest.seconds:.1f}s; bare {bare_ingest.seconds:.1f}s;"
         f" peak RSS after ingest {rss_after_ingest:,.1f} MiB;"
         f" query errors hub {dict(hub_queries.errors) or 0}, bare {dict(bare_queries.errors) or 0}"
+    )
+    per_record = [1e6 * c / hub_ingest.records for c in cpu_ingest]
+    print(
+        f"CPU per ingested record: hub process {per_record[0]:.1f} µs (gRPC, SQLite), "
+        + ", ".join(f"worker {n} {us:.1f} µs" for n, us in enumerate(per_record[1:], 1))
+        + " (preparation)"
     )
 
 

@@ -1,8 +1,9 @@
 """The embedded store: one SQLite database in WAL mode.
 
 Writes go through one dedicated writer thread with its own connection (SQLite allows one
-writer; the thread lets the event loop prepare the next batch while SQLite works, since
-the sqlite3 module releases the GIL inside the engine). Reads use a second connection on
+writer; the thread keeps the event loop free while SQLite works, since the sqlite3 module
+releases the GIL inside the engine). Writes that queue up behind a running transaction are
+committed together (group commit, see ``_write``). Reads use a second connection on
 the event loop's thread: point lookups by indexed person key take microseconds, and WAL
 lets them run while the writer commits.
 
@@ -13,10 +14,11 @@ not just a crash of the process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import sqlite3
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
@@ -44,6 +46,10 @@ __all__ = ["SqliteStore"]
 T = TypeVar("T")
 
 _CHUNK = 500
+#: A queued write: the function, its arguments, and where to deliver its result.
+_Job = tuple[Any, tuple[Any, ...], asyncio.AbstractEventLoop, "asyncio.Future[Any]"]
+#: Most writes committed together in one transaction (group commit).
+_MAX_GROUP = 16
 _EXCLUSIVE_MASK = sum(p.bit for p in EXCLUSIVE_PROGRAMS)
 _REJECTED = int(Outcome.REJECTED)
 
@@ -70,6 +76,21 @@ def _version_conflict(index: int, item_id: str, version: int) -> Rejection:
         f"version {version} is already held with different content; send a higher version",
         "FAILED_PRECONDITION",
     )
+
+
+def _store_error(exc: BaseException) -> BaseException:
+    if isinstance(exc, sqlite3.Error):
+        return StoreError(f"database write failed: {exc}", reason="STORE_WRITE_FAILED")
+    return exc
+
+
+def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    if future.done():  # the caller gave up (cancelled); the write stands regardless
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
 
 
 def finding_id(person_key: bytes, program: int) -> str:
@@ -120,6 +141,7 @@ class SqliteStore:
         self._synchronous = synchronous
         self._cache_kib = cache_mib * 1024
         self._executor: ThreadPoolExecutor | None = None
+        self._queued: deque[_Job] = deque()
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
 
@@ -192,22 +214,55 @@ class SqliteStore:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, fn, *args)
 
-    def _transaction(self, fn: Any, *args: Any) -> Any:
-        con = self._w
-        con.execute("BEGIN IMMEDIATE")
-        try:
-            result = fn(con, *args)
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-        con.execute("COMMIT")
-        return result
-
     async def _write(self, fn: Any, *args: Any) -> Any:
+        """Run ``fn(con, *args)`` in a transaction; return its result once committed.
+
+        Group commit: writes that queue up while the writer is busy are applied together in
+        one transaction, each inside its own savepoint, so one fsync and one set of index-page
+        writes serve them all; a write that fails is rolled back alone and the others commit.
+        """
+        if self._executor is None:
+            raise StoreError("store is not open", reason="STORE_CLOSED")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queued.append((fn, args, loop, future))
+        self._executor.submit(self._commit_group)
+        return await future
+
+    def _commit_group(self) -> None:
+        jobs: list[_Job] = []
+        while self._queued and len(jobs) < _MAX_GROUP:
+            jobs.append(self._queued.popleft())
+        if not jobs:
+            return  # an earlier group took them
+        con = self._w
+        outcomes: list[tuple[bool, Any]] = []
         try:
-            return await self._in_writer(self._transaction, fn, *args)
-        except sqlite3.Error as exc:
-            raise StoreError(f"database write failed: {exc}", reason="STORE_WRITE_FAILED") from exc
+            con.execute("BEGIN IMMEDIATE")
+            for n, (fn, args, _loop, _future) in enumerate(jobs):
+                con.execute(f"SAVEPOINT job{n}")
+                try:
+                    outcomes.append((True, fn(con, *args)))
+                except Exception as exc:
+                    con.execute(f"ROLLBACK TO job{n}")
+                    outcomes.append((False, _store_error(exc)))
+                con.execute(f"RELEASE job{n}")
+            con.execute("COMMIT")
+        except BaseException as exc:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            failure = _store_error(exc) if isinstance(exc, Exception) else exc
+            outcomes = [(False, failure)] * len(jobs)
+            if not isinstance(exc, Exception):
+                self._deliver(jobs, outcomes)
+                raise
+        self._deliver(jobs, outcomes)
+
+    @staticmethod
+    def _deliver(jobs: list[_Job], outcomes: list[tuple[bool, Any]]) -> None:
+        for (_fn, _args, loop, future), (ok, value) in zip(jobs, outcomes, strict=True):
+            with contextlib.suppress(RuntimeError):  # the caller's loop is gone: nobody waits
+                loop.call_soon_threadsafe(_settle, future, ok, value)
 
     # -- sync --------------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import hashlib
@@ -531,3 +532,42 @@ async def test_closed_store_refuses_work(db_path: Path) -> None:
     assert caught.value.reason == "STORE_CLOSED"
     with pytest.raises(StoreError):
         await store.sync_state(GZ)
+
+
+# -- group commit -----------------------------------------------------------------------------
+
+
+async def test_concurrent_batches_are_committed_together_each_with_its_own_acknowledgement(
+    store: SqliteStore,
+) -> None:
+    nodes = [NodeRef("440000", f"gz-{n:02d}") for n in range(8)]
+    ids = [make_id_number("440106", dt.date(1950, 1, 1) + dt.timedelta(days=n), 11) for n in range(8)]
+    acks = await asyncio.gather(
+        *(apply(store, node, f"b-{n}", record(f"r-{n}", id_number=ids[n])) for n, node in enumerate(nodes))
+    )
+    assert [a.batch_id for a in acks] == [f"b-{n}" for n in range(8)]
+    assert all(outcomes(a) == [Outcome.CREATED] for a in acks)
+    assert (await store.sync_state(nodes[0])).records_held == 8
+
+
+async def test_a_failing_write_in_a_group_is_rolled_back_alone(store: SqliteStore) -> None:
+    good = prepare(GZ, record("r-good"))
+    broken = prepare(ZZ, record("r-broken", province="410000", id_number=OTHER_ID_NUMBER))
+    # A NULL content hash breaks a NOT NULL constraint inside the store's transaction.
+    broken.records[0] = broken.records[0]._replace(content_hash=None)
+    results = await asyncio.gather(
+        store.apply_batch(GZ, "b-good", digest_of(good), good),
+        store.apply_batch(ZZ, "b-broken", b"d", broken),
+        return_exceptions=True,
+    )
+    assert isinstance(results[0], BatchAck)
+    assert outcomes(results[0]) == [Outcome.CREATED]
+    assert isinstance(results[1], StoreError)
+    assert results[1].reason == "STORE_WRITE_FAILED"
+    assert (await store.sync_state(GZ)).records_held == 1
+    assert (await store.sync_state(ZZ)).records_held == 0
+    # The failed batch left no trace: its batch_id is free for a corrected resend.
+    fixed = prepare(ZZ, record("r-broken", province="410000", id_number=OTHER_ID_NUMBER))
+    ack = await store.apply_batch(ZZ, "b-broken", digest_of(fixed), fixed)
+    assert outcomes(ack) == [Outcome.CREATED]
+    assert not ack.replayed
