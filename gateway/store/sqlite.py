@@ -107,11 +107,13 @@ def _migrations() -> list[tuple[int, str]]:
     return sorted(out)
 
 
-_UPSERT_RECORD = """
+_INSERT_RECORD = """
 INSERT INTO records (province, record_id, version, content_hash, person_key, sealed_pii, gender,
     birth_date, hukou_division, residence_division, household_id, enrollments, active_programs,
     updated_at_us, received_at_us, retired_reason, retired_at_us)
-VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,0,0)
+VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,0,0)"""
+
+_UPSERT_RECORD = _INSERT_RECORD + """
 ON CONFLICT (province, record_id) DO UPDATE SET
     version = excluded.version, content_hash = excluded.content_hash,
     person_key = excluded.person_key, sealed_pii = excluded.sealed_pii, gender = excluded.gender,
@@ -299,7 +301,10 @@ class SqliteStore:
         outcomes = bytearray([_REJECTED]) * batch.record_count
         rejections = list(batch.record_rejections)
         held = self._held_records(con, province, [r.record_id for r in batch.records])
-        rows = []
+        # New records take a plain INSERT, which is cheaper than the upsert (no conflict check
+        # on the way); a record created and updated within one batch is inserted, then updated.
+        created: list[tuple[Any, ...]] = []
+        updated: list[tuple[Any, ...]] = []
         touched: set[bytes] = set()
         new_records = retired_revived = 0
         watermark = 0
@@ -326,15 +331,17 @@ class SqliteStore:
                         touched.add(r.person_key)
                 held[r.record_id] = (r.version, r.content_hash, r.person_key, r.active_programs, 0)
                 watermark = max(watermark, r.updated_at_us)
-                rows.append(
+                (created if h is None else updated).append(
                     (
                         province, r.record_id, r.version, r.content_hash, r.person_key, r.sealed_pii,
                         r.gender, r.birth_yyyymmdd, r.hukou_division, r.residence_division,
                         r.household_id, r.enrollments, r.active_programs, r.updated_at_us, now,
                     )
                 )  # fmt: skip
-        if rows:
-            con.executemany(_UPSERT_RECORD, rows)
+        if created:
+            con.executemany(_INSERT_RECORD, created)
+        if updated:
+            con.executemany(_UPSERT_RECORD, updated)
         if touched:
             self._refresh_findings(con, province, touched, now)
 

@@ -169,6 +169,14 @@ async def test_the_same_record_twice_in_one_batch_is_created_then_unchanged(stor
     assert outcomes(ack) == [Outcome.CREATED, Outcome.UNCHANGED]
 
 
+async def test_a_record_created_and_updated_in_one_batch_ends_at_its_last_version(store: SqliteStore) -> None:
+    ack = await apply(store, GZ, "b1", record(amount=70_000), record(version=2, amount=90_000), record(version=3))
+    assert outcomes(ack) == [Outcome.CREATED, Outcome.UPDATED, Outcome.UPDATED]
+    (held,) = (await store.enrollments_of([PERSON]))[PERSON]
+    assert decode_enrollments(held.enrollments)[0].monthly_amount_fen == 80_000
+    assert (await store.sync_state(GZ)).records_held == 1
+
+
 async def test_record_ids_are_scoped_by_province(store: SqliteStore) -> None:
     await apply(store, GZ, "b1", record("r-1"))
     ack = await apply(store, ZZ, "b1", record("r-1", province="410000"))
