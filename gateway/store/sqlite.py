@@ -113,7 +113,9 @@ INSERT INTO records (province, record_id, version, content_hash, person_key, sea
     updated_at_us, received_at_us, retired_reason, retired_at_us)
 VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,0,0)"""
 
-_UPSERT_RECORD = _INSERT_RECORD + """
+_UPSERT_RECORD = (
+    _INSERT_RECORD
+    + """
 ON CONFLICT (province, record_id) DO UPDATE SET
     version = excluded.version, content_hash = excluded.content_hash,
     person_key = excluded.person_key, sealed_pii = excluded.sealed_pii, gender = excluded.gender,
@@ -123,6 +125,7 @@ ON CONFLICT (province, record_id) DO UPDATE SET
     updated_at_us = excluded.updated_at_us, received_at_us = excluded.received_at_us,
     retired_reason = 0, retired_at_us = 0
 """
+)
 
 _UPSERT_HOUSEHOLD = """
 INSERT INTO households (province, household_id, version, content_hash, residence_division, members,
