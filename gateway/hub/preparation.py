@@ -19,6 +19,7 @@ import hashlib
 import multiprocessing
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 import structlog
@@ -133,17 +134,20 @@ class BatchPreparer:
 
     def __init__(self, keys: KeyMaterial, *, workers: int, max_items: int) -> None:
         self._max_items = max_items
+        self._keys = keys
         self._inline = RecordPreparer(PersonKeyer(keys.person_key_secret), FieldSealer(keys))
-        self._pool: ProcessPoolExecutor | None = None
-        if workers > 0:
-            # Spawned, not forked: forking a process that runs gRPC's threads is unsafe.
-            self._pool = ProcessPoolExecutor(
-                max_workers=workers,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_init_worker,
-                initargs=(keys.person_key_secret, dict(keys.sealing_keys), keys.active_key_id, max_items),
-            )
         self.workers = workers
+        self._pool = self._new_pool() if workers > 0 else None
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        keys = self._keys
+        # Spawned, not forked: forking a process that runs gRPC's threads is unsafe.
+        return ProcessPoolExecutor(
+            max_workers=self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(keys.person_key_secret, dict(keys.sealing_keys), keys.active_key_id, self._max_items),
+        )
 
     @property
     def preparer(self) -> RecordPreparer:
@@ -152,12 +156,42 @@ class BatchPreparer:
 
     def prepare(self, province_code: str, raw: bytes) -> asyncio.Future[PreparedRequest]:
         """Start preparing one serialized batch; the future resolves to its preparation."""
-        loop = asyncio.get_running_loop()
         if self._pool is None:
-            done: asyncio.Future[PreparedRequest] = loop.create_future()
+            done: asyncio.Future[PreparedRequest] = asyncio.get_running_loop().create_future()
             done.set_result(prepare_request(self._inline, province_code, raw, self._max_items))
             return done
-        return asyncio.wrap_future(self._pool.submit(_prepare_in_worker, province_code, raw), loop=loop)
+        return asyncio.ensure_future(self._in_pool(province_code, raw))
+
+    async def _in_pool(self, province_code: str, raw: bytes) -> PreparedRequest:
+        """Prepare in a worker; if the workers died, start new ones and try once more.
+
+        A batch that kills its worker twice is refused (PREPARATION_FAILED) rather than
+        retried for ever, so one poisonous batch cannot stop a province's sync.
+        """
+        for attempt in (1, 2):
+            pool = self._pool
+            if pool is None:
+                raise errors.Unavailable("the hub is shutting down", reason="HUB_SHUTTING_DOWN")
+            try:
+                return await asyncio.wrap_future(pool.submit(_prepare_in_worker, province_code, raw))
+            except BrokenProcessPool:
+                log.error("preparation_workers_died", attempt=attempt)
+                if self._pool is pool:
+                    self._pool = self._new_pool()
+                    pool.shutdown(wait=False, cancel_futures=True)
+        return _refuse(
+            "",
+            "PREPARATION_FAILED",
+            "",
+            "the hub's preparation workers failed twice on this batch; it was not applied",
+            "INTERNAL",
+        )
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of the running workers (for operators and tests)."""
+        pool = self._pool
+        processes = getattr(pool, "_processes", None) or {}
+        return sorted(processes)
 
     def warm_up(self) -> None:
         """Start every worker now rather than on the first batch."""

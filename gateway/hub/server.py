@@ -183,6 +183,11 @@ class HubServer:
         await self.store.close()
         log.info("hub_stopped")
 
+    @property
+    def preparer(self) -> BatchPreparer | None:
+        """The batch preparer (None before start)."""
+        return self._preparer
+
     async def wait(self) -> None:
         """Until the server terminates."""
         if self._server is not None:

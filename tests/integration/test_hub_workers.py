@@ -52,3 +52,33 @@ async def test_a_malformed_batch_is_refused_inside_the_stream(hub_factory: Any, 
     assert acks[0].batch_rejection.reason == "BATCH_MALFORMED"
     assert acks[1].batch_id == "after"
     assert not acks[1].HasField("batch_rejection")
+
+
+async def test_the_hub_replaces_preparation_workers_that_died(
+    hub_factory: Any, client_for: Callable[..., Any], make_record: Callable[..., Any]
+) -> None:
+    import os
+    import signal
+
+    hub = await hub_factory(prepare_workers=1)
+    client: HubClient = client_for(GZ, port=hub.port)
+    first = [
+        ack async for ack in client.sync([records_pb2.SyncRecordsRequest(batch_id="k1", records=[make_record("k1")])])
+    ]
+    assert list(first[0].record_outcomes) == [records_pb2.OUTCOME_CREATED]
+    preparer = hub.preparer
+    assert preparer is not None
+    killed = preparer.worker_pids()
+    assert killed
+    for pid in killed:
+        os.kill(pid, signal.SIGKILL)
+    second = [
+        ack
+        async for ack in client.sync(
+            [records_pb2.SyncRecordsRequest(batch_id="k2", records=[make_record("k2", sequence=2)])]
+        )
+    ]
+    assert list(second[0].record_outcomes) == [records_pb2.OUTCOME_CREATED]
+    assert preparer.worker_pids()
+    assert not set(preparer.worker_pids()) & set(killed)
+    assert (await client.get_sync_state()).records_held == 2
