@@ -101,6 +101,9 @@ def _parser() -> argparse.ArgumentParser:
         "--insecure", action="store_true", help="plaintext on loopback for debugging; callers name themselves"
     )
     serve.add_argument("--port-file", type=Path, help="write the bound port here once serving")
+    serve.add_argument(
+        "--crl", type=Path, help="the CA's CRL (PEM or DER); checked on every call, reloaded when the file changes"
+    )
     serve.add_argument("--max-batch", type=int, default=5000, help="largest batch accepted (default 5000)")
     serve.add_argument("--grace", type=float, default=10.0, help="seconds open calls get on shutdown (default 10)")
 
@@ -223,6 +226,7 @@ def _hub_serve(args: argparse.Namespace) -> int:
         tls=tls,
         insecure=args.insecure,
         max_batch_items=args.max_batch,
+        crl_path=args.crl,
         grace_seconds=args.grace,
     )
     asyncio.run(serve_forever(settings, port_file=args.port_file))

@@ -26,6 +26,7 @@ import structlog
 from cryptography import x509
 
 from gateway import errors
+from gateway.hub.revocation import RevocationList
 from gateway.rpc_status import INSECURE_IDENTITY_KEY, REQUEST_ID_KEY, to_grpc_status
 from gateway.store.base import NodeRef
 from pki import NodeIdentity, identity_from_certificate
@@ -80,16 +81,33 @@ class CallStep(Protocol):
         """Observe the finished call (its code is set)."""
 
 
+@dataclass(frozen=True, slots=True)
+class _Peer:
+    """What the hub keeps of a verified client certificate."""
+
+    caller: NodeRef
+    serial: int
+    not_after: float
+
+
 class Authenticator:
     """Names the caller from its verified client certificate's ``hutong://`` SAN URI.
 
-    TLS has already verified the chain to the ministry CA; this step only reads the identity,
-    so the province is never taken from the request.
+    TLS has already verified the chain to the ministry CA at the handshake; this step reads the
+    identity (so the province is never taken from the request) and, on every call, refuses a
+    certificate that has since expired or been revoked (the connection may be days old).
     """
 
-    def __init__(self, *, insecure: bool = False, cache_size: int = 4096) -> None:
+    def __init__(
+        self,
+        *,
+        insecure: bool = False,
+        revocations: RevocationList | None = None,
+        cache_size: int = 4096,
+    ) -> None:
         self._insecure = insecure
-        self._cache: OrderedDict[bytes, NodeRef] = OrderedDict()
+        self._revocations = revocations
+        self._cache: OrderedDict[bytes, _Peer] = OrderedDict()
         self._cache_size = cache_size
 
     async def enter(self, call: CallInfo, context: grpc.aio.ServicerContext) -> None:
@@ -104,16 +122,26 @@ class Authenticator:
                 "a client certificate issued by the ministry CA is required", reason="CLIENT_CERTIFICATE_MISSING"
             )
         pem: bytes = pems[0]
-        caller = self._cache.get(pem)
-        if caller is None:
-            caller = self._parse(pem)
-            self._cache[pem] = caller
+        peer = self._cache.get(pem)
+        if peer is None:
+            peer = self._parse(pem)
+            self._cache[pem] = peer
             if len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
-        call.caller = caller
+        if time.time() > peer.not_after:
+            raise errors.Unauthenticated(
+                "the client certificate has expired; renew it", reason="CLIENT_CERTIFICATE_EXPIRED"
+            )
+        if self._revocations is not None and self._revocations.is_revoked(peer.serial):
+            raise errors.Unauthenticated(
+                "the client certificate has been revoked by the ministry CA",
+                reason="CLIENT_CERTIFICATE_REVOKED",
+                metadata={"serial": f"{peer.serial:x}"},
+            )
+        call.caller = peer.caller
 
     @staticmethod
-    def _parse(pem: bytes) -> NodeRef:
+    def _parse(pem: bytes) -> _Peer:
         try:
             cert = x509.load_pem_x509_certificate(pem)
             identity = identity_from_certificate(cert)
@@ -122,7 +150,11 @@ class Authenticator:
             raise errors.Unauthenticated(
                 f"client certificate carries no usable node identity: {exc}", reason=reason
             ) from exc
-        return NodeRef(identity.province_code, identity.node_name)
+        return _Peer(
+            NodeRef(identity.province_code, identity.node_name),
+            cert.serial_number,
+            cert.not_valid_after_utc.timestamp(),
+        )
 
     @staticmethod
     def _insecure_caller(context: grpc.aio.ServicerContext) -> NodeRef:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import grpc
 import structlog
+from cryptography import x509
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
@@ -28,6 +29,7 @@ from gateway.hub.keys import load_or_create_keys
 from gateway.hub.preparation import BatchPreparer
 from gateway.hub.query_service import AssistanceQueryServicer
 from gateway.hub.records_service import MAX_BATCH_ITEMS, RecordExchangeServicer, raw_sync_handler
+from gateway.hub.revocation import RevocationList
 from gateway.store.sqlite import SqliteStore
 from hutong.v1 import query_pb2, query_pb2_grpc, records_pb2, records_pb2_grpc
 from pki import TlsMaterial
@@ -64,6 +66,10 @@ class HubSettings:
     grace_seconds: float = 10.0
     #: SQLite ``synchronous`` level: FULL survives power loss; NORMAL only process crashes.
     sqlite_synchronous: str = "FULL"
+    #: The ministry CA's CRL (PEM or DER), checked on every call and reloaded when it changes.
+    crl_path: Path | None = None
+    #: Seconds between checks of the CRL file for a new version.
+    crl_poll_seconds: float = 2.0
     #: Processes preparing batches (validation, hashing, sealing); 0 prepares on the event loop.
     #: Default (-1): one per CPU. The hub's own process mostly waits on SQLite, which releases
     #: the GIL, so it shares the CPUs with them (measured on 2 CPUs: 2 workers ingest 16 %
@@ -103,6 +109,8 @@ class HubServer:
         self._health = health_aio.HealthServicer()
         self._records: RecordExchangeServicer | None = None
         self._preparer: BatchPreparer | None = None
+        self.revocations: RevocationList | None = None
+        self._crl_watch: asyncio.Task[None] | None = None
         self.port = 0
 
     async def start(self) -> int:
@@ -114,7 +122,22 @@ class HubServer:
         workers = s.prepare_workers if s.prepare_workers >= 0 else (os.cpu_count() or 2)
         self._preparer = BatchPreparer(keys, workers=workers, max_items=s.max_batch_items)
         await asyncio.get_running_loop().run_in_executor(None, self._preparer.warm_up)
-        chain = HubInterceptor([Authenticator(insecure=s.insecure), LogContext()])
+        if s.crl_path is not None:
+            if s.tls is None:
+                raise ConfigError("a CRL needs TLS", reason="CRL_WITHOUT_TLS", field="crl")
+            if not s.crl_path.exists():
+                raise ConfigError(f"CRL file {s.crl_path} does not exist", reason="FILE_MISSING", field="crl")
+            self.revocations = RevocationList(
+                s.crl_path, x509.load_pem_x509_certificates(s.tls.ca_pem), poll_seconds=s.crl_poll_seconds
+            )
+            if not self.revocations.reload():
+                raise ConfigError(
+                    f"CRL file {s.crl_path} is unreadable or not signed by the CA; see the log",
+                    reason="CRL_INVALID",
+                    field="crl",
+                )
+            self._crl_watch = asyncio.create_task(self.revocations.watch())
+        chain = HubInterceptor([Authenticator(insecure=s.insecure, revocations=self.revocations), LogContext()])
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", _MAX_MESSAGE),
@@ -174,6 +197,8 @@ class HubServer:
         grace = self.settings.grace_seconds if grace is None else grace
         log.info("hub_stopping", grace_seconds=grace)
         await self._health.enter_graceful_shutdown()
+        if self._crl_watch is not None:
+            self._crl_watch.cancel()
         if self._records is not None:
             self._records.begin_drain()
         await self._server.stop(grace)
