@@ -102,6 +102,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--port-file", type=Path, help="write the bound port here once serving")
     serve.add_argument(
+        "--policy", type=Path, help="access policy (TOML): scopes per node, purposes per scope, rate limits"
+    )
+    serve.add_argument(
         "--crl", type=Path, help="the CA's CRL (PEM or DER); checked on every call, reloaded when the file changes"
     )
     serve.add_argument("--max-batch", type=int, default=5000, help="largest batch accepted (default 5000)")
@@ -215,7 +218,7 @@ def _tls(args: argparse.Namespace) -> TlsMaterial:
 
 
 def _hub_serve(args: argparse.Namespace) -> int:
-    from gateway.hub.server import HubSettings, serve_forever
+    from gateway.hub.server import HubSettings, load_policy, serve_forever
 
     host, port = args.listen
     tls = None if args.insecure else _tls(args)
@@ -227,6 +230,7 @@ def _hub_serve(args: argparse.Namespace) -> int:
         insecure=args.insecure,
         max_batch_items=args.max_batch,
         crl_path=args.crl,
+        policy=load_policy(args.policy) if args.policy else None,
         grace_seconds=args.grace,
     )
     asyncio.run(serve_forever(settings, port_file=args.port_file))

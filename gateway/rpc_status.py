@@ -50,11 +50,19 @@ def status_code(name: str) -> grpc.StatusCode:
 
 def status_for(exc: errors.HutongError) -> status_pb2.Status:
     """The rich status of an error."""
-    info = error_details_pb2.ErrorInfo(reason=exc.reason, domain=ERROR_DOMAIN, metadata=exc.error_metadata())
-    detail = any_pb2.Any()
-    detail.Pack(info)
+    meta = exc.error_metadata()
+    info = error_details_pb2.ErrorInfo(reason=exc.reason, domain=ERROR_DOMAIN, metadata=meta)
+    details = [any_pb2.Any()]
+    details[0].Pack(info)
+    retry_ms = meta.get("retry_after_ms", "")
+    if retry_ms.isdigit():
+        # Rate limits also say when to come back, in the standard place (google.rpc.RetryInfo).
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromMilliseconds(int(retry_ms))
+        details.append(any_pb2.Any())
+        details[1].Pack(retry)
     code = status_code(exc.code_name)
-    return status_pb2.Status(code=code.value[0], message=str(exc), details=[detail])
+    return status_pb2.Status(code=code.value[0], message=str(exc), details=details)
 
 
 def to_grpc_status(exc: errors.HutongError) -> grpc.Status:

@@ -1,10 +1,10 @@
-"""The hub's call pipeline: authenticate → (authorize) → bind log context → (audit) → map errors.
+"""The hub's call pipeline: authenticate → authorize → bind log context → (audit) → map errors.
 
 One :class:`HubInterceptor` wraps every ``hutong.v1`` method when it is registered. It runs an
 ordered chain of :class:`CallStep` objects before the servicer and in reverse after it, and turns any
 :class:`~gateway.errors.HutongError` into a status with ``ErrorInfo``; anything else becomes
-INTERNAL with a logged traceback and no detail leaked to the caller. Authorization by token
-scope and the audit log plug in as further steps.
+INTERNAL with a logged traceback and no detail leaked to the caller. The audit log plugs in as
+a further step.
 
 Health checking and reflection are not wrapped: they carry no personal data and must be
 reachable by load balancers that hold no node identity.
@@ -17,7 +17,7 @@ import contextvars
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -26,6 +26,7 @@ import structlog
 from cryptography import x509
 
 from gateway import errors
+from gateway.domain.access import AccessPolicy, TokenBucket
 from gateway.hub.revocation import RevocationList
 from gateway.rpc_status import INSECURE_IDENTITY_KEY, REQUEST_ID_KEY, to_grpc_status
 from gateway.store.base import NodeRef
@@ -33,6 +34,7 @@ from pki import NodeIdentity, identity_from_certificate
 
 __all__ = [
     "Authenticator",
+    "Authorizer",
     "CallInfo",
     "CallStep",
     "HubInterceptor",
@@ -168,6 +170,40 @@ class Authenticator:
         raise errors.Unauthenticated(
             f"insecure mode: name the caller in metadata {INSECURE_IDENTITY_KEY}", reason="CALLER_UNKNOWN"
         )
+
+    def exit(self, call: CallInfo) -> None:
+        """Nothing to observe."""
+
+
+class Authorizer:
+    """Refuses a call unless the caller's policy grants the method's scope and its rate allows it.
+
+    Scopes and rates come from the hub's :class:`~gateway.domain.access.AccessPolicy`; a method
+    with no scope in ``scopes_by_method`` is refused, so a new RPC is closed until it is mapped.
+    """
+
+    def __init__(self, policy: AccessPolicy, scopes_by_method: Mapping[str, str]) -> None:
+        self._policy = policy
+        self._scopes = dict(scopes_by_method)
+        self._buckets: dict[str, TokenBucket] = {}
+
+    async def enter(self, call: CallInfo, context: grpc.aio.ServicerContext) -> None:
+        """Check the scope, then spend one unit of the caller's rate."""
+        caller = current_caller()
+        scope = self._scopes.get(call.method)
+        if scope is None:
+            raise errors.PermissionDenied(
+                f"{call.method} is not mapped to a scope", reason="SCOPE_UNKNOWN", metadata={"method": call.method}
+            )
+        uri = caller.uri
+        self._policy.require_scope(uri, scope)
+        now = time.monotonic()
+        bucket = self._buckets.get(uri)
+        if bucket is None:
+            node = self._policy.for_node(uri)
+            bucket = self._buckets[uri] = TokenBucket(node.rate_per_second, node.burst, now)
+        bucket.take(now)
+        call.extra["scope"] = scope
 
     def exit(self, call: CallInfo) -> None:
         """Nothing to observe."""

@@ -11,7 +11,8 @@ import grpc
 
 from gateway import errors
 from gateway.domain import identity
-from gateway.domain.model import ALL_PROGRAMS, Program
+from gateway.domain.access import AccessPolicy
+from gateway.domain.model import ALL_PROGRAMS, Program, Purpose
 from gateway.domain.policy import disclosed_fields, require_purpose
 from gateway.domain.protection import PersonKeyer
 from gateway.domain.records import decode_enrollments, rejection_from_error
@@ -57,9 +58,15 @@ def _answer(held: Iterable[HeldEnrollments], programs: Sequence[Program]) -> lis
 class AssistanceQueryServicer(query_pb2_grpc.AssistanceQueryServiceServicer):
     """Answers whether, and where, a person is already assisted."""
 
-    def __init__(self, store: Store, keyer: PersonKeyer) -> None:
+    def __init__(self, store: Store, keyer: PersonKeyer, policy: AccessPolicy | None = None) -> None:
         self._store = store
         self._keyer = keyer
+        self._policy = policy or AccessPolicy.open_default()
+
+    def _purpose(self, value: int) -> Purpose:
+        purpose = require_purpose(value)
+        self._policy.require_purpose("query:enrollment", purpose)
+        return purpose
 
     def _person_key(self, id_number: str) -> bytes:
         return self._keyer.person_key(identity.parse_id_number(id_number).value)
@@ -68,7 +75,7 @@ class AssistanceQueryServicer(query_pb2_grpc.AssistanceQueryServiceServicer):
         self, request: query_pb2.CheckEnrollmentRequest, context: grpc.aio.ServicerContext
     ) -> query_pb2.CheckEnrollmentResponse:
         """Yes or no per programme, with the holding provinces and nothing else."""
-        purpose = require_purpose(request.purpose)
+        purpose = self._purpose(request.purpose)
         programs = _programs(request.programs)
         key = self._person_key(request.id_number)
         held = (await self._store.enrollments_of([key])).get(key, [])
@@ -79,7 +86,7 @@ class AssistanceQueryServicer(query_pb2_grpc.AssistanceQueryServiceServicer):
         self, request: query_pb2.BatchCheckEnrollmentRequest, context: grpc.aio.ServicerContext
     ) -> query_pb2.BatchCheckEnrollmentResponse:
         """CheckEnrollment for many persons; a bad ID number fails only its item."""
-        purpose = require_purpose(request.purpose)
+        purpose = self._purpose(request.purpose)
         programs = _programs(request.programs)
         n = len(request.id_numbers)
         if n == 0:
@@ -115,7 +122,7 @@ class AssistanceQueryServicer(query_pb2_grpc.AssistanceQueryServiceServicer):
         self, request: query_pb2.LookupPersonRequest, context: grpc.aio.ServicerContext
     ) -> query_pb2.LookupPersonResponse:
         """Enrollments across provinces, fields filtered by purpose, paginated."""
-        purpose = require_purpose(request.purpose)
+        purpose = self._purpose(request.purpose)
         if not 0 <= request.page_size <= _MAX_PAGE:
             raise errors.InvalidArgument(
                 f"page_size must be between 0 and {_MAX_PAGE}", reason="PAGE_SIZE_INVALID", field="page_size"

@@ -12,6 +12,7 @@ import gc
 import ipaddress
 import os
 import signal
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,9 +23,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from gateway.domain.access import AccessPolicy
 from gateway.domain.protection import PersonKeyer
 from gateway.errors import ConfigError
-from gateway.hub.interceptors import Authenticator, HubInterceptor, LogContext
+from gateway.hub.interceptors import Authenticator, Authorizer, HubInterceptor, LogContext
 from gateway.hub.keys import load_or_create_keys
 from gateway.hub.preparation import BatchPreparer
 from gateway.hub.query_service import AssistanceQueryServicer
@@ -34,11 +36,21 @@ from gateway.store.sqlite import SqliteStore
 from hutong.v1 import query_pb2, query_pb2_grpc, records_pb2, records_pb2_grpc
 from pki import TlsMaterial
 
-__all__ = ["DATABASE_FILE", "HubServer", "HubSettings", "serve_forever"]
+__all__ = ["DATABASE_FILE", "SCOPES_BY_METHOD", "HubServer", "HubSettings", "load_policy", "serve_forever"]
 
 log = structlog.get_logger("hutong.hub")
 
 DATABASE_FILE = "hub.sqlite3"
+
+#: The scope each RPC needs; an RPC missing here is refused.
+SCOPES_BY_METHOD = {
+    "SyncRecords": "records:write",
+    "GetSyncState": "records:write",
+    "RetireRecords": "records:write",
+    "CheckEnrollment": "query:enrollment",
+    "BatchCheckEnrollment": "query:enrollment",
+    "LookupPerson": "query:enrollment",
+}
 _MAX_MESSAGE = 32 * 1024 * 1024
 _SERVICES = (
     records_pb2.DESCRIPTOR.services_by_name["RecordExchangeService"].full_name,
@@ -66,6 +78,9 @@ class HubSettings:
     grace_seconds: float = 10.0
     #: SQLite ``synchronous`` level: FULL survives power loss; NORMAL only process crashes.
     sqlite_synchronous: str = "FULL"
+    #: Scopes per node, purposes per scope, rate limits (see deploy/policy.example.toml);
+    #: None means every node may sync and ask enrollment questions.
+    policy: AccessPolicy | None = None
     #: The ministry CA's CRL (PEM or DER), checked on every call and reloaded when it changes.
     crl_path: Path | None = None
     #: Seconds between checks of the CRL file for a new version.
@@ -137,7 +152,14 @@ class HubServer:
                     field="crl",
                 )
             self._crl_watch = asyncio.create_task(self.revocations.watch())
-        chain = HubInterceptor([Authenticator(insecure=s.insecure, revocations=self.revocations), LogContext()])
+        policy = s.policy or AccessPolicy.open_default()
+        chain = HubInterceptor(
+            [
+                Authenticator(insecure=s.insecure, revocations=self.revocations),
+                Authorizer(policy, SCOPES_BY_METHOD),
+                LogContext(),
+            ]
+        )
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", _MAX_MESSAGE),
@@ -156,7 +178,7 @@ class HubServer:
         chain.register(
             server,
             query_pb2_grpc.add_AssistanceQueryServiceServicer_to_server,
-            AssistanceQueryServicer(self.store, keyer),
+            AssistanceQueryServicer(self.store, keyer, policy),
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection((*_SERVICES, reflection.SERVICE_NAME, "grpc.health.v1.Health"), server)
@@ -217,6 +239,20 @@ class HubServer:
         """Until the server terminates."""
         if self._server is not None:
             await self._server.wait_for_termination()
+
+
+def load_policy(path: Path) -> AccessPolicy:
+    """Read and validate a policy file (TOML)."""
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"policy file {path} does not exist", reason="FILE_MISSING", field="policy") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(
+            f"policy file {path} is not valid TOML: {exc}", reason="POLICY_INVALID", field="policy"
+        ) from exc
+    return AccessPolicy.from_mapping(data)
 
 
 async def serve_forever(settings: HubSettings, *, port_file: Path | None = None) -> None:

@@ -37,6 +37,11 @@ class NodeRef:
     province_code: str
     node_name: str
 
+    @property
+    def uri(self) -> str:
+        """The node's identity URI, as in its certificate."""
+        return f"hutong://province/{self.province_code}/node/{self.node_name}"
+
 
 @dataclass(slots=True)
 class BatchAck:
