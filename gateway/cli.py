@@ -102,6 +102,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--port-file", type=Path, help="write the bound port here once serving")
     serve.add_argument(
+        "--crypto-suite",
+        choices=("intl", "sm"),
+        help="intl (HMAC-SHA-256, AES-256-GCM) or sm (HMAC-SM3, SM4-GCM) for person keys and sealed fields;"
+        " fixed when the data directory is created (default there: intl)",
+    )
+    serve.add_argument(
         "--policy", type=Path, help="access policy (TOML): scopes per node, purposes per scope, rate limits"
     )
     serve.add_argument(
@@ -230,6 +236,7 @@ def _hub_serve(args: argparse.Namespace) -> int:
         insecure=args.insecure,
         max_batch_items=args.max_batch,
         crl_path=args.crl,
+        crypto_suite=args.crypto_suite,
         policy=load_policy(args.policy) if args.policy else None,
         grace_seconds=args.grace,
     )

@@ -40,7 +40,7 @@ from gateway.domain.model import (
     RetirementReason,
 )
 from gateway.domain.protection import FieldSealer, PersonKeyer
-from gateway.errors import HutongError, InvalidRecord, PermissionDenied
+from gateway.errors import ConfigError, HutongError, InvalidRecord, PermissionDenied
 
 __all__ = [
     "MAX_ENROLLMENTS",
@@ -269,6 +269,12 @@ class RecordPreparer:
     __slots__ = ("_keyer", "_sealer", "_today")
 
     def __init__(self, keyer: PersonKeyer, sealer: FieldSealer, *, today: dt.date | None = None) -> None:
+        if keyer.suite != sealer.suite:
+            raise ConfigError(
+                f"person keys ({keyer.suite}) and sealed fields ({sealer.suite}) must use one crypto suite",
+                reason="CRYPTO_SUITE_MISMATCH",
+                field="crypto_suite",
+            )
         self._keyer = keyer
         self._sealer = sealer
         self._today = today

@@ -17,7 +17,6 @@ import asyncio
 import gc
 import hashlib
 import multiprocessing
-from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -112,10 +111,9 @@ _worker: RecordPreparer | None = None
 _worker_max_items = 0
 
 
-def _init_worker(secret: bytes, sealing_keys: Mapping[str, bytes], active_key_id: str, max_items: int) -> None:
+def _init_worker(keys: KeyMaterial, max_items: int) -> None:
     global _worker, _worker_max_items
-    keys = KeyMaterial(secret, dict(sealing_keys), active_key_id)
-    _worker = RecordPreparer(PersonKeyer(keys.person_key_secret), FieldSealer(keys))
+    _worker = RecordPreparer(PersonKeyer(keys.person_key_secret, suite=keys.suite), FieldSealer(keys))
     _worker_max_items = max_items
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)
@@ -135,7 +133,7 @@ class BatchPreparer:
     def __init__(self, keys: KeyMaterial, *, workers: int, max_items: int) -> None:
         self._max_items = max_items
         self._keys = keys
-        self._inline = RecordPreparer(PersonKeyer(keys.person_key_secret), FieldSealer(keys))
+        self._inline = RecordPreparer(PersonKeyer(keys.person_key_secret, suite=keys.suite), FieldSealer(keys))
         self.workers = workers
         self._pool = self._new_pool() if workers > 0 else None
 
@@ -146,7 +144,7 @@ class BatchPreparer:
             max_workers=self.workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_worker,
-            initargs=(keys.person_key_secret, dict(keys.sealing_keys), keys.active_key_id, self._max_items),
+            initargs=(keys, self._max_items),
         )
 
     @property

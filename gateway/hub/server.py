@@ -85,6 +85,9 @@ class HubSettings:
     crl_path: Path | None = None
     #: Seconds between checks of the CRL file for a new version.
     crl_poll_seconds: float = 2.0
+    #: Crypto suite for person keys and sealed fields: "intl" (HMAC-SHA-256, AES-256-GCM) or "sm"
+    #: (HMAC-SM3, SM4-GCM). Fixed when the hub's key file is created; None accepts the file's.
+    crypto_suite: str | None = None
     #: Processes preparing batches (validation, hashing, sealing); 0 prepares on the event loop.
     #: Default (-1): one per CPU. The hub's own process mostly waits on SQLite, which releases
     #: the GIL, so it shares the CPUs with them (measured on 2 CPUs: 2 workers ingest 16 %
@@ -131,9 +134,9 @@ class HubServer:
     async def start(self) -> int:
         """Open the store, bind, and start serving; returns the bound port."""
         s = self.settings
-        keys = load_or_create_keys(s.data_dir)
+        keys = load_or_create_keys(s.data_dir, suite=s.crypto_suite)
         await self.store.open()
-        keyer = PersonKeyer(keys.person_key_secret)
+        keyer = PersonKeyer(keys.person_key_secret, suite=keys.suite)
         workers = s.prepare_workers if s.prepare_workers >= 0 else (os.cpu_count() or 2)
         self._preparer = BatchPreparer(keys, workers=workers, max_items=s.max_batch_items)
         await asyncio.get_running_loop().run_in_executor(None, self._preparer.warm_up)
@@ -209,7 +212,14 @@ class HubServer:
         gc.set_threshold(50_000, 50, 100)
         for name in ("", *_SERVICES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("hub_started", host=s.host, port=self.port, mtls=not s.insecure, data_dir=str(s.data_dir))
+        log.info(
+            "hub_started",
+            host=s.host,
+            port=self.port,
+            mtls=not s.insecure,
+            data_dir=str(s.data_dir),
+            crypto_suite=str(keys.suite),
+        )
         return self.port
 
     async def stop(self, grace: float | None = None) -> None:
