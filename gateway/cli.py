@@ -132,9 +132,163 @@ def _parser() -> argparse.ArgumentParser:
         q.add_argument("--server-name", help="name to verify in the hub's certificate, if not the --hub host")
         _add_tls(q, "node")
 
-    pki = sub.add_parser("pki", help="certificates (full operator tooling arrives with the PKI issue)").add_subparsers(
-        dest="pki_command", required=True
+    # Imported here, with the pki block: rich and the operator API load only when parsing needs them.
+    from gateway.pki_commands import STATUSES, duration_arg
+    from pki.operator import CertificateKind, RevocationReason
+
+    pki = sub.add_parser(
+        "pki",
+        help="the ministry CA: init, csr, issue, issue-hub, renew, revoke, crl, list, expiring, inspect",
+        description="Operate the ministry CA (an offline root and an online intermediate in one directory), "
+        "and make node keys and CSRs at the provinces. See pki/README.md.",
+    ).add_subparsers(dest="pki_command", required=True, metavar="PKI_COMMAND")
+
+    def ca_dir_arg(p: argparse.ArgumentParser, *, required: bool = True) -> None:
+        p.add_argument("--ca-dir", type=Path, required=required, help="the CA directory made by `hutong pki init`")
+
+    def intermediate_passphrase_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--intermediate-passphrase-file",
+            type=Path,
+            metavar="FILE",
+            help="file holding the intermediate key's passphrase (prompted for on a terminal if it is encrypted)",
+        )
+
+    def root_key_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--root-passphrase-file", type=Path, metavar="FILE", help="file holding the root key's passphrase"
+        )
+        p.add_argument(
+            "--root-key", type=Path, metavar="FILE", help="the offline root key (default: CA_DIR/offline/root.key)"
+        )
+
+    init = pki.add_parser(
+        "init",
+        help="create a CA directory: offline root, online intermediate, chain, registry",
+        description="Creates DIR (which must not exist or be empty) with an ECDSA P-256 root CA whose key is "
+        "encrypted with the root passphrase (at least 12 characters) and an intermediate CA signed by it "
+        "(path length 0). Keys are written 0600; nothing is ever overwritten. Move DIR/offline/root.key to "
+        "offline storage afterwards.",
     )
+    init.add_argument("directory", type=Path)
+    init.add_argument(
+        "--root-passphrase-file",
+        type=Path,
+        metavar="FILE",
+        help="file holding the root key's passphrase (default: prompt, on a terminal only)",
+    )
+    init.add_argument(
+        "--intermediate-passphrase-file",
+        type=Path,
+        metavar="FILE",
+        help="encrypt the intermediate key with this file's passphrase (default: unencrypted, 0600, with a warning)",
+    )
+    init.add_argument("--root-days", type=int, default=3650, help="root validity in days (default 3650)")
+    init.add_argument(
+        "--intermediate-days", type=int, default=1825, help="intermediate validity in days (default 1825)"
+    )
+
+    csr = pki.add_parser(
+        "csr",
+        help="at a province: make a node key and its CSR (the key never leaves)",
+        description="Writes OUT/<province>-<name>.key (0600) and OUT/<province>-<name>.csr for the node "
+        "hutong://province/<province>/node/<name>. Send only the .csr to the ministry.",
+    )
+    csr.add_argument("--province", required=True, help="6-digit GB/T 2260 province code, e.g. 440000")
+    csr.add_argument("--name", required=True, help="node name within the province, e.g. gz-01")
+    csr.add_argument("--out", type=Path, required=True, help="directory to write the key and CSR into")
+
+    issue = pki.add_parser(
+        "issue",
+        help="sign a node's CSR into a certificate (chain: leaf + intermediate)",
+        description="Checks the CSR (signature, exactly one hutong:// SAN URI, a known province), signs it with "
+        "the intermediate and records it in the registry.",
+    )
+    issue.add_argument("csr_file", type=Path, metavar="CSR_FILE")
+    ca_dir_arg(issue)
+    issue.add_argument("--days", type=int, default=90, help="validity in days (default 90)")
+    issue.add_argument("--out", type=Path, help="certificate chain file (default: CSR_FILE with .pem)")
+    intermediate_passphrase_arg(issue)
+
+    hub_cert = pki.add_parser(
+        "issue-hub",
+        help="make the hub's key and certificate (DNS/IP names)",
+        description="Writes OUT_DIR/hub.key (0600) and OUT_DIR/hub.pem (leaf + intermediate).",
+    )
+    ca_dir_arg(hub_cert)
+    hub_cert.add_argument("--dns", action="append", metavar="NAME", help="DNS name of the hub; repeatable")
+    hub_cert.add_argument("--ip", action="append", metavar="ADDRESS", help="IP address of the hub; repeatable")
+    hub_cert.add_argument("--common-name", default="hutong-hub", help="subject CN (default hutong-hub)")
+    hub_cert.add_argument("--days", type=int, default=90, help="validity in days (default 90)")
+    hub_cert.add_argument("--out-dir", type=Path, default=Path(), help="where to write hub.pem and hub.key (default .)")
+    intermediate_passphrase_arg(hub_cert)
+
+    renew = pki.add_parser(
+        "renew",
+        help="a new certificate for the same identity (a new key via --csr)",
+        description="Only a currently valid, unrevoked certificate of this CA is renewed, once; the registry "
+        "links the old certificate to the new one. With --csr, the CSR must name the same identity.",
+    )
+    renew.add_argument("cert_file", type=Path, metavar="CERT_FILE")
+    ca_dir_arg(renew)
+    renew.add_argument("--csr", type=Path, help="CSR with the new key (default: certify the same key again)")
+    renew.add_argument("--days", type=int, default=90, help="validity in days (default 90)")
+    renew.add_argument("--out", type=Path, help="default: the CSR with .pem, else CERT_FILE's stem + -renewed.pem")
+    intermediate_passphrase_arg(renew)
+
+    revoke = pki.add_parser(
+        "revoke",
+        help="revoke a certificate (then publish with `hutong pki crl`)",
+        description="Marks the certificate revoked in the registry. Revoking the intermediate needs the root "
+        "key and passphrase and writes the root's CRL (root-crl.pem).",
+    )
+    revoke.add_argument("target", metavar="SERIAL_OR_CERT_FILE", help="hex serial (colons allowed) or a PEM file")
+    ca_dir_arg(revoke)
+    revoke.add_argument("--reason", required=True, choices=[r.value for r in RevocationReason])
+    root_key_args(revoke)
+
+    crl = pki.add_parser(
+        "crl",
+        help="sign and publish the CRL (atomic replace, CRL number incremented)",
+        description="Signs a CRL listing every revoked certificate with its reason and date, numbered one "
+        "higher than the last, and replaces the file atomically so a hub reloading it never reads half of it.",
+    )
+    ca_dir_arg(crl)
+    crl.add_argument("--out", type=Path, help="default: CA_DIR/crl.pem (CA_DIR/root-crl.pem with --root)")
+    crl.add_argument("--next-update-hours", type=int, help="hours until the next update (default 24; 8760 with --root)")
+    intermediate_passphrase_arg(crl)
+    crl.add_argument("--root", action="store_true", help="sign the root's CRL of revoked intermediates instead")
+    root_key_args(crl)
+
+    listing = pki.add_parser("list", help="every certificate in the registry", description="Soonest expiry first.")
+    ca_dir_arg(listing)
+    listing.add_argument("--province", help="only this province's nodes, e.g. 440000")
+    listing.add_argument("--status", choices=STATUSES, help="issued/revoked as stored, or valid/expired now")
+    listing.add_argument("--kind", choices=[k.value for k in CertificateKind])
+    listing.add_argument("--json", action="store_true", help="JSON instead of a table")
+
+    expiring = pki.add_parser(
+        "expiring",
+        help="valid certificates expiring soon that have not been renewed",
+        description="Lists valid, unrevoked certificates (CAs included) whose notAfter falls within the window "
+        "and that have no renewal yet.",
+    )
+    ca_dir_arg(expiring)
+    expiring.add_argument(
+        "--within", type=duration_arg, default=duration_arg("30d"), help="window: Nd or Nh (default 30d)"
+    )
+    expiring.add_argument("--json", action="store_true", help="JSON instead of a table")
+
+    inspect = pki.add_parser(
+        "inspect",
+        help="show a certificate, CSR or CRL (PEM or DER)",
+        description="Subject, SANs, node identity, serial, validity, issuer, fingerprint. With --ca-dir: "
+        "registry status and chain verification for a certificate, signature check for a CRL.",
+    )
+    inspect.add_argument("file", type=Path, metavar="FILE")
+    ca_dir_arg(inspect, required=False)
+    inspect.add_argument("--json", action="store_true", help="JSON instead of a table")
+
     quick = pki.add_parser(
         "quickstart",
         help="a throwaway CA with a hub certificate and node certificates, for trying Hutong out",
@@ -202,9 +356,13 @@ def _dispatch(args: argparse.Namespace) -> int:
             )
         )
     if args.command == "pki":
-        from gateway.commands import pki_quickstart
+        if args.pki_command == "quickstart":
+            from gateway.commands import pki_quickstart
 
-        return pki_quickstart(args.directory, args.node)
+            return pki_quickstart(args.directory, args.node)
+        from gateway.pki_commands import run_pki
+
+        return run_pki(args)
     if args.command == "id":
         from gateway.commands import id_check
 

@@ -3,9 +3,11 @@
 Everything is ECDSA P-256 with SHA-256, the suite gRPC's TLS supports (DESIGN §5).
 Only ``cryptography``'s x509 builders are used; nothing here is home-made crypto.
 
-The CA is built so the operator tooling can grow on it (renew = issue again for
-the same identity, revoke/CRL from the serials issued here). The CA path length
-is 1 so that an online intermediate can sit under an offline root later.
+The operator tooling (:mod:`pki._authority`) builds on it: an offline root made
+with :meth:`CertificateAuthority.create` (path length 1), an online intermediate
+from :meth:`CertificateAuthority.issue_intermediate` (path length 0), leaves and
+CRLs signed by the intermediate. Every issuing method takes an optional ``now``
+so tests and the operator tooling share one clock.
 """
 
 from __future__ import annotations
@@ -32,10 +34,11 @@ from pki._files import (
 )
 from pki._identity import NodeIdentity, hutong_uris, single_identity
 
-__all__ = ["CertificateAuthority", "generate_key", "make_csr"]
+__all__ = ["CertificateAuthority", "RevokedEntry", "check_node_csr", "generate_key", "make_csr"]
 
 ORGANIZATION = "Hutong"
 DEFAULT_CA_NAME = "Hutong Ministry Root CA"
+DEFAULT_INTERMEDIATE_NAME = "Hutong Ministry Issuing CA"
 DEFAULT_HUB_NAME = "hutong-hub"
 # Backdate notBefore a little: a node whose clock runs slightly behind the CA's
 # must not reject a certificate issued a second ago.
@@ -44,6 +47,30 @@ _CLOCK_SKEW = dt.timedelta(minutes=5)
 
 def _signature_hash() -> hashes.SHA256:
     return hashes.SHA256()
+
+
+def _utc_now(now: dt.datetime | None) -> dt.datetime:
+    """``now`` (which must be timezone-aware) or the current time, in UTC."""
+    if now is None:
+        return dt.datetime.now(dt.UTC)
+    if now.tzinfo is None:
+        # A naive time would be read as local time by some callers and UTC by others.
+        raise ValueError("now must be timezone-aware")
+    return now.astimezone(dt.UTC)
+
+
+def _ca_key_usage() -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=False,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=True,
+        crl_sign=True,
+        encipher_only=False,
+        decipher_only=False,
+    )
 
 
 def generate_key() -> ec.EllipticCurvePrivateKey:
@@ -80,6 +107,54 @@ def _node_san(identity: NodeIdentity) -> x509.SubjectAlternativeName:
     return x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity.uri)])
 
 
+def check_node_csr(csr: x509.CertificateSigningRequest) -> tuple[NodeIdentity, ec.EllipticCurvePublicKey]:
+    """The node identity and public key a CSR asks for, after checking its signature and single SAN URI.
+
+    Errors: ``CSR_SIGNATURE_INVALID`` (field ``csr.signature``), ``KEY_TYPE_UNSUPPORTED``
+    (``csr.public_key``), ``CSR_INVALID`` (``csr.san_uri`` or ``csr.extensions``; the
+    underlying identity reason, e.g. ``PROVINCE_UNKNOWN``, in ``metadata["cause_reason"]``).
+    """
+    if not csr.is_signature_valid:
+        raise PkiError(
+            "the CSR's signature does not verify with its own public key",
+            reason="CSR_SIGNATURE_INVALID",
+            field="csr.signature",
+        )
+    public_key = _require_p256(csr.public_key(), field="csr.public_key")
+    try:
+        san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        uris: list[str] = []
+    except ValueError as exc:
+        raise PkiError(
+            f"the CSR's extensions cannot be parsed: {exc}",
+            reason="CSR_INVALID",
+            field="csr.extensions",
+        ) from exc
+    else:
+        uris = hutong_uris(san)
+    try:
+        identity = single_identity(uris, subject="the CSR", field="csr.san_uri")
+    except PkiError as exc:
+        raise PkiError(
+            exc.message,
+            reason="CSR_INVALID",
+            field="csr.san_uri",
+            metadata={**exc.metadata, "cause_reason": exc.reason},
+        ) from exc
+    return identity, public_key
+
+
+@dataclass(frozen=True)
+class RevokedEntry:
+    """One line of a CRL: which certificate, since when, and why."""
+
+    serial_number: int
+    revoked_at: dt.datetime
+    #: None for "unspecified": RFC 5280 §5.3.1 asks for no reason code rather than unspecified (0).
+    reason: x509.ReasonFlags | None = None
+
+
 def make_csr(key: ec.EllipticCurvePrivateKey, identity: NodeIdentity) -> x509.CertificateSigningRequest:
     """A certificate signing request for ``identity``, signed with ``key`` (done on the node)."""
     _require_p256(key.public_key(), field="key")
@@ -101,17 +176,14 @@ class CertificateAuthority:
     # ----------------------------------------------------------------- lifecycle
 
     @classmethod
-    def create(cls, common_name: str = DEFAULT_CA_NAME, *, valid_days: int = 3650) -> CertificateAuthority:
+    def create(
+        cls, common_name: str = DEFAULT_CA_NAME, *, valid_days: int = 3650, now: dt.datetime | None = None
+    ) -> CertificateAuthority:
         """A new self-signed root CA with a fresh P-256 key."""
         _check_valid_days(valid_days)
         key = generate_key()
-        name = x509.Name(
-            [
-                x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORGANIZATION),
-                x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-            ]
-        )
-        now = dt.datetime.now(dt.UTC)
+        name = _ca_name(common_name)
+        now = _utc_now(now)
         cert = (
             x509.CertificateBuilder()
             .subject_name(name)
@@ -122,24 +194,81 @@ class CertificateAuthority:
             .not_valid_after(now + dt.timedelta(days=valid_days))
             # Path length 1 leaves room for one intermediate (offline root, online intermediate).
             .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=False,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
+            .add_extension(_ca_key_usage(), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .sign(key, _signature_hash())
         )
         return cls(cert=cert, key=key)
+
+    def issue_intermediate(
+        self,
+        public_key: ec.EllipticCurvePublicKey,
+        *,
+        common_name: str = DEFAULT_INTERMEDIATE_NAME,
+        valid_days: int = 1825,
+        now: dt.datetime | None = None,
+    ) -> x509.Certificate:
+        """An issuing CA under this root: path length 0, keyCertSign and cRLSign only."""
+        public_key = _require_p256(public_key, field="public_key")
+        not_before, not_after = self._validity(valid_days, now)
+        return (
+            x509.CertificateBuilder()
+            .subject_name(_ca_name(common_name))
+            .issuer_name(self.cert.subject)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(not_before)
+            .not_valid_after(not_after)
+            # Path length 0: the online intermediate can sign leaves, never another CA.
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(_ca_key_usage(), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+            .add_extension(self._authority_key_identifier(), critical=False)
+            .sign(self.key, _signature_hash())
+        )
+
+    def sign_crl(
+        self,
+        entries: Sequence[RevokedEntry],
+        *,
+        crl_number: int,
+        next_update: dt.timedelta,
+        now: dt.datetime | None = None,
+    ) -> x509.CertificateRevocationList:
+        """A CRL listing ``entries``, numbered ``crl_number``, valid until ``now + next_update``."""
+        if crl_number < 1:
+            raise PkiError(
+                f"CRL numbers start at 1 (got {crl_number})",
+                reason="CRL_NUMBER_INVALID",
+                field="crl_number",
+                metadata={"crl_number": str(crl_number)},
+            )
+        if next_update <= dt.timedelta(0):
+            raise PkiError(
+                "the next update of a CRL must lie in the future",
+                reason="CRL_NEXT_UPDATE_INVALID",
+                field="next_update",
+                metadata={"next_update_seconds": str(int(next_update.total_seconds()))},
+            )
+        now = _utc_now(now)
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self.cert.subject)
+            .last_update(now)
+            .next_update(now + next_update)
+            .add_extension(x509.CRLNumber(crl_number), critical=False)
+            .add_extension(self._authority_key_identifier(), critical=False)
+        )
+        for entry in entries:
+            revoked = (
+                x509.RevokedCertificateBuilder()
+                .serial_number(entry.serial_number)
+                .revocation_date(_utc_now(entry.revoked_at))
+            )
+            if entry.reason is not None and entry.reason is not x509.ReasonFlags.unspecified:
+                revoked = revoked.add_extension(x509.CRLReason(entry.reason), critical=False)
+            builder = builder.add_revoked_certificate(revoked.build())
+        return builder.sign(self.key, _signature_hash())
 
     @classmethod
     def load(cls, cert_path: StrPath, key_path: StrPath, *, passphrase: bytes | None = None) -> CertificateAuthority:
@@ -169,11 +298,16 @@ class CertificateAuthority:
     # ----------------------------------------------------------------- issuing
 
     def issue_node_certificate(
-        self, identity: NodeIdentity, public_key: ec.EllipticCurvePublicKey, *, valid_days: int = 90
+        self,
+        identity: NodeIdentity,
+        public_key: ec.EllipticCurvePublicKey,
+        *,
+        valid_days: int = 90,
+        now: dt.datetime | None = None,
     ) -> x509.Certificate:
         """A node's mTLS certificate: SAN URI identity, client and server auth."""
         builder = (
-            self._leaf_builder(_require_p256(public_key, field="public_key"), valid_days)
+            self._leaf_builder(_require_p256(public_key, field="public_key"), valid_days, now)
             .subject_name(_node_subject(identity))
             .add_extension(_node_san(identity), critical=False)
             # serverAuth too: the hub will call nodes back for federated queries.
@@ -192,11 +326,12 @@ class CertificateAuthority:
         ip_addresses: Sequence[str] = (),
         common_name: str = DEFAULT_HUB_NAME,
         valid_days: int = 90,
+        now: dt.datetime | None = None,
     ) -> x509.Certificate:
         """The hub's certificate: DNS/IP SANs, server auth (and client auth to call nodes)."""
         names = _server_names(dns_names, ip_addresses)
         builder = (
-            self._leaf_builder(_require_p256(public_key, field="public_key"), valid_days)
+            self._leaf_builder(_require_p256(public_key, field="public_key"), valid_days, now)
             .subject_name(
                 x509.Name(
                     [
@@ -219,41 +354,15 @@ class CertificateAuthority:
         *,
         valid_days: int = 90,
         expected: NodeIdentity | None = None,
+        now: dt.datetime | None = None,
     ) -> x509.Certificate:
-        """A node certificate for a CSR, after checking its signature and its single ``hutong://`` SAN URI.
+        """A node certificate for a CSR, after checking it with :func:`check_node_csr`.
 
         Only the identity and the public key are taken from the CSR; every other
         requested name or extension is ignored, as the CA decides what it signs.
         Give ``expected`` to refuse a CSR naming any other node.
         """
-        if not csr.is_signature_valid:
-            raise PkiError(
-                "the CSR's signature does not verify with its own public key",
-                reason="CSR_SIGNATURE_INVALID",
-                field="csr.signature",
-            )
-        public_key = _require_p256(csr.public_key(), field="csr.public_key")
-        try:
-            san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        except x509.ExtensionNotFound:
-            uris: list[str] = []
-        except ValueError as exc:
-            raise PkiError(
-                f"the CSR's extensions cannot be parsed: {exc}",
-                reason="CSR_INVALID",
-                field="csr.extensions",
-            ) from exc
-        else:
-            uris = hutong_uris(san)
-        try:
-            identity = single_identity(uris, subject="the CSR", field="csr.san_uri")
-        except PkiError as exc:
-            raise PkiError(
-                exc.message,
-                reason="CSR_INVALID",
-                field="csr.san_uri",
-                metadata={**exc.metadata, "cause_reason": exc.reason},
-            ) from exc
+        identity, public_key = check_node_csr(csr)
         if expected is not None and identity != expected:
             raise PkiError(
                 f"the CSR names {identity.uri}, not the expected {expected.uri}",
@@ -261,18 +370,18 @@ class CertificateAuthority:
                 field="csr.san_uri",
                 metadata={"uri": identity.uri, "expected_uri": expected.uri},
             )
-        return self.issue_node_certificate(identity, public_key, valid_days=valid_days)
+        return self.issue_node_certificate(identity, public_key, valid_days=valid_days, now=now)
 
     # ----------------------------------------------------------------- internals
 
-    def _leaf_builder(self, public_key: ec.EllipticCurvePublicKey, valid_days: int) -> x509.CertificateBuilder:
-        """Issuer, key, serial, validity and the extensions every leaf shares."""
+    def _validity(self, valid_days: int, now: dt.datetime | None) -> tuple[dt.datetime, dt.datetime]:
+        """notBefore and notAfter of a certificate this CA signs, refusing one that would outlive the CA."""
         _check_valid_days(valid_days)
-        now = dt.datetime.now(dt.UTC)
+        now = _utc_now(now)
         not_after = now + dt.timedelta(days=valid_days)
         ca_not_after = self.cert.not_valid_after_utc
         if not_after > ca_not_after:
-            # A leaf outliving its CA would fail validation on the CA's last day without warning.
+            # A certificate outliving its CA would fail validation on the CA's last day without warning.
             raise PkiError(
                 f"a certificate valid for {valid_days} days would outlive the CA, "
                 f"which expires {ca_not_after.isoformat()}",
@@ -280,12 +389,20 @@ class CertificateAuthority:
                 field="valid_days",
                 metadata={"valid_days": str(valid_days), "ca_not_after": ca_not_after.isoformat()},
             )
+        # Never before the CA itself: a chain whose leaf predates its issuer fails strict validators.
+        return max(now - _CLOCK_SKEW, self.cert.not_valid_before_utc), not_after
+
+    def _leaf_builder(
+        self, public_key: ec.EllipticCurvePublicKey, valid_days: int, now: dt.datetime | None = None
+    ) -> x509.CertificateBuilder:
+        """Issuer, key, serial, validity and the extensions every leaf shares."""
+        not_before, not_after = self._validity(valid_days, now)
         return (
             x509.CertificateBuilder()
             .issuer_name(self.cert.subject)
             .public_key(public_key)
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - _CLOCK_SKEW)
+            .not_valid_before(not_before)
             .not_valid_after(not_after)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
@@ -313,6 +430,15 @@ class CertificateAuthority:
             # A CA made elsewhere may lack an SKI; derive the same value from its key.
             return x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key())
         return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+
+
+def _ca_name(common_name: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORGANIZATION),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
 
 
 def _check_valid_days(valid_days: int) -> None:

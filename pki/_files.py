@@ -204,6 +204,43 @@ def write_pem_private_key(path: StrPath, key: ec.EllipticCurvePrivateKey, *, pas
     _write_exclusive(path, pem, KEY_FILE_MODE, field="key_path")
 
 
+def write_public_pem(path: StrPath, pem: bytes, *, field: str, overwrite: bool = False) -> None:
+    """Write public PEM data (a chain, a CSR, a CRL) with mode 0644.
+
+    Without ``overwrite`` the file must not exist yet; with it, the new content replaces the
+    old in one rename, so a reader (a hub reloading its CRL) sees the old file or the new
+    one, never half of either.
+    """
+    path = Path(path)
+    if overwrite:
+        _replace_atomically(path, pem, CERT_FILE_MODE, field=field)
+    else:
+        _write_exclusive(path, pem, CERT_FILE_MODE, field=field)
+
+
+def ensure_absent(path: StrPath, *, field: str) -> None:
+    """Refuse early, before any work is done, when ``path`` exists or could not be created.
+
+    Issuing checks its output files with this first, so a certificate is never signed and
+    registered only to find that it cannot be written.
+    """
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        raise _os_error(FileExistsError(), path, field=field, action="write")
+    if not path.parent.is_dir():
+        raise _os_error(FileNotFoundError(), path, field=field, action="write")
+
+
+def key_file_is_encrypted(path: StrPath, *, field: str = "key_path") -> bool:
+    """Whether a PEM private key file is encrypted (PKCS#8 ``ENCRYPTED PRIVATE KEY``)."""
+    return b"-----BEGIN ENCRYPTED PRIVATE KEY-----" in _read_bytes(Path(path), field=field)
+
+
+def pem_chain(certs: Sequence[x509.Certificate]) -> bytes:
+    """Certificates as one PEM bundle, in the order given (leaf first for a chain)."""
+    return _pem(certs)
+
+
 def write_pem_certificate(path: StrPath, cert: x509.Certificate, *, overwrite: bool = False) -> None:
     """Write ``cert`` as PEM with mode 0644; refuse to overwrite unless ``overwrite`` is true."""
     path = Path(path)
@@ -383,6 +420,11 @@ class TlsMaterial:
 def node_file_stem(identity: NodeIdentity) -> str:
     """File name stem of a node's credentials: ``<province_code>-<node_name>``."""
     return f"{identity.province_code}-{identity.node_name}"
+
+
+def make_private_dir(directory: StrPath) -> None:
+    """Create ``directory`` (and parents) with mode 0700 if missing."""
+    _make_private_dir(Path(directory))
 
 
 def _make_private_dir(directory: Path) -> None:
