@@ -35,11 +35,14 @@ from pathlib import Path
 
 import grpc
 
+from gateway.client import HubClient
 from gateway.demo.population import PopulationSpec, iter_province_records
 from gateway.demo.run import spawn_server
 from gateway.domain.identity import is_valid_id_number
 from hutong.v1 import query_pb2, records_pb2
 from pki import DemoPki, TlsMaterial, write_demo_pki
+
+Metadata = tuple[tuple[str, str], ...]
 
 PROVINCE = "440000"
 BATCH = 1000
@@ -140,7 +143,13 @@ def channel(port: int, tls: TlsMaterial) -> grpc.aio.Channel:
     )
 
 
-async def ingest(port: int, tls: TlsMaterial, batches: list[bytes]) -> Ingest:
+async def token_metadata(port: int, tls: TlsMaterial) -> tuple[tuple[str, str], ...]:
+    """An access token for the hub (the bare server needs none)."""
+    async with HubClient(f"localhost:{port}", tls=tls) as client:
+        return await client.call_metadata()
+
+
+async def ingest(port: int, tls: TlsMaterial, batches: list[bytes], metadata: Metadata = ()) -> Ingest:
     async with channel(port, tls) as ch:
         identity: Callable[[bytes], bytes] = lambda b: b  # noqa: E731 - batches are pre-serialized
         sync = ch.stream_stream(
@@ -157,14 +166,14 @@ async def ingest(port: int, tls: TlsMaterial, batches: list[bytes]) -> Ingest:
 
         records = rejected = 0
         started = time.perf_counter()
-        async for ack in sync(requests()):
+        async for ack in sync(requests(), metadata=metadata):
             credits.release()
             records += len(ack.record_outcomes)
             rejected += ack.record_counts.rejected
         return Ingest(records, time.perf_counter() - started, rejected)
 
 
-async def query_load(port: int, tls: TlsMaterial, ids: list[str], calls: int) -> Queries:
+async def query_load(port: int, tls: TlsMaterial, ids: list[str], calls: int, metadata: Metadata = ()) -> Queries:
     async with channel(port, tls) as ch:
         check = ch.unary_unary(
             "/hutong.v1.AssistanceQueryService/CheckEnrollment",
@@ -175,7 +184,7 @@ async def query_load(port: int, tls: TlsMaterial, ids: list[str], calls: int) ->
             query_pb2.CheckEnrollmentRequest(id_number=ids[i % len(ids)], purpose=2, programs=[1]) for i in range(calls)
         ]
         for r in requests[:200]:  # warm up the connection and caches
-            await check(r)
+            await check(r, metadata=metadata)
         latencies: list[float] = []
         errors: Counter[str] = Counter()
         cursor = iter(requests)
@@ -184,7 +193,7 @@ async def query_load(port: int, tls: TlsMaterial, ids: list[str], calls: int) ->
             for request in cursor:
                 t = time.perf_counter()
                 try:
-                    await check(request, timeout=30)
+                    await check(request, timeout=30, metadata=metadata)
                 except grpc.aio.AioRpcError as exc:
                     errors[exc.code().name] += 1
                 latencies.append((time.perf_counter() - t) * 1000)
@@ -235,10 +244,11 @@ def main() -> None:
         try:
             workers = children(hub.pid)
             cpu_before = [cpu_seconds(p) for p in (hub.pid, *workers)]
-            hub_ingest = asyncio.run(ingest(hub_port, tls, batches))
+            metadata = asyncio.run(token_metadata(hub_port, tls))
+            hub_ingest = asyncio.run(ingest(hub_port, tls, batches, metadata))
             cpu_ingest = [cpu_seconds(p) - b for p, b in zip((hub.pid, *workers), cpu_before, strict=True)]
             rss_after_ingest = peak_rss_mib(hub.pid)
-            hub_queries = asyncio.run(query_load(hub_port, tls, ids, args.calls))
+            hub_queries = asyncio.run(query_load(hub_port, tls, ids, args.calls, metadata))
             rss = peak_rss_mib(hub.pid)
         finally:
             stop(hub)

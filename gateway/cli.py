@@ -116,6 +116,21 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-batch", type=int, default=5000, help="largest batch accepted (default 5000)")
     serve.add_argument("--grace", type=float, default=10.0, help="seconds open calls get on shutdown (default 10)")
 
+    jwks = hub.add_parser(
+        "jwks",
+        help="print the public keys that verify the hub's access tokens (JSON Web Key Set)",
+        description="Prints the JWKS of the hub's token-signing keys, for services that verify Hutong tokens.",
+    )
+    jwks.add_argument("--data-dir", type=Path, required=True, help="the hub's data directory")
+    rotate = hub.add_parser(
+        "rotate-token-key",
+        help="add a new token-signing key; tokens signed by older keys stay valid until they expire",
+        description="Adds a new signing key to token-keys.json; the newest signs, the previous --keep keys "
+        "still verify. Restart the hub (or its replicas) to use it.",
+    )
+    rotate.add_argument("--data-dir", type=Path, required=True, help="the hub's data directory")
+    rotate.add_argument("--keep", type=int, default=3, help="older keys kept for verification (default 3)")
+
     query = sub.add_parser("query", help="ask the hub cross-province questions").add_subparsers(
         dest="query_command", required=True
     )
@@ -340,6 +355,14 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return run_demo(data_dir=args.data_dir, persons_per_province=args.persons, seed=args.seed)
     if args.command == "hub":
+        if args.hub_command == "jwks":
+            from gateway.commands import print_jwks
+
+            return print_jwks(args.data_dir)
+        if args.hub_command == "rotate-token-key":
+            from gateway.commands import rotate_token_key
+
+            return rotate_token_key(args.data_dir, keep=args.keep)
         return _hub_serve(args)
     if args.command == "query":
         from gateway.commands import run_query

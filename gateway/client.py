@@ -9,6 +9,7 @@ exponential backoff with jitter under a total deadline), and windowed batch stre
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -19,7 +20,7 @@ import tenacity
 from gateway import errors
 from gateway.domain.model import Program, Purpose
 from gateway.rpc_status import INSECURE_IDENTITY_KEY, REQUEST_ID_KEY, error_from_rpc
-from hutong.v1 import person_pb2, query_pb2, query_pb2_grpc, records_pb2, records_pb2_grpc
+from hutong.v1 import auth_pb2, auth_pb2_grpc, person_pb2, query_pb2, query_pb2_grpc, records_pb2, records_pb2_grpc
 from pki import TlsMaterial
 
 __all__ = ["HubClient", "RetryConfig"]
@@ -66,6 +67,7 @@ class HubClient:
         server_name: str | None = None,
         insecure_identity: str | None = None,
         retry: RetryConfig = RetryConfig(),
+        scopes: Sequence[str] = (),
     ) -> None:
         options: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", 32 * 1024 * 1024),
@@ -85,6 +87,11 @@ class HubClient:
         )
         self._retry = retry
         self.records = records_pb2_grpc.RecordExchangeServiceStub(self._channel)
+        self.auth = auth_pb2_grpc.AuthServiceStub(self._channel)
+        self._scopes = list(scopes)
+        self._token: str | None = None
+        self._token_refresh_at = 0.0
+        self._token_lock = asyncio.Lock()
         self.queries = query_pb2_grpc.AssistanceQueryServiceStub(self._channel)
 
     async def __aenter__(self) -> HubClient:
@@ -97,10 +104,35 @@ class HubClient:
         """Close the channel."""
         await self._channel.close()
 
-    def _md(self, request_id: str | None = None) -> tuple[tuple[str, str], ...]:
-        return (*self._metadata, (REQUEST_ID_KEY, request_id)) if request_id else self._metadata
+    async def call_metadata(self) -> tuple[tuple[str, str], ...]:
+        """Metadata a raw stub call on this node's behalf needs (its current access token)."""
+        try:
+            return await self._md()
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc) from exc
 
-    async def _idempotent(self, call: Callable[[], Awaitable[T]]) -> T:
+    async def _md(self, request_id: str | None = None) -> tuple[tuple[str, str], ...]:
+        """Metadata for a call: identity (insecure mode), a current access token, request id."""
+        md = (*self._metadata, ("authorization", f"Bearer {await self._access_token()}"))
+        return (*md, (REQUEST_ID_KEY, request_id)) if request_id else md
+
+    async def _access_token(self) -> str:
+        """A token valid for a while yet; asks the hub for a new one at 80 % of its lifetime."""
+        if self._token is None or time.monotonic() >= self._token_refresh_at:
+            async with self._token_lock:
+                if self._token is None or time.monotonic() >= self._token_refresh_at:
+                    response = await self.auth.IssueToken(
+                        auth_pb2.IssueTokenRequest(scopes=self._scopes),
+                        timeout=self._retry.attempt_timeout,
+                        metadata=self._metadata,
+                    )
+                    self._token = response.access_token
+                    self._token_refresh_at = time.monotonic() + 0.8 * response.expires_in
+        return self._token
+
+    async def _idempotent(
+        self, call: Callable[[tuple[tuple[str, str], ...]], Awaitable[T]], request_id: str | None = None
+    ) -> T:
         r = self._retry
         retrying = tenacity.AsyncRetrying(
             retry=tenacity.retry_if_exception(
@@ -113,7 +145,7 @@ class HubClient:
         try:
             async for attempt in retrying:
                 with attempt:
-                    return await call()
+                    return await call(await self._md(request_id))
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc) from exc
         raise AssertionError("unreachable")  # pragma: no cover
@@ -128,7 +160,7 @@ class HubClient:
             id_number=id_number, purpose=_purpose(purpose), programs=_programs(programs)
         )
         return await self._idempotent(
-            lambda: self.queries.CheckEnrollment(request, timeout=self._retry.attempt_timeout, metadata=self._md())
+            lambda md: self.queries.CheckEnrollment(request, timeout=self._retry.attempt_timeout, metadata=md)
         )
 
     async def batch_check_enrollment(
@@ -139,7 +171,7 @@ class HubClient:
             id_numbers=id_numbers, purpose=_purpose(purpose), programs=_programs(programs)
         )
         return await self._idempotent(
-            lambda: self.queries.BatchCheckEnrollment(request, timeout=self._retry.attempt_timeout, metadata=self._md())
+            lambda md: self.queries.BatchCheckEnrollment(request, timeout=self._retry.attempt_timeout, metadata=md)
         )
 
     async def lookup_person(
@@ -150,7 +182,7 @@ class HubClient:
             id_number=id_number, purpose=_purpose(purpose), page_size=page_size, page_token=page_token
         )
         return await self._idempotent(
-            lambda: self.queries.LookupPerson(request, timeout=self._retry.attempt_timeout, metadata=self._md())
+            lambda md: self.queries.LookupPerson(request, timeout=self._retry.attempt_timeout, metadata=md)
         )
 
     # -- records -----------------------------------------------------------------------------
@@ -159,7 +191,7 @@ class HubClient:
         """What the hub holds for this node."""
         request = records_pb2.GetSyncStateRequest()
         return await self._idempotent(
-            lambda: self.records.GetSyncState(request, timeout=self._retry.attempt_timeout, metadata=self._md())
+            lambda md: self.records.GetSyncState(request, timeout=self._retry.attempt_timeout, metadata=md)
         )
 
     async def retire_records(
@@ -168,9 +200,8 @@ class HubClient:
         """Retire records; safe to retry with the same request_id."""
         request = records_pb2.RetireRecordsRequest(request_id=request_id, retirements=list(retirements))
         return await self._idempotent(
-            lambda: self.records.RetireRecords(
-                request, timeout=self._retry.attempt_timeout, metadata=self._md(request_id)
-            )
+            lambda md: self.records.RetireRecords(request, timeout=self._retry.attempt_timeout, metadata=md),
+            request_id,
         )
 
     async def sync(
@@ -198,7 +229,11 @@ class HubClient:
                     await credits.acquire()
                     yield batch
 
-        call = self.records.SyncRecords(requests(), metadata=self._md())
+        try:
+            metadata = await self._md()
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc) from exc
+        call = self.records.SyncRecords(requests(), metadata=metadata)
         try:
             async for response in call:
                 credits.release()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,10 +14,11 @@ from gateway.domain import identity
 from gateway.domain.divisions import PROVINCE_CODES
 from gateway.domain.model import Program, Purpose
 from gateway.errors import ConfigError, HutongError
+from gateway.hub.tokens import TOKEN_KEYS_FILE, TokenKeys
 from hutong.v1 import person_pb2, query_pb2
 from pki import TlsMaterial, write_demo_pki
 
-__all__ = ["id_check", "pki_quickstart", "run_query"]
+__all__ = ["id_check", "pki_quickstart", "print_jwks", "rotate_token_key", "run_query"]
 
 
 def _province(code: str) -> str:
@@ -126,3 +128,29 @@ def id_check(raw: str) -> int:
         f" born {parsed.birth_date.isoformat()}, {parsed.gender.name.lower()}"
     )
     return 0
+
+
+def print_jwks(data_dir: Path) -> int:
+    """``hutong hub jwks``: the public keys of the hub's token-signing keys."""
+    print(json.dumps(_token_keys(data_dir).jwks(), indent=2))
+    return 0
+
+
+def rotate_token_key(data_dir: Path, *, keep: int) -> int:
+    """``hutong hub rotate-token-key``: a new signing key; older ones keep verifying."""
+    if keep < 1:
+        raise ConfigError("--keep must be at least 1", reason="KEEP_INVALID", field="keep")
+    rotated = _token_keys(data_dir).rotated(keep=keep)
+    rotated.save(data_dir / TOKEN_KEYS_FILE)
+    Console().print(f"new signing key {rotated.active[0]}; restart the hub to use it")
+    return 0
+
+
+def _token_keys(data_dir: Path) -> TokenKeys:
+    if not (data_dir / TOKEN_KEYS_FILE).exists():
+        raise ConfigError(
+            f"{data_dir} holds no {TOKEN_KEYS_FILE}; start the hub once to create it",
+            reason="FILE_MISSING",
+            field="data_dir",
+        )
+    return TokenKeys.load_or_create(data_dir)

@@ -209,3 +209,13 @@ def corrupt_check() -> Callable[[str], str]:
         return number[:-1] + ("0" if number[-1] != "0" else "1")
 
     return corrupt
+
+
+@pytest.fixture
+def bearer(client_for: ClientFor) -> Callable[..., Awaitable[tuple[tuple[str, str], ...]]]:
+    """``await bearer(uri, port=...)``: metadata with a fresh access token, for raw stub calls."""
+
+    async def make(uri: str, *, port: int | None = None) -> tuple[tuple[str, str], ...]:
+        return await client_for(uri, port=port).call_metadata()
+
+    return make

@@ -24,10 +24,12 @@ from typing import Any, Protocol
 import grpc
 import structlog
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from gateway import errors
 from gateway.domain.access import AccessPolicy, TokenBucket
 from gateway.hub.revocation import RevocationList
+from gateway.hub.tokens import TokenService, certificate_thumbprint
 from gateway.rpc_status import INSECURE_IDENTITY_KEY, REQUEST_ID_KEY, to_grpc_status
 from gateway.store.base import NodeRef
 from pki import NodeIdentity, identity_from_certificate
@@ -56,6 +58,8 @@ class CallInfo:
     request_id: str
     started: float
     caller: NodeRef | None = None
+    #: ``x5t#S256`` of the caller's client certificate (None in --insecure mode).
+    thumbprint: str | None = None
     code: str = "OK"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -90,6 +94,7 @@ class _Peer:
     caller: NodeRef
     serial: int
     not_after: float
+    thumbprint: str
 
 
 class Authenticator:
@@ -141,6 +146,7 @@ class Authenticator:
                 metadata={"serial": f"{peer.serial:x}"},
             )
         call.caller = peer.caller
+        call.thumbprint = peer.thumbprint
 
     @staticmethod
     def _parse(pem: bytes) -> _Peer:
@@ -156,6 +162,7 @@ class Authenticator:
             NodeRef(identity.province_code, identity.node_name),
             cert.serial_number,
             cert.not_valid_after_utc.timestamp(),
+            certificate_thumbprint(cert.public_bytes(serialization.Encoding.DER)),
         )
 
     @staticmethod
@@ -176,19 +183,30 @@ class Authenticator:
 
 
 class Authorizer:
-    """Refuses a call unless the caller's policy grants the method's scope and its rate allows it.
+    """Refuses a call unless it carries the scope its method needs and the caller's rate allows it.
 
-    Scopes and rates come from the hub's :class:`~gateway.domain.access.AccessPolicy`; a method
-    with no scope in ``scopes_by_method`` is refused, so a new RPC is closed until it is mapped.
+    With a :class:`~gateway.hub.tokens.TokenService`, the scope must be in the call's access
+    token (``authorization: Bearer``), which must be bound to the caller's certificate, and the
+    policy must still grant it (a policy change takes effect before old tokens expire). Methods
+    mapped to ``""`` need no scope: they are authenticated by the client certificate alone
+    (``IssueToken``). A method missing from ``scopes_by_method`` is refused, so a new RPC is
+    closed until it is mapped.
     """
 
-    def __init__(self, policy: AccessPolicy, scopes_by_method: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        policy: AccessPolicy,
+        scopes_by_method: Mapping[str, str],
+        *,
+        tokens: TokenService | None = None,
+    ) -> None:
         self._policy = policy
         self._scopes = dict(scopes_by_method)
+        self._tokens = tokens
         self._buckets: dict[str, TokenBucket] = {}
 
     async def enter(self, call: CallInfo, context: grpc.aio.ServicerContext) -> None:
-        """Check the scope, then spend one unit of the caller's rate."""
+        """Check the token and scope, then spend one unit of the caller's rate."""
         caller = current_caller()
         scope = self._scopes.get(call.method)
         if scope is None:
@@ -196,17 +214,43 @@ class Authorizer:
                 f"{call.method} is not mapped to a scope", reason="SCOPE_UNKNOWN", metadata={"method": call.method}
             )
         uri = caller.uri
-        self._policy.require_scope(uri, scope)
+        if scope:
+            if self._tokens is not None:
+                claims = self._tokens.verify(_bearer(context), call.thumbprint)
+                if claims.subject != uri:
+                    raise errors.Unauthenticated(
+                        "the access token was issued to another node", reason="TOKEN_SUBJECT_MISMATCH"
+                    )
+                if scope not in claims.scopes:
+                    raise errors.PermissionDenied(
+                        f"this call needs scope {scope}, which the access token does not carry",
+                        reason="SCOPE_MISSING",
+                        metadata={"scope": scope, "node": uri},
+                    )
+            self._policy.require_scope(uri, scope)
+            call.extra["scope"] = scope
         now = time.monotonic()
         bucket = self._buckets.get(uri)
         if bucket is None:
             node = self._policy.for_node(uri)
             bucket = self._buckets[uri] = TokenBucket(node.rate_per_second, node.burst, now)
         bucket.take(now)
-        call.extra["scope"] = scope
 
     def exit(self, call: CallInfo) -> None:
         """Nothing to observe."""
+
+
+def _bearer(context: grpc.aio.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization" and isinstance(value, str):
+            scheme, _, token = value.partition(" ")
+            if scheme.lower() == "bearer" and token:
+                return token.strip()
+            break
+    raise errors.Unauthenticated(
+        "an access token is required: call AuthService.IssueToken and send it as 'authorization: Bearer <token>'",
+        reason="TOKEN_MISSING",
+    )
 
 
 class LogContext:

@@ -26,14 +26,16 @@ from grpc_reflection.v1alpha import reflection
 from gateway.domain.access import AccessPolicy
 from gateway.domain.protection import PersonKeyer
 from gateway.errors import ConfigError
+from gateway.hub.auth_service import AuthServicer
 from gateway.hub.interceptors import Authenticator, Authorizer, HubInterceptor, LogContext
 from gateway.hub.keys import load_or_create_keys
 from gateway.hub.preparation import BatchPreparer
 from gateway.hub.query_service import AssistanceQueryServicer
 from gateway.hub.records_service import MAX_BATCH_ITEMS, RecordExchangeServicer, raw_sync_handler
 from gateway.hub.revocation import RevocationList
+from gateway.hub.tokens import TokenKeys, TokenService
 from gateway.store.sqlite import SqliteStore
-from hutong.v1 import query_pb2, query_pb2_grpc, records_pb2, records_pb2_grpc
+from hutong.v1 import auth_pb2, auth_pb2_grpc, query_pb2, query_pb2_grpc, records_pb2, records_pb2_grpc
 from pki import TlsMaterial
 
 __all__ = ["DATABASE_FILE", "SCOPES_BY_METHOD", "HubServer", "HubSettings", "load_policy", "serve_forever"]
@@ -44,6 +46,7 @@ DATABASE_FILE = "hub.sqlite3"
 
 #: The scope each RPC needs; an RPC missing here is refused.
 SCOPES_BY_METHOD = {
+    "IssueToken": "",  # authenticated by the client certificate alone
     "SyncRecords": "records:write",
     "GetSyncState": "records:write",
     "RetireRecords": "records:write",
@@ -53,6 +56,7 @@ SCOPES_BY_METHOD = {
 }
 _MAX_MESSAGE = 32 * 1024 * 1024
 _SERVICES = (
+    auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
     records_pb2.DESCRIPTOR.services_by_name["RecordExchangeService"].full_name,
     query_pb2.DESCRIPTOR.services_by_name["AssistanceQueryService"].full_name,
 )
@@ -81,6 +85,10 @@ class HubSettings:
     #: Scopes per node, purposes per scope, rate limits (see deploy/policy.example.toml);
     #: None means every node may sync and ask enrollment questions.
     policy: AccessPolicy | None = None
+    #: Require a certificate-bound access token (AuthService.IssueToken) on every other call.
+    require_tokens: bool = True
+    #: Lifetime of access tokens, seconds.
+    token_lifetime_seconds: int = 900
     #: The ministry CA's CRL (PEM or DER), checked on every call and reloaded when it changes.
     crl_path: Path | None = None
     #: Seconds between checks of the CRL file for a new version.
@@ -128,6 +136,7 @@ class HubServer:
         self._records: RecordExchangeServicer | None = None
         self._preparer: BatchPreparer | None = None
         self.revocations: RevocationList | None = None
+        self.tokens: TokenService | None = None
         self._crl_watch: asyncio.Task[None] | None = None
         self.port = 0
 
@@ -156,10 +165,11 @@ class HubServer:
                 )
             self._crl_watch = asyncio.create_task(self.revocations.watch())
         policy = s.policy or AccessPolicy.open_default()
+        self.tokens = TokenService(TokenKeys.load_or_create(s.data_dir), lifetime_seconds=s.token_lifetime_seconds)
         chain = HubInterceptor(
             [
                 Authenticator(insecure=s.insecure, revocations=self.revocations),
-                Authorizer(policy, SCOPES_BY_METHOD),
+                Authorizer(policy, SCOPES_BY_METHOD, tokens=self.tokens if s.require_tokens else None),
                 LogContext(),
             ]
         )
@@ -183,6 +193,7 @@ class HubServer:
             query_pb2_grpc.add_AssistanceQueryServiceServicer_to_server,
             AssistanceQueryServicer(self.store, keyer, policy),
         )
+        chain.register(server, auth_pb2_grpc.add_AuthServiceServicer_to_server, AuthServicer(self.tokens, policy))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection((*_SERVICES, reflection.SERVICE_NAME, "grpc.health.v1.Health"), server)
         address = f"[{s.host}]:{s.port}" if ":" in s.host else f"{s.host}:{s.port}"

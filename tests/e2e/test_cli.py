@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -138,3 +139,19 @@ def test_id_check_proposes_the_original_for_a_typo(tmp_path: Path) -> None:
     ok = run("id", "check", VALID_ID.lower(), cwd=tmp_path)
     assert ok.returncode == 0
     assert "born 1949-12-31, female" in ok.stdout
+
+
+def test_hub_jwks_and_key_rotation_from_the_command_line(served_hub: tuple[Path, int], tmp_path: Path) -> None:
+    data_dir = tmp_path / "hub"
+    before = run("hub", "jwks", "--data-dir", str(data_dir), cwd=tmp_path)
+    assert before.returncode == 0, before.stderr
+    kids = [k["kid"] for k in json.loads(before.stdout)["keys"]]
+    assert len(kids) == 1
+    rotated = run("hub", "rotate-token-key", "--data-dir", str(data_dir), cwd=tmp_path)
+    assert rotated.returncode == 0, rotated.stderr
+    after = json.loads(run("hub", "jwks", "--data-dir", str(data_dir), cwd=tmp_path).stdout)
+    assert after["keys"][0]["kid"] == kids[0]
+    assert len(after["keys"]) == 2
+    assert all(k["kty"] == "EC" and k["alg"] == "ES256" for k in after["keys"])
+    missing = run("hub", "jwks", "--data-dir", str(tmp_path / "nowhere"), cwd=tmp_path)
+    assert missing.returncode == 3

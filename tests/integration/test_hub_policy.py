@@ -47,18 +47,22 @@ async def test_a_purpose_outside_the_scope_is_refused(hub_factory: Any, client_f
     assert refused.value.field == "purpose"
 
 
-async def test_a_node_over_its_rate_gets_resource_exhausted_with_retry_info(hub_factory: Any, demo_pki: Any) -> None:
-    policy = AccessPolicy.from_mapping({"defaults": {"rate_per_second": 0.5, "burst": 2}})
+async def test_a_node_over_its_rate_gets_resource_exhausted_with_retry_info(
+    hub_factory: Any, demo_pki: Any, bearer: Callable[..., Any]
+) -> None:
+    # Three calls at once: one for the access token, two queries; the fourth is over the rate.
+    policy = AccessPolicy.from_mapping({"defaults": {"rate_per_second": 0.5, "burst": 3}})
     hub = await hub_factory(policy=policy)
+    metadata = await bearer(GZ, port=hub.port)
     tls = demo_pki.nodes[GZ].tls
     creds = grpc.ssl_channel_credentials(tls.ca_pem, tls.private_key_pem, tls.cert_chain_pem)
     async with grpc.aio.secure_channel(f"localhost:{hub.port}", creds) as channel:
         stub = query_pb2_grpc.AssistanceQueryServiceStub(channel)
         request = query_pb2.CheckEnrollmentRequest(id_number=SOME_ID, purpose=2)
-        await stub.CheckEnrollment(request)
-        await stub.CheckEnrollment(request)
+        await stub.CheckEnrollment(request, metadata=metadata)
+        await stub.CheckEnrollment(request, metadata=metadata)
         with pytest.raises(grpc.aio.AioRpcError) as limited:
-            await stub.CheckEnrollment(request)
+            await stub.CheckEnrollment(request, metadata=metadata)
     assert limited.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     details = dict(limited.value.trailing_metadata() or ())["grpc-status-details-bin"]
     status = status_pb2.Status.FromString(details)

@@ -255,7 +255,7 @@ async def test_insecure_hub_needs_the_caller_named_in_metadata(
 
 
 async def test_a_tls_hub_ignores_the_insecure_identity_metadata(
-    demo_pki: DemoPki, hub: HubServer, client_for: Callable[..., HubClient]
+    demo_pki: DemoPki, hub: HubServer, client_for: Callable[..., HubClient], bearer: Callable[..., Any]
 ) -> None:
     # A real node cannot pose as another province by adding the debug metadata.
     node = demo_pki.nodes[GZ].tls
@@ -265,13 +265,15 @@ async def test_a_tls_hub_ignores_the_insecure_identity_metadata(
         stub = records_pb2_grpc.RecordExchangeServiceStub(channel)
         state = await stub.GetSyncState(
             records_pb2.GetSyncStateRequest(),
-            metadata=((INSECURE_IDENTITY_KEY, "hutong://province/410000/node/zz-01"),),
+            metadata=((INSECURE_IDENTITY_KEY, "hutong://province/410000/node/zz-01"), *await bearer(GZ)),
             timeout=10,
         )
     assert (state.province_code, state.node_name) == ("440000", "gz-01")
 
 
-async def test_errors_carry_error_info_with_the_hutong_domain(demo_pki: DemoPki, hub: HubServer) -> None:
+async def test_errors_carry_error_info_with_the_hutong_domain(
+    demo_pki: DemoPki, hub: HubServer, bearer: Callable[..., Any]
+) -> None:
     from google.rpc import error_details_pb2, status_pb2
 
     from hutong.v1 import query_pb2, query_pb2_grpc
@@ -282,7 +284,9 @@ async def test_errors_carry_error_info_with_the_hutong_domain(demo_pki: DemoPki,
     ) as channel:
         stub = query_pb2_grpc.AssistanceQueryServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await stub.CheckEnrollment(query_pb2.CheckEnrollmentRequest(id_number="x"), timeout=10)
+            await stub.CheckEnrollment(
+                query_pb2.CheckEnrollmentRequest(id_number="x"), metadata=await bearer(GZ), timeout=10
+            )
     details = dict(caught.value.trailing_metadata() or ())["grpc-status-details-bin"]
     status = status_pb2.Status.FromString(details)
     info = error_details_pb2.ErrorInfo()

@@ -603,14 +603,16 @@ def database_write_locked(hub: HubServer) -> Iterator[None]:
         con.close()
 
 
-async def _cancel_stream_under_backpressure(hub: HubServer, demo_pki: DemoPki, make_record: Callable[..., Any]) -> None:
+async def _cancel_stream_under_backpressure(
+    hub: HubServer, demo_pki: DemoPki, make_record: Callable[..., Any], metadata: tuple[tuple[str, str], ...]
+) -> None:
     """Open a stream, let the hub's pipeline fill up behind a locked database, then cancel the call."""
     tls = demo_pki.nodes[GZ].tls
     credentials = grpc.ssl_channel_credentials(tls.ca_pem, tls.private_key_pem, tls.cert_chain_pem)
     requests = [batch(f"b{n}", make_record(f"r{n}", sequence=n)) for n in range(10)]
     with database_write_locked(hub):
         async with grpc.aio.secure_channel(f"localhost:{hub.port}", credentials) as channel:
-            call = records_pb2_grpc.RecordExchangeServiceStub(channel).SyncRecords(iter(requests))
+            call = records_pb2_grpc.RecordExchangeServiceStub(channel).SyncRecords(iter(requests), metadata=metadata)
             # One batch being written behind the lock, the next ones prepared and queued, and the
             # reader waiting for a free slot in the pipeline.
             assert await _until(lambda: bool(_pending("SyncRecords.<locals>.read")))
@@ -620,19 +622,20 @@ async def _cancel_stream_under_backpressure(hub: HubServer, demo_pki: DemoPki, m
 
 
 async def test_a_stream_cancelled_by_the_node_under_backpressure_leaves_no_task_behind(
-    hub: HubServer, demo_pki: DemoPki, make_record: Callable[..., Any]
+    hub: HubServer, demo_pki: DemoPki, make_record: Callable[..., Any], bearer: Callable[..., Any]
 ) -> None:
-    await _cancel_stream_under_backpressure(hub, demo_pki, make_record)
+    await _cancel_stream_under_backpressure(hub, demo_pki, make_record, await bearer(GZ))
     # Every stream's reader task must end with its stream; a leftover one leaks per reconnecting node.
     leftover = _pending("SyncRecords.<locals>.read")
     assert await _until(lambda: not _pending("SyncRecords.<locals>.read"), attempts=200), leftover
 
 
 async def test_a_stream_cancelled_by_the_node_is_not_logged_as_ok(
-    hub: HubServer, demo_pki: DemoPki, make_record: Callable[..., Any]
+    hub: HubServer, demo_pki: DemoPki, make_record: Callable[..., Any], bearer: Callable[..., Any]
 ) -> None:
+    metadata = await bearer(GZ)
     with capture_logs(processors=[merge_contextvars]) as logs:
-        await _cancel_stream_under_backpressure(hub, demo_pki, make_record)
+        await _cancel_stream_under_backpressure(hub, demo_pki, make_record, metadata)
     finished = [e for e in logs if e["event"] == "rpc_finished" and e.get("rpc") == "SyncRecords"]
     assert len(finished) == 1
     assert finished[0]["code"] != "OK"

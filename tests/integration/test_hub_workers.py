@@ -35,7 +35,9 @@ async def test_worker_processes_apply_good_records_and_reject_bad_ones_in_order(
     assert state.records_held == 30
 
 
-async def test_a_malformed_batch_is_refused_inside_the_stream(hub_factory: Any, demo_pki: Any) -> None:
+async def test_a_malformed_batch_is_refused_inside_the_stream(
+    hub_factory: Any, demo_pki: Any, bearer: Callable[..., Any]
+) -> None:
     import grpc
 
     hub = await hub_factory(prepare_workers=1)
@@ -48,7 +50,8 @@ async def test_a_malformed_batch_is_refused_inside_the_stream(hub_factory: Any, 
             response_deserializer=records_pb2.SyncRecordsResponse.FromString,
         )
         good = records_pb2.SyncRecordsRequest(batch_id="after").SerializeToString()
-        acks = [ack async for ack in sync(iter([b"\xff\xff\xff garbage", good]))]
+        metadata = await bearer(GZ, port=hub.port)
+        acks = [ack async for ack in sync(iter([b"\xff\xff\xff garbage", good]), metadata=metadata)]
     assert acks[0].batch_rejection.reason == "BATCH_MALFORMED"
     assert acks[1].batch_id == "after"
     assert not acks[1].HasField("batch_rejection")
