@@ -1,18 +1,21 @@
 """``hutong demo``: the whole exchange on one machine, over real mTLS, in under a minute.
 
 1. a throwaway ministry CA, a hub certificate and one certificate per province node;
-2. a hub (``hutong hub serve``, SQLite) in a child process on a free loopback port;
+2. a hub (``hutong hub serve``, SQLite) in a child process on a free loopback port, with an
+   access policy and the CA's CRL; every node call carries a certificate-bound access token;
 3. a synthetic low-income population for three provinces, a few percent of whom moved and
    are enrolled in both provinces, and a few records with the errors real exports have;
 4. the three nodes sync concurrently, each with its own certificate;
 5. one batch is resent (idempotency), and the same records are sent again (UNCHANGED);
 6. cross-province questions: CheckEnrollment and LookupPerson about a person enrolled twice;
-7. the hub stops gracefully; its store is read back for the summary.
+7. one node's certificate is revoked while it is connected: the hub refuses its next call;
+8. the hub stops gracefully; its store is read back for the summary.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 import shutil
 import signal
@@ -24,6 +27,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -32,12 +37,13 @@ from gateway.client import HubClient
 from gateway.demo.population import Population, PopulationSpec, batches, generate_population
 from gateway.domain.divisions import PROVINCE_CODES
 from gateway.domain.model import Outcome, Program, Purpose
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, HutongError
 from gateway.hub.server import DATABASE_FILE
 from gateway.store.base import HubStats
 from gateway.store.sqlite import SqliteStore
 from hutong.v1 import query_pb2, records_pb2
 from pki import DemoPki, write_demo_pki
+from pki.operator import RevokedEntry
 
 __all__ = ["DEMO_NODES", "run_demo", "spawn_server"]
 
@@ -65,6 +71,7 @@ class _Result:
     mover: str | None
     check: query_pb2.CheckEnrollmentResponse | None
     lookup: query_pb2.LookupPersonResponse | None
+    revocation: str
 
 
 def _province(code: str) -> str:
@@ -87,7 +94,31 @@ def spawn_server(
     return process, int(port_file.read_text().strip())
 
 
+#: The demo hub's access policy: what each node may do (see deploy/policy.example.toml).
+DEMO_POLICY = """\
+[defaults]
+scopes = ["records:write", "query:enrollment"]
+rate_per_second = 500
+burst = 1000
+
+[scopes."query:enrollment"]
+purposes = ["eligibility-review", "duplicate-check", "cross-region-application", "monitoring-follow-up"]
+"""
+
+
+def _publish_crl(pki: DemoPki, path: Path, revoked: list[int], number: int) -> None:
+    """Sign a CRL with the demo CA and swap it in atomically, as `hutong pki crl` does."""
+    now = dt.datetime.now(dt.UTC)
+    entries = [RevokedEntry(serial, now, x509.ReasonFlags.key_compromise) for serial in revoked]
+    crl = pki.ca.sign_crl(entries, crl_number=number, next_update=dt.timedelta(days=1))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+    tmp.replace(path)
+
+
 def _start_hub(pki: DemoPki, data_dir: Path, log_path: Path) -> tuple[subprocess.Popen[bytes], int]:
+    (data_dir / "policy.toml").write_text(DEMO_POLICY, encoding="utf-8")
+    _publish_crl(pki, data_dir / "crl.pem", [], 1)
     command = [
         sys.executable, "-m", "gateway.cli", "--log-level", "warning",
         "hub", "serve",
@@ -95,6 +126,8 @@ def _start_hub(pki: DemoPki, data_dir: Path, log_path: Path) -> tuple[subprocess
         "--listen", "127.0.0.1:0",
         "--cert", str(pki.hub_cert_path), "--key", str(pki.hub_key_path), "--ca", str(pki.ca_cert_path),
         "--port-file", str(data_dir / "hub.port"),
+        "--policy", str(data_dir / "policy.toml"),
+        "--crl", str(data_dir / "crl.pem"),
     ]  # fmt: skip
     return spawn_server(command, data_dir / "hub.port", log_path)
 
@@ -115,7 +148,7 @@ async def _sync_province(
         progress.advance(task, len(ack.record_outcomes))
 
 
-async def _exchange(pki: DemoPki, port: int, population: Population, console: Console) -> _Result:
+async def _exchange(pki: DemoPki, root: Path, port: int, population: Population, console: Console) -> _Result:
     target = f"localhost:{port}"
     clients = {code: HubClient(target, tls=pki.nodes[_uri(code, name)].tls) for code, name in DEMO_NODES}
     tallies = {code: _Tally() for code, _ in DEMO_NODES}
@@ -153,10 +186,26 @@ async def _exchange(pki: DemoPki, port: int, population: Population, console: Co
             asker = clients[DEMO_NODES[1][0]]
             check = await asker.check_enrollment(mover, Purpose.DUPLICATE_CHECK, [Program.DIBAO])
             lookup = await asker.lookup_person(mover, Purpose.CROSS_REGION_APPLICATION)
+        revocation = await _revoke_live(pki, root, clients[DEMO_NODES[2][0]], DEMO_NODES[2])
     finally:
         for client in clients.values():
             await client.close()
-    return _Result(tallies, elapsed, tally.first_ack, replay, again, mover, check, lookup)
+    return _Result(tallies, elapsed, tally.first_ack, replay, again, mover, check, lookup, revocation)
+
+
+async def _revoke_live(pki: DemoPki, root: Path, client: HubClient, node: tuple[str, str]) -> str:
+    """Revoke one node's certificate while it is connected; report when the hub cut it off."""
+    creds = pki.nodes[_uri(*node)]
+    serial = x509.load_pem_x509_certificate(creds.tls.cert_chain_pem).serial_number
+    _publish_crl(pki, root / "crl.pem", [serial], 2)
+    published = time.perf_counter()
+    while time.perf_counter() - published < 15:
+        try:
+            await client.get_sync_state()
+        except HutongError as exc:
+            return f"{exc.reason} after {time.perf_counter() - published:.1f}s"
+        await asyncio.sleep(0.2)
+    return "still served 15s after the CRL was published"
 
 
 def _uri(code: str, name: str) -> str:
@@ -192,7 +241,7 @@ def run_demo(*, data_dir: Path | None = None, persons_per_province: int = 20_000
     hub, port = _start_hub(pki, root, log_path)
     console.print(f"hub listening on 127.0.0.1:{port} (mTLS, client certificates required); log: {log_path}")
     try:
-        result = asyncio.run(_exchange(pki, port, population, console))
+        result = asyncio.run(_exchange(pki, root, port, population, console))
     finally:
         hub.send_signal(signal.SIGTERM)
         try:
@@ -273,4 +322,12 @@ def _summary(console: Console, r: _Result, stats: HubStats, total: int, hub_exit
             + ", ".join(lookup.disclosed_fields)
             + f"; findings: {len(lookup.findings)}"
         )
+    console.print(
+        "every call carried a token bound to its node's certificate; the policy granted each node"
+        " records:write and query:enrollment"
+    )
+    node = DEMO_NODES[2]
+    console.print(
+        f"revoked {_province(node[0])}'s node certificate live (CRL #2): its next call was refused, {r.revocation}"
+    )
     console.print(f"hub stopped gracefully (exit code {hub_exit})")

@@ -34,6 +34,7 @@ def test_demo_runs_the_whole_exchange_and_reports_duplicates(tmp_path: Path) -> 
     assert "replayed=True, original acknowledgement returned: True" in out
     assert "duplicate enrollments found: 72" in out
     assert "enrolled=True" in out
+    assert "its next call was refused, CLIENT_CERTIFICATE_REVOKED" in out
     assert "hub stopped gracefully (exit code 0)" in out
     # Neither the hub's log nor its database carries a raw ID number or name.
     population = generate_population(
