@@ -52,12 +52,19 @@ class HubFactory(Protocol):
     async def __call__(self, data_dir: Path | None = None, **settings: Any) -> HubServer: ...
 
 
+@pytest.fixture(params=["intl", "sm"])
+def crypto_suite(request: pytest.FixtureRequest) -> str:
+    """Every test with a hub runs once per crypto suite (person keys, sealed fields)."""
+    return str(request.param)
+
+
 @pytest.fixture
-async def hub_factory(demo_pki: DemoPki, tmp_path: Path) -> AsyncIterator[HubFactory]:
+async def hub_factory(demo_pki: DemoPki, tmp_path: Path, crypto_suite: str) -> AsyncIterator[HubFactory]:
     """Start real hubs (127.0.0.1, port 0, mTLS by default); every one is stopped after the test."""
     started: list[HubServer] = []
 
     async def start(data_dir: Path | None = None, **settings: Any) -> HubServer:
+        settings.setdefault("crypto_suite", crypto_suite)
         settings.setdefault("tls", None if settings.get("insecure") else demo_pki.hub_tls)
         settings.setdefault("host", "127.0.0.1")
         # Batches are prepared inline unless a test asks for worker processes (spawning them
