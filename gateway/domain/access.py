@@ -6,7 +6,8 @@ scopes only; each node has a rate limit. The policy is data (a TOML file documen
 that name the scope, the purpose or the policy key at fault.
 
 Without a policy file every node may sync its records and ask enrollment questions for any
-purpose, at a generous rate: the behaviour of a hub before policies existed.
+purpose, limited only against runaway clients (20,000 calls/s): the behaviour of a hub before
+policies existed.
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ class AccessPolicy:
     def open_default(cls) -> AccessPolicy:
         """The policy of a hub without a policy file."""
         return cls(
-            default=NodePolicy(frozenset({"records:write", "query:enrollment"}), 1000.0, 2000),
+            # A limit against runaway clients only; a policy file sets real per-node rates.
+            default=NodePolicy(frozenset({"records:write", "query:enrollment"}), 20_000.0, 40_000),
             purposes={"query:enrollment": _ALL_PURPOSES, "query:detail": _ALL_PURPOSES},
         )
 
