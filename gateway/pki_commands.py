@@ -42,6 +42,7 @@ from pki.operator import (
     make_private_dir,
     parse_serial,
     public_key_sha256,
+    read_bytes,
     read_passphrase_file,
     write_node_request,
     write_public_pem,
@@ -488,15 +489,7 @@ def pki_inspect(file: Path, *, ca_dir: Path | None, as_json: bool) -> int:
 
 
 def _read_csr(path: Path) -> x509.CertificateSigningRequest:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise PkiError(
-            f"cannot read CSR {path}: {exc.strerror or exc}",
-            reason="FILE_MISSING" if isinstance(exc, FileNotFoundError | IsADirectoryError) else "FILE_ACCESS_DENIED",
-            field="csr_file",
-            metadata={"path": str(path)},
-        ) from exc
+    data = read_bytes(path, field="csr_file")
     try:
         return x509.load_pem_x509_csr(data) if b"-----BEGIN" in data else x509.load_der_x509_csr(data)
     except ValueError as exc:

@@ -233,7 +233,7 @@ def ensure_absent(path: StrPath, *, field: str) -> None:
 
 def key_file_is_encrypted(path: StrPath, *, field: str = "key_path") -> bool:
     """Whether a PEM private key file is encrypted (PKCS#8 ``ENCRYPTED PRIVATE KEY``)."""
-    return b"-----BEGIN ENCRYPTED PRIVATE KEY-----" in _read_bytes(Path(path), field=field)
+    return b"-----BEGIN ENCRYPTED PRIVATE KEY-----" in read_bytes(Path(path), field=field)
 
 
 def pem_chain(certs: Sequence[x509.Certificate]) -> bytes:
@@ -254,7 +254,9 @@ def write_pem_certificate(path: StrPath, cert: x509.Certificate, *, overwrite: b
 # --------------------------------------------------------------------------- reading
 
 
-def _read_bytes(path: Path, *, field: str) -> bytes:
+def read_bytes(path: StrPath, *, field: str) -> bytes:
+    """A file's bytes; a missing, unreadable or directory path is a PkiError naming ``field``."""
+    path = Path(path)
     try:
         return path.read_bytes()
     except IsADirectoryError as exc:
@@ -271,7 +273,7 @@ def _read_bytes(path: Path, *, field: str) -> bytes:
 def read_certificates(path: StrPath, *, field: str = "path") -> list[x509.Certificate]:
     """Every certificate in a PEM file (a chain or a CA bundle), in file order."""
     path = Path(path)
-    data = _read_bytes(path, field=field)
+    data = read_bytes(path, field=field)
     try:
         certs = x509.load_pem_x509_certificates(data)
     except ValueError as exc:

@@ -22,7 +22,7 @@ from cryptography.x509.verification import PolicyBuilder, Store, VerificationErr
 
 from gateway.errors import PkiError
 from pki._authority import CaDirectory
-from pki._files import StrPath
+from pki._files import StrPath, read_bytes
 from pki._identity import URI_SCHEME, single_identity
 from pki._registry import RevocationReason, fingerprint_sha256, format_serial
 
@@ -114,15 +114,7 @@ def inspect_file(path: StrPath, *, ca: CaDirectory | None = None, now: dt.dateti
     """Describe a PEM or DER certificate (chain), CSR or CRL; ``PEM_INVALID`` when it is none of them."""
     path = Path(path)
     now = now or dt.datetime.now(dt.UTC)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise PkiError(
-            f"cannot read {path}: {exc.strerror or exc}",
-            reason="FILE_MISSING" if isinstance(exc, FileNotFoundError | IsADirectoryError) else "FILE_ACCESS_DENIED",
-            field="file",
-            metadata={"path": str(path)},
-        ) from exc
+    data = read_bytes(path, field="file")
     try:
         if b"-----BEGIN" in data:
             if b"CERTIFICATE REQUEST-----" in data:

@@ -19,7 +19,14 @@ from pki._authority import (
     write_node_request,
 )
 from pki._ca import RevokedEntry, check_node_csr
-from pki._files import ensure_absent, key_file_is_encrypted, make_private_dir, pem_chain, write_public_pem
+from pki._files import (
+    ensure_absent,
+    key_file_is_encrypted,
+    make_private_dir,
+    pem_chain,
+    read_bytes,
+    write_public_pem,
+)
 from pki._inspect import CertificateReport, CrlEntryReport, CrlReport, CsrReport, inspect_file, public_key_sha256
 from pki._registry import (
     CertificateKind,
@@ -60,6 +67,7 @@ __all__ = [
     "parse_serial",
     "pem_chain",
     "public_key_sha256",
+    "read_bytes",
     "read_passphrase_file",
     "write_node_request",
     "write_public_pem",

@@ -794,6 +794,7 @@ def test_operator_public_names_are_pinned() -> None:
         "parse_serial",
         "pem_chain",
         "public_key_sha256",
+        "read_bytes",
         "read_passphrase_file",
         "write_node_request",
         "write_public_pem",
