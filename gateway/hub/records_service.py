@@ -87,6 +87,13 @@ class RecordExchangeServicer(records_pb2_grpc.RecordExchangeServiceServicer):
         self._depth = pipeline_depth
         self._draining = asyncio.Event()
         self._readers: set[asyncio.Task[None]] = set()
+        self._open_streams = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Wait until no SyncRecords stream is open."""
+        await self._idle.wait()
 
     def begin_drain(self) -> None:
         """Stop taking new batches: open streams finish what they hold, then end with UNAVAILABLE."""
@@ -126,6 +133,8 @@ class RecordExchangeServicer(records_pb2_grpc.RecordExchangeServiceServicer):
 
         reader = asyncio.create_task(read())
         self._readers.add(reader)
+        self._open_streams += 1
+        self._idle.clear()
         totals = dict.fromkeys(Outcome, 0)
         batches = 0
         try:
@@ -146,6 +155,9 @@ class RecordExchangeServicer(records_pb2_grpc.RecordExchangeServiceServicer):
         finally:
             self._readers.discard(reader)
             reader.cancel()
+            self._open_streams -= 1
+            if not self._open_streams:
+                self._idle.set()
             call.extra.update(
                 batches=batches, **{o.name.lower(): n for o, n in totals.items() if n and o is not Outcome.UNSPECIFIED}
             )

@@ -8,10 +8,12 @@ loudly in the log.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import ipaddress
 import os
 import signal
+import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +57,7 @@ SCOPES_BY_METHOD = {
     "LookupPerson": "query:enrollment",
 }
 _MAX_MESSAGE = 32 * 1024 * 1024
+_STATUS_FLUSH_SECONDS = 0.2
 _SERVICES = (
     auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
     records_pb2.DESCRIPTOR.services_by_name["RecordExchangeService"].full_name,
@@ -242,9 +245,17 @@ class HubServer:
         await self._health.enter_graceful_shutdown()
         if self._crl_watch is not None:
             self._crl_watch.cancel()
+        started = time.monotonic()
         if self._records is not None:
             self._records.begin_drain()
-        await self._server.stop(grace)
+            # Let open streams acknowledge what they hold and end with HUB_SHUTTING_DOWN, then
+            # give their final status a moment on the wire before connections are closed
+            # (closing at once can turn it into a transport error at the node).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    await self._records.wait_idle()
+                    await asyncio.sleep(_STATUS_FLUSH_SECONDS)
+        await self._server.stop(max(0.0, grace - (time.monotonic() - started)))
         self._server = None
         if self._preparer is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._preparer.close)
