@@ -55,7 +55,7 @@ def _add_tls(p: argparse.ArgumentParser, who: str) -> None:
     g = p.add_argument_group("mTLS", f"the {who}'s certificate and key, and the ministry CA certificate")
     g.add_argument("--cert", type=Path, help=f"PEM certificate (chain) of the {who}")
     g.add_argument("--key", type=Path, help=f"PEM private key of the {who} (mode 0600)")
-    g.add_argument("--ca", type=Path, help="PEM certificate of the ministry CA")
+    g.add_argument("--ca", type=Path, help="PEM certificates of the ministry CA (a chain file: intermediate + root)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -86,8 +86,10 @@ def _parser() -> argparse.ArgumentParser:
     serve = hub.add_parser(
         "serve",
         help="serve the hub's gRPC API over mTLS",
-        description="Serves RecordExchangeService and AssistanceQueryService, gRPC health and reflection. "
-        "Client certificates must chain to --ca and carry a hutong://province/<code>/node/<name> URI.",
+        description="Serves AuthService, RecordExchangeService and AssistanceQueryService, gRPC health and "
+        "reflection. Client certificates must chain to --ca and carry a hutong://province/<code>/node/<name> URI; "
+        "every call but AuthService.IssueToken needs an access token bound to that certificate. "
+        "SIGTERM or SIGINT drains open streams and stops.",
     )
     serve.add_argument("--data-dir", type=Path, required=True, help="directory of the SQLite database and key file")
     serve.add_argument(
