@@ -1,0 +1,99 @@
+"""The tamper-evident exchange log: RFC 9162 Merkle trees, canonical audit entries, signed checkpoints.
+
+This package is the pure core (no grpc, no SQL): every RPC becomes an :class:`AuditEntry` whose
+canonical bytes are a leaf of an RFC 9162 Merkle tree; the hub signs C2SP checkpoints of the tree
+(size and root) and answers inclusion and consistency proofs that anyone can check offline with
+:func:`verify_inclusion`, :func:`verify_consistency` and :func:`verify_checkpoint`.
+"""
+
+from __future__ import annotations
+
+from gateway.audit.checkpoint import (
+    ALG_ED25519,
+    Checkpoint,
+    NoteSignature,
+    NoteVerifier,
+    SignedNote,
+    encode_signer_key,
+    encode_verifier_key,
+    key_hash,
+    parse_checkpoint,
+    parse_checkpoint_body,
+    parse_note,
+    parse_signer_key,
+    parse_verifier_key,
+    sign_checkpoint,
+    sign_note,
+    verify_checkpoint,
+)
+from gateway.audit.entry import (
+    ENTRY_VERSION,
+    AuditEntry,
+)
+from gateway.audit.errors import (
+    AuditError,
+    CheckpointInvalid,
+    EntryInvalid,
+    KeyInvalid,
+    ProofInvalid,
+    SignatureInvalid,
+    TreeRangeInvalid,
+)
+from gateway.audit.merkle import (
+    HashFn,
+    MerkleAccumulator,
+    SubtreeHash,
+    consistency_path,
+    consistency_proof,
+    empty_root,
+    inclusion_path,
+    inclusion_proof,
+    leaf_hash,
+    node_hash,
+    root_hash,
+    sha256,
+    verify_consistency,
+    verify_inclusion,
+)
+
+__all__ = [
+    "ALG_ED25519",
+    "ENTRY_VERSION",
+    "AuditEntry",
+    "AuditError",
+    "Checkpoint",
+    "CheckpointInvalid",
+    "EntryInvalid",
+    "HashFn",
+    "KeyInvalid",
+    "MerkleAccumulator",
+    "NoteSignature",
+    "NoteVerifier",
+    "ProofInvalid",
+    "SignatureInvalid",
+    "SignedNote",
+    "SubtreeHash",
+    "TreeRangeInvalid",
+    "consistency_path",
+    "consistency_proof",
+    "empty_root",
+    "encode_signer_key",
+    "encode_verifier_key",
+    "inclusion_path",
+    "inclusion_proof",
+    "key_hash",
+    "leaf_hash",
+    "node_hash",
+    "parse_checkpoint",
+    "parse_checkpoint_body",
+    "parse_note",
+    "parse_signer_key",
+    "parse_verifier_key",
+    "root_hash",
+    "sha256",
+    "sign_checkpoint",
+    "sign_note",
+    "verify_checkpoint",
+    "verify_consistency",
+    "verify_inclusion",
+]
