@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,7 +159,7 @@ async def ingest(port: int, tls: TlsMaterial, batches: list[bytes], metadata: Me
         )
         credits = asyncio.Semaphore(WINDOW)
 
-        async def requests() -> Iterator[bytes]:  # type: ignore[misc]
+        async def requests() -> AsyncIterator[bytes]:
             for batch in batches:
                 await credits.acquire()
                 yield batch

@@ -72,7 +72,9 @@ def _parser() -> argparse.ArgumentParser:
         help="run a hub and three province nodes on localhost and show the whole exchange",
         description="Creates a throwaway CA and certificates, starts a hub (SQLite) on loopback, generates a "
         "realistic population for three provinces (some persons enrolled in two provinces), syncs it over mTLS, "
-        "resends a batch to show idempotency, asks cross-province questions and prints a summary.",
+        "resends a batch to show idempotency, asks cross-province questions, revokes one node's certificate "
+        "while it is connected, and prints a summary. The hub runs with an access policy and the CA's CRL, and "
+        "every node call carries a certificate-bound access token.",
     )
     demo.add_argument(
         "--data-dir", type=Path, help="where to keep the hub's data and certificates (default: a temp dir)"

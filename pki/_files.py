@@ -218,6 +218,19 @@ def write_public_pem(path: StrPath, pem: bytes, *, field: str, overwrite: bool =
         _write_exclusive(path, pem, CERT_FILE_MODE, field=field)
 
 
+def write_secret_file(path: StrPath, data: bytes, *, field: str, overwrite: bool = False) -> None:
+    """Write secret data (a key file) with mode 0600 from the first byte, flushed to disk.
+
+    Without ``overwrite`` the file must not exist yet; with it, the new content replaces the
+    old in one rename.
+    """
+    path = Path(path)
+    if overwrite:
+        _replace_atomically(path, data, KEY_FILE_MODE, field=field)
+    else:
+        _write_exclusive(path, data, KEY_FILE_MODE, field=field)
+
+
 def ensure_absent(path: StrPath, *, field: str) -> None:
     """Refuse early, before any work is done, when ``path`` exists or could not be created.
 

@@ -26,6 +26,7 @@ from pki._files import (
     pem_chain,
     read_bytes,
     write_public_pem,
+    write_secret_file,
 )
 from pki._inspect import CertificateReport, CrlEntryReport, CrlReport, CsrReport, inspect_file, public_key_sha256
 from pki._registry import (
@@ -71,4 +72,5 @@ __all__ = [
     "read_passphrase_file",
     "write_node_request",
     "write_public_pem",
+    "write_secret_file",
 ]

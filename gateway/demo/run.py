@@ -43,7 +43,7 @@ from gateway.store.base import HubStats
 from gateway.store.sqlite import SqliteStore
 from hutong.v1 import query_pb2, records_pb2
 from pki import DemoPki, write_demo_pki
-from pki.operator import RevokedEntry
+from pki.operator import RevokedEntry, write_public_pem
 
 __all__ = ["DEMO_NODES", "run_demo", "spawn_server"]
 
@@ -111,9 +111,7 @@ def _publish_crl(pki: DemoPki, path: Path, revoked: list[int], number: int) -> N
     now = dt.datetime.now(dt.UTC)
     entries = [RevokedEntry(serial, now, x509.ReasonFlags.key_compromise) for serial in revoked]
     crl = pki.ca.sign_crl(entries, crl_number=number, next_update=dt.timedelta(days=1))
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
-    tmp.replace(path)
+    write_public_pem(path, crl.public_bytes(serialization.Encoding.PEM), field="crl", overwrite=True)
 
 
 def _start_hub(pki: DemoPki, data_dir: Path, log_path: Path) -> tuple[subprocess.Popen[bytes], int]:

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from gateway.domain.divisions import PROVINCE_CODES
+from gateway.domain.model import Gender  # the sequence's parity gives MALE or FEMALE
 from gateway.errors import InvalidIdNumber
 
 __all__ = [
@@ -80,13 +81,6 @@ _WHITESPACE = (
 _NORMALISE: dict[int, str | None] = {ord(c): None for c in _WHITESPACE}
 _NORMALISE.update({0xFF10 + d: str(d) for d in range(10)})  # full-width ０…９
 _NORMALISE.update({ord("x"): "X", ord("Ｘ"): "X", ord("ｘ"): "X"})
-
-
-class Gender(IntEnum):
-    """Gender encoded by the sequence's parity; values equal the wire enum's."""
-
-    MALE = 1
-    FEMALE = 2
 
 
 class IdKind(IntEnum):

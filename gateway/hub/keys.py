@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import stat
 from pathlib import Path
 
 from gateway.domain.protection import CryptoSuite, KeyMaterial, generate_key_material, parse_suite
 from gateway.errors import ConfigError
+from pki.operator import write_secret_file
 
 __all__ = ["KEYS_FILE", "load_or_create_keys"]
 
@@ -49,11 +49,7 @@ def load_or_create_keys(data_dir: Path, *, suite: str | None = None) -> KeyMater
             "active_key_id": keys.active_key_id,
         }
         data_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(body, fh, indent=2)
-            fh.flush()
-            os.fsync(fh.fileno())
+        write_secret_file(path, json.dumps(body, indent=2).encode(), field="keys_file")
         return keys
     mode = path.stat().st_mode
     if mode & (stat.S_IRWXG | stat.S_IRWXO):

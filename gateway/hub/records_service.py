@@ -15,7 +15,7 @@ the event loop never parses a record.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 import grpc
 import structlog
@@ -42,8 +42,7 @@ def _outcomes(packed: bytes) -> list[records_pb2.Outcome.ValueType]:
     return packed  # type: ignore[return-value]
 
 
-def _counts(ack: BatchAck) -> records_pb2.OutcomeCounts:
-    c = ack.counts()
+def _counts(c: Mapping[Outcome, int]) -> records_pb2.OutcomeCounts:
     return records_pb2.OutcomeCounts(
         created=c[Outcome.CREATED],
         updated=c[Outcome.UPDATED],
@@ -53,8 +52,8 @@ def _counts(ack: BatchAck) -> records_pb2.OutcomeCounts:
     )
 
 
-def ack_to_proto(ack: BatchAck) -> records_pb2.SyncRecordsResponse:
-    """The wire form of a batch acknowledgement."""
+def ack_to_proto(ack: BatchAck, counts: Mapping[Outcome, int] | None = None) -> records_pb2.SyncRecordsResponse:
+    """The wire form of a batch acknowledgement (``counts``: ``ack.counts()`` if already computed)."""
     response = records_pb2.SyncRecordsResponse(
         batch_id=ack.batch_id,
         record_outcomes=_outcomes(ack.record_outcomes),
@@ -62,7 +61,7 @@ def ack_to_proto(ack: BatchAck) -> records_pb2.SyncRecordsResponse:
         record_rejections=rejections_to_proto(ack.record_rejections),
         household_rejections=rejections_to_proto(ack.household_rejections),
         replayed=ack.replayed,
-        record_counts=_counts(ack),
+        record_counts=_counts(ack.counts() if counts is None else counts),
         applied_at=timestamp_from_us(ack.applied_at_us),
     )
     if ack.batch_rejection is not None:
@@ -141,11 +140,12 @@ class RecordExchangeServicer(records_pb2_grpc.RecordExchangeServiceServicer):
             while (pending := await queue.get()) is not None:
                 ack = await self._apply(caller, await pending)
                 batches += 1
-                for outcome, n in ack.counts().items():
+                counts = ack.counts()
+                for outcome, n in counts.items():
                     totals[outcome] += n
                 if ack.batch_rejection is not None:
                     log.warning("batch_refused", batch_id=ack.batch_id, reason=ack.batch_rejection.reason)
-                yield ack_to_proto(ack)
+                yield ack_to_proto(ack, counts)
                 slots.release()
             try:
                 await reader
@@ -180,13 +180,7 @@ class RecordExchangeServicer(records_pb2_grpc.RecordExchangeServiceServicer):
             batches_applied=state.batches_applied,
             records_held=state.records_held,
             records_retired=state.records_retired,
-            record_counts=records_pb2.OutcomeCounts(
-                created=state.counts[Outcome.CREATED],
-                updated=state.counts[Outcome.UPDATED],
-                unchanged=state.counts[Outcome.UNCHANGED],
-                stale=state.counts[Outcome.STALE],
-                rejected=state.counts[Outcome.REJECTED],
-            ),
+            record_counts=_counts(state.counts),
         )
         if state.last_batch_at_us:
             response.last_batch_time.CopyFrom(timestamp_from_us(state.last_batch_at_us))

@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import secrets
 import stat
 import time
@@ -31,6 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway import errors
+from pki.operator import write_secret_file
 
 __all__ = ["TOKEN_KEYS_FILE", "TokenClaims", "TokenKeys", "TokenService", "certificate_thumbprint"]
 
@@ -114,7 +114,7 @@ class TokenKeys:
         return TokenKeys([*self._keys[-keep:], (_new_kid(), ec.generate_private_key(ec.SECP256R1()))])
 
     def save(self, path: Path, *, create: bool = False) -> None:
-        """Write the key file (0600) atomically."""
+        """Write the key file (0600): a new one with ``create``, else replacing the old atomically."""
         body = {
             "keys": [
                 {
@@ -129,16 +129,7 @@ class TokenKeys:
             ]
         }
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(body, fh, indent=2)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if create and path.exists():
-            tmp.unlink()
-            raise errors.ConfigError(f"{path} already exists", reason="FILE_EXISTS", field=str(path))
-        tmp.replace(path)
+        write_secret_file(path, json.dumps(body, indent=2).encode(), field="token_keys_file", overwrite=not create)
 
 
 def _new_kid() -> str:

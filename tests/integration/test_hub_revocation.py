@@ -17,6 +17,7 @@ from gateway import errors
 from gateway.client import HubClient
 from gateway.domain.model import Purpose
 from pki import CertificateAuthority, DemoPki, NodeIdentity, TlsMaterial, generate_key
+from pki.operator import RevokedEntry, write_public_pem
 
 GZ = "hutong://province/440000/node/gz-01"
 ZZ = "hutong://province/410000/node/zz-01"
@@ -25,21 +26,9 @@ SOME_ID = "11010519491231002X"
 
 def write_crl(path: Path, ca: CertificateAuthority, serials: list[int], number: int) -> None:
     now = dt.datetime.now(dt.UTC)
-    builder = (
-        x509.CertificateRevocationListBuilder()
-        .issuer_name(ca.cert.subject)
-        .last_update(now - dt.timedelta(minutes=1))
-        .next_update(now + dt.timedelta(days=1))
-        .add_extension(x509.CRLNumber(number), critical=False)
-    )
-    for serial in serials:
-        builder = builder.add_revoked_certificate(
-            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build()
-        )
-    crl = builder.sign(ca.key, hashes.SHA256())
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
-    tmp.replace(path)
+    entries = [RevokedEntry(serial, now) for serial in serials]
+    crl = ca.sign_crl(entries, crl_number=number, next_update=dt.timedelta(days=1))
+    write_public_pem(path, crl.public_bytes(serialization.Encoding.PEM), field="crl", overwrite=True)
 
 
 def serial_of(tls: TlsMaterial) -> int:

@@ -798,6 +798,7 @@ def test_operator_public_names_are_pinned() -> None:
         "read_passphrase_file",
         "write_node_request",
         "write_public_pem",
+        "write_secret_file",
     ]
     for name in pki.operator.__all__:
         assert getattr(pki.operator, name) is not None

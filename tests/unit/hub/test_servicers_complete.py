@@ -1,0 +1,31 @@
+"""Every RPC of the contract is implemented by the hub's servicers.
+
+The generated servicer base classes answer UNIMPLEMENTED (they raise NotImplementedError); a
+hub servicer that forgot to override one would serve that RPC as unimplemented.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.hub.auth_service import AuthServicer
+from gateway.hub.query_service import AssistanceQueryServicer
+from gateway.hub.records_service import RecordExchangeServicer
+from gateway.hub.server import SCOPES_BY_METHOD
+from hutong.v1 import auth_pb2, auth_pb2_grpc, query_pb2, query_pb2_grpc, records_pb2, records_pb2_grpc
+
+CASES = [
+    (AuthServicer, auth_pb2_grpc.AuthServiceServicer, auth_pb2, "AuthService"),
+    (RecordExchangeServicer, records_pb2_grpc.RecordExchangeServiceServicer, records_pb2, "RecordExchangeService"),
+    (AssistanceQueryServicer, query_pb2_grpc.AssistanceQueryServiceServicer, query_pb2, "AssistanceQueryService"),
+]
+
+
+@pytest.mark.parametrize(("servicer", "base", "module", "service"), CASES)
+def test_every_rpc_is_overridden_and_mapped_to_a_scope(
+    servicer: type, base: type, module: object, service: str
+) -> None:
+    methods = module.DESCRIPTOR.services_by_name[service].methods  # type: ignore[attr-defined]
+    for method in methods:
+        assert getattr(servicer, method.name) is not getattr(base, method.name), method.name
+        assert method.name in SCOPES_BY_METHOD, method.name
