@@ -39,7 +39,7 @@ from gateway.client import HubClient
 from gateway.demo.population import PopulationSpec, iter_province_records
 from gateway.demo.run import spawn_server
 from gateway.domain.identity import is_valid_id_number
-from hutong.v1 import query_pb2, records_pb2
+from hutong.v1 import person_pb2, query_pb2, records_pb2
 from pki import DemoPki, TlsMaterial, write_demo_pki
 
 Metadata = tuple[tuple[str, str], ...]
@@ -81,7 +81,7 @@ def prepare(records: int, seed: int) -> tuple[list[bytes], list[str]]:
     spec = PopulationSpec(provinces=(PROVINCE,), persons_per_province=records, seed=seed, mover_share=0.0)
     batches: list[bytes] = []
     ids: list[str] = []
-    pending: list[object] = []
+    pending: list[person_pb2.PersonRecord] = []
     rnd = random.Random(seed)
     for record in iter_province_records(spec, PROVINCE):
         pending.append(record)
@@ -95,8 +95,8 @@ def prepare(records: int, seed: int) -> tuple[list[bytes], list[str]]:
     return batches, ids
 
 
-def _batch(n: int, records: list[object]) -> bytes:
-    return records_pb2.SyncRecordsRequest(batch_id=f"bench-{n:07d}", records=records).SerializeToString()  # type: ignore[arg-type]
+def _batch(n: int, records: list[person_pb2.PersonRecord]) -> bytes:
+    return records_pb2.SyncRecordsRequest(batch_id=f"bench-{n:07d}", records=records).SerializeToString()
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
