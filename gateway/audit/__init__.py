@@ -4,12 +4,18 @@ This package is the pure core (no grpc, no SQL): every RPC becomes an :class:`Au
 canonical bytes are a leaf of an RFC 9162 Merkle tree; the hub signs C2SP checkpoints of the tree
 (size and root) and answers inclusion and consistency proofs that anyone can check offline with
 :func:`verify_inclusion`, :func:`verify_consistency` and :func:`verify_checkpoint`.
+
+Trust without trusting the hub's operators: :func:`verify_binding` ties the checkpoint key to a
+hub certificate of the ministry CA; a :class:`CheckpointWitness` (a province node) remembers the
+newest checkpoint it saw and raises :class:`LogInconsistent` when the log is rewritten.
 """
 
 from __future__ import annotations
 
+from gateway.audit.binding import BINDING_TYPE, KeyBinding, bind_key, verify_binding
 from gateway.audit.checkpoint import (
     ALG_ED25519,
+    TIME_EXTENSION,
     Checkpoint,
     NoteSignature,
     NoteVerifier,
@@ -32,9 +38,12 @@ from gateway.audit.entry import (
 )
 from gateway.audit.errors import (
     AuditError,
+    BindingInvalid,
     CheckpointInvalid,
     EntryInvalid,
+    ExportInvalid,
     KeyInvalid,
+    LogInconsistent,
     ProofInvalid,
     SignatureInvalid,
     TreeRangeInvalid,
@@ -55,17 +64,25 @@ from gateway.audit.merkle import (
     verify_consistency,
     verify_inclusion,
 )
+from gateway.audit.witness import CheckpointWitness
 
 __all__ = [
     "ALG_ED25519",
+    "BINDING_TYPE",
     "ENTRY_VERSION",
+    "TIME_EXTENSION",
     "AuditEntry",
     "AuditError",
+    "BindingInvalid",
     "Checkpoint",
     "CheckpointInvalid",
+    "CheckpointWitness",
     "EntryInvalid",
+    "ExportInvalid",
     "HashFn",
+    "KeyBinding",
     "KeyInvalid",
+    "LogInconsistent",
     "MerkleAccumulator",
     "NoteSignature",
     "NoteVerifier",
@@ -74,6 +91,7 @@ __all__ = [
     "SignedNote",
     "SubtreeHash",
     "TreeRangeInvalid",
+    "bind_key",
     "consistency_path",
     "consistency_proof",
     "empty_root",
@@ -93,6 +111,7 @@ __all__ = [
     "sha256",
     "sign_checkpoint",
     "sign_note",
+    "verify_binding",
     "verify_checkpoint",
     "verify_consistency",
     "verify_inclusion",

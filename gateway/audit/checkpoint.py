@@ -38,6 +38,7 @@ from gateway.audit.errors import CheckpointInvalid, KeyInvalid, SignatureInvalid
 
 __all__ = [
     "ALG_ED25519",
+    "TIME_EXTENSION",
     "Checkpoint",
     "NoteSignature",
     "NoteVerifier",
@@ -57,6 +58,9 @@ __all__ = [
 
 #: Signature type byte of Ed25519 in signed notes.
 ALG_ED25519 = 0x01
+#: The extension line carrying the signing time: ``time <integer microseconds since the Unix epoch>``.
+#: C2SP checkpoints have no time field; extension lines are signed with the rest of the body.
+TIME_EXTENSION = "time "
 #: Notes with more signatures are refused outright (as the Go reference does), bounding work.
 _MAX_SIGNATURES = 100
 _SIGNATURE_PREFIX = "\u2014 "
@@ -76,6 +80,16 @@ class Checkpoint:
     root_hash: bytes
     #: Extra non-empty lines after the root (opaque to the format).
     extensions: tuple[str, ...] = ()
+
+    @property
+    def time_us(self) -> int | None:
+        """When the hub signed the checkpoint (its ``time`` extension line), or None without one."""
+        for line in self.extensions:
+            if line.startswith(TIME_EXTENSION):
+                value = line[len(TIME_EXTENSION) :]
+                if _DECIMAL.fullmatch(value):
+                    return int(value)
+        return None
 
     def body(self) -> str:
         """The checkpoint's note text."""
@@ -311,8 +325,16 @@ def sign_checkpoint(
     private_key: Ed25519PrivateKey,
     *,
     extensions: tuple[str, ...] = (),
+    time_us: int | None = None,
 ) -> str:
-    """A signed-note checkpoint of ``size`` and ``root`` for the log ``origin``."""
+    """A signed-note checkpoint of ``size`` and ``root`` for the log ``origin``.
+
+    With ``time_us``, the first extension line is ``time <time_us>`` (see :data:`TIME_EXTENSION`).
+    """
+    if time_us is not None:
+        if time_us < 0:
+            raise CheckpointInvalid("checkpoint time must not be negative", field="time_us")
+        extensions = (f"{TIME_EXTENSION}{time_us}", *extensions)
     if not 0 <= size <= _MAX_TREE_SIZE:
         raise CheckpointInvalid(f"tree size {size} is outside 0..2**64-1", field="size")
     for line in (origin, *extensions):

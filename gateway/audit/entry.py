@@ -14,7 +14,8 @@ Canonical encoding (version 1) — the bytes hashed into the tree, ``H(0x00 || e
   subject), ``method`` (full gRPC method name), ``purpose``, ``outcome`` (gRPC status code name,
   ``OK``, ``NOT_FOUND``, ...), ``counts`` (object of ``snake_case`` name → integer ≥ 0, keys
   sorted), ``person_keys`` (array of lower-case hex strings, sorted, no duplicates),
-  ``payload_digest`` (lower-case hex);
+  ``payload_digest`` (lower-case hex), ``batch_id`` (the node's id of the SyncRecords batch
+  an entry records, empty for an entry of a whole call);
 * integers only, within ``0 .. 2**63 - 1`` (they fit SQL ``BIGINT``); no floats, no nulls.
 
 With only ASCII member names, strings and small integers this is also the RFC 8785 (JCS) form.
@@ -43,7 +44,17 @@ _MAX_INT = 2**63 - 1
 _HEX = re.compile(r"(?:[0-9a-f]{2})+")
 _COUNT_NAME = re.compile(r"[a-z][a-z0-9_]*")
 _STATUS_NAME = re.compile(r"[A-Z][A-Z_]*")
-_STRING_FIELDS = ("request_id", "caller", "province", "subject", "method", "purpose", "outcome", "payload_digest")
+_STRING_FIELDS = (
+    "request_id",
+    "caller",
+    "province",
+    "subject",
+    "method",
+    "purpose",
+    "outcome",
+    "payload_digest",
+    "batch_id",
+)
 _MEMBERS = frozenset({"v", "time_us", "counts", "person_keys", *_STRING_FIELDS})
 
 
@@ -81,6 +92,8 @@ class AuditEntry:
     person_keys: Sequence[str] = ()
     #: Lower-case hex digest of the request and response payloads.
     payload_digest: str = ""
+    #: The node's batch id, for the entry of one SyncRecords batch; empty for a whole call.
+    batch_id: str = ""
 
     def __post_init__(self) -> None:
         if not _is_int(self.time_us):
@@ -175,6 +188,7 @@ class AuditEntry:
             counts=obj["counts"],
             person_keys=obj["person_keys"],
             payload_digest=obj["payload_digest"],
+            batch_id=obj["batch_id"],
         )
         if entry.encode() != data:
             raise EntryInvalid("entry bytes are not in canonical form")

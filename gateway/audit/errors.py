@@ -11,8 +11,11 @@ CLI render it like any other. Messages name sizes, indices and positions, never 
         ├── ProofInvalid        PROOF_INVALID        (an inclusion or consistency proof does not hold)
         ├── EntryInvalid        ENTRY_INVALID        (an audit entry breaks the canonical encoding)
         ├── KeyInvalid          KEY_INVALID          (a note key name or verifier key string is malformed)
-        └── CheckpointInvalid   CHECKPOINT_INVALID   (a checkpoint or signed note is malformed)
-            └── SignatureInvalid  SIGNATURE_INVALID  (no valid signature by the expected key)
+        ├── CheckpointInvalid   CHECKPOINT_INVALID   (a checkpoint or signed note is malformed)
+        │   └── SignatureInvalid  SIGNATURE_INVALID  (no valid signature by the expected key)
+        ├── BindingInvalid      KEY_BINDING_INVALID  (the note key is not bound to a hub certificate of the CA)
+        ├── LogInconsistent     LOG_INCONSISTENT     (a log rewritten, forked or rolled back: raise the alarm)
+        └── ExportInvalid       EXPORT_INVALID       (an exported log does not verify; names the first bad entry)
 """
 
 from __future__ import annotations
@@ -21,9 +24,12 @@ from gateway.errors import HutongError
 
 __all__ = [
     "AuditError",
+    "BindingInvalid",
     "CheckpointInvalid",
     "EntryInvalid",
+    "ExportInvalid",
     "KeyInvalid",
+    "LogInconsistent",
     "ProofInvalid",
     "SignatureInvalid",
     "TreeRangeInvalid",
@@ -71,3 +77,25 @@ class SignatureInvalid(CheckpointInvalid):
     """A signed note carries no valid signature by the expected key."""
 
     default_reason = "SIGNATURE_INVALID"
+
+
+class BindingInvalid(AuditError):
+    """The checkpoint key is not bound, by a valid signature, to a hub certificate issued by the CA."""
+
+    default_reason = "KEY_BINDING_INVALID"
+
+
+class LogInconsistent(AuditError):
+    """Two views of the log cannot both be true: it was rewritten, forked or rolled back.
+
+    This is the alarm a province node or an auditor raises; ``metadata`` names the sizes.
+    """
+
+    code_name = "DATA_LOSS"
+    default_reason = "LOG_INCONSISTENT"
+
+
+class ExportInvalid(AuditError):
+    """An exported log does not verify; the message names the first entry or file that fails and why."""
+
+    default_reason = "EXPORT_INVALID"

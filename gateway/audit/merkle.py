@@ -293,12 +293,24 @@ class MerkleAccumulator:
     ``peaks`` are the roots of the perfect subtrees covering ``[0, size)``, largest (leftmost)
     first — one per set bit of ``size``. Persist ``size`` and ``peaks`` and rebuild with
     ``MerkleAccumulator(hash_fn, size=..., peaks=...)`` to resume after a restart.
+
+    ``on_subtree(level, start, hash)``, if given, is called for every perfect subtree of
+    ``2**level`` leaves (``level >= 1``) that an append completes, so a store can keep the
+    interior hashes proofs need.
     """
 
-    __slots__ = ("_hash_fn", "_peaks", "_size")
+    __slots__ = ("_hash_fn", "_on_subtree", "_peaks", "_size")
 
-    def __init__(self, hash_fn: HashFn = sha256, *, size: int = 0, peaks: Iterable[bytes] = ()) -> None:
+    def __init__(
+        self,
+        hash_fn: HashFn = sha256,
+        *,
+        size: int = 0,
+        peaks: Iterable[bytes] = (),
+        on_subtree: Callable[[int, int, bytes], None] | None = None,
+    ) -> None:
         self._hash_fn = hash_fn
+        self._on_subtree = on_subtree
         self._peaks = list(peaks)
         if size < 0 or len(self._peaks) != size.bit_count():
             raise TreeRangeInvalid(
@@ -324,11 +336,16 @@ class MerkleAccumulator:
         self._size += 1
         # Each trailing zero bit of the new size closes one pair of equal perfect subtrees.
         carry = self._size
+        level = 0
         while not carry & 1:
             right = self._peaks.pop()
             left = self._peaks.pop()
-            self._peaks.append(node_hash(left, right, self._hash_fn))
+            merged = node_hash(left, right, self._hash_fn)
+            self._peaks.append(merged)
             carry >>= 1
+            level += 1
+            if self._on_subtree is not None:
+                self._on_subtree(level, self._size - (1 << level), merged)
         return index
 
     def extend(self, leaves: Iterable[bytes]) -> None:
@@ -346,5 +363,5 @@ class MerkleAccumulator:
         return root
 
     def copy(self) -> MerkleAccumulator:
-        """An independent accumulator in the same state."""
+        """An independent accumulator in the same state (without the ``on_subtree`` hook)."""
         return MerkleAccumulator(self._hash_fn, size=self._size, peaks=self._peaks)

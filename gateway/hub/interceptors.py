@@ -1,10 +1,11 @@
-"""The hub's call pipeline: authenticate → authorize → bind log context → (audit) → map errors.
+"""The hub's call pipeline: authenticate → authorize → bind log context → servicer → audit → map errors.
 
 One :class:`HubInterceptor` wraps every ``hutong.v1`` method when it is registered. It runs an
 ordered chain of :class:`CallStep` objects before the servicer and in reverse after it, and turns any
 :class:`~gateway.errors.HutongError` into a status with ``ErrorInfo``; anything else becomes
-INTERNAL with a logged traceback and no detail leaked to the caller. The audit log plugs in as
-a further step.
+INTERNAL with a logged traceback and no detail leaked to the caller. Then, before the answer
+or the error leaves the hub, the :class:`Recorder` (the exchange log) appends the call's entry;
+if it cannot, the call fails closed with the recorder's error instead of answering unaudited.
 
 Health checking and reflection are not wrapped: they carry no personal data and must be
 reachable by load balancers that hold no node identity.
@@ -41,6 +42,7 @@ __all__ = [
     "CallStep",
     "HubInterceptor",
     "LogContext",
+    "Recorder",
     "current_call",
     "current_caller",
 ]
@@ -61,7 +63,22 @@ class CallInfo:
     #: ``x5t#S256`` of the caller's client certificate (None in --insecure mode).
     thumbprint: str | None = None
     code: str = "OK"
+    #: Further facts for the call's log line.
     extra: dict[str, Any] = field(default_factory=dict)
+    #: ``/package.Service/Method``.
+    full_method: str = ""
+    #: The access token's subject, once verified.
+    subject: str = ""
+    #: The purpose the call stated (policy name, ``duplicate-check``), set by the servicer.
+    purpose: str = ""
+    #: Named counts for the audit entry and the log line (records, persons, ...).
+    counts: dict[str, int] = field(default_factory=dict)
+    #: Person keys of every person the call touched, for the audit entry.
+    person_keys: set[bytes] = field(default_factory=set)
+    #: Digests of the batches of a request stream, in order (the entry's payload digest covers them).
+    batch_digests: list[bytes] = field(default_factory=list)
+    #: True for a client-streaming call, whose requests the pipeline does not see.
+    streaming_request: bool = False
 
 
 def current_call() -> CallInfo:
@@ -75,6 +92,13 @@ def current_caller() -> NodeRef:
     if caller is None:  # pragma: no cover - the Authenticator always runs first
         raise errors.Unauthenticated("caller is not authenticated", reason="CALLER_UNKNOWN")
     return caller
+
+
+class Recorder(Protocol):
+    """Appends the audit entry of a finished call, durably, before its answer is sent."""
+
+    async def record(self, call: CallInfo, request: Any, response: Any) -> None:
+        """Append the entry of ``call``; raise a HutongError if it cannot be made durable."""
 
 
 class CallStep(Protocol):
@@ -217,6 +241,7 @@ class Authorizer:
         if scope:
             if self._tokens is not None:
                 claims = self._tokens.verify(_bearer(context), call.thumbprint)
+                call.subject = claims.subject
                 if claims.subject != uri:
                     raise errors.Unauthenticated(
                         "the access token was issued to another node", reason="TOKEN_SUBJECT_MISMATCH"
@@ -269,7 +294,8 @@ class LogContext:
         """Log the finished call."""
         duration_ms = round((time.perf_counter() - call.started) * 1000, 3)
         level = log.info if call.code == "OK" else log.warning
-        level("rpc_finished", code=call.code, duration_ms=duration_ms, **call.extra)
+        purpose = {"purpose": call.purpose} if call.purpose else {}
+        level("rpc_finished", code=call.code, duration_ms=duration_ms, **purpose, **call.counts, **call.extra)
 
 
 def _request_id(context: grpc.aio.ServicerContext) -> str:
@@ -301,8 +327,9 @@ class HubInterceptor:
     handler object on every call (measured: a third of CheckEnrollment's throughput).
     """
 
-    def __init__(self, steps: Sequence[CallStep]) -> None:
+    def __init__(self, steps: Sequence[CallStep], *, recorder: Recorder | None = None) -> None:
         self._steps = tuple(steps)
+        self._recorder = recorder
 
     def register(
         self,
@@ -320,13 +347,14 @@ class HubInterceptor:
         capture = _Capture()
         add_to_server(servicer, capture)
         handlers = {**capture.handlers, **(overrides or {})}
-        wrapped = {name: self.wrap(name, handler) for name, handler in handlers.items()}
+        wrapped = {name: self.wrap(name, handler, service=capture.service) for name, handler in handlers.items()}
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(capture.service, wrapped),))
         server.add_registered_method_handlers(capture.service, wrapped)
         return capture.service
 
-    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        """The handler with the call steps and error mapping around its behaviour."""
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler, *, service: str = "") -> grpc.RpcMethodHandler:
+        """The handler with the call steps, error mapping and audit around its behaviour."""
+        full = f"/{service}/{method}" if service else method
         if handler.response_streaming:
             behavior = handler.stream_stream if handler.request_streaming else handler.unary_stream
             make = (
@@ -334,16 +362,24 @@ class HubInterceptor:
                 if handler.request_streaming
                 else grpc.unary_stream_rpc_method_handler
             )
-            return make(self._wrap_stream(method, behavior), handler.request_deserializer, handler.response_serializer)
+            wrapped = self._wrap_stream(method, full, behavior, handler.request_streaming)
+            return make(wrapped, handler.request_deserializer, handler.response_serializer)
         behavior = handler.stream_unary if handler.request_streaming else handler.unary_unary
         make = (
             grpc.stream_unary_rpc_method_handler if handler.request_streaming else grpc.unary_unary_rpc_method_handler
         )
-        return make(self._wrap_unary(method, behavior), handler.request_deserializer, handler.response_serializer)
+        wrapped = self._wrap_unary(method, full, behavior, handler.request_streaming)
+        return make(wrapped, handler.request_deserializer, handler.response_serializer)
 
-    def _begin(self, method: str, context: grpc.aio.ServicerContext) -> CallInfo:
+    def _begin(self, method: str, full: str, streaming: bool, context: grpc.aio.ServicerContext) -> CallInfo:
         structlog.contextvars.clear_contextvars()
-        call = CallInfo(method=method, request_id=_request_id(context), started=time.perf_counter())
+        call = CallInfo(
+            method=method,
+            request_id=_request_id(context),
+            started=time.perf_counter(),
+            full_method=full,
+            streaming_request=streaming,
+        )
         _current.set(call)
         return call
 
@@ -351,56 +387,90 @@ class HubInterceptor:
         for step in self._steps:
             await step.enter(call, context)
 
-    def _exit(self, call: CallInfo) -> None:
+    async def _cancelled(self, call: CallInfo, request: Any) -> None:
+        """Log and audit a call its caller gave up on: there is no answer to hold back."""
+        call.code = "CANCELLED"
         for step in reversed(self._steps):
             step.exit(call)
+        if self._recorder is not None:
+            try:
+                await asyncio.shield(self._recorder.record(call, request, None))
+            except errors.HutongError as exc:
+                log.error("audit_append_failed", error=str(exc), reason=exc.reason)
 
-    async def _fail(self, call: CallInfo, context: grpc.aio.ServicerContext, exc: Exception) -> None:
+    async def _finish(
+        self, call: CallInfo, context: grpc.aio.ServicerContext, request: Any, response: Any, failure: Exception | None
+    ) -> None:
+        """Audit the call, log it, and send its error, if any (aborting raises)."""
+        if failure is not None:
+            call.code = _code_of(failure)
+        if self._recorder is not None:
+            try:
+                await asyncio.shield(self._recorder.record(call, request, response))
+            except errors.HutongError as exc:
+                log.error("audit_append_failed", error=str(exc), reason=exc.reason)
+                failure = errors.Unavailable(
+                    "the exchange log cannot record this call, so the hub withholds its answer; retry later",
+                    reason="AUDIT_UNAVAILABLE",
+                )
+                call.code = "UNAVAILABLE"
+        for step in reversed(self._steps):
+            step.exit(call)
+        if failure is not None:
+            await self._fail(context, failure)
+
+    async def _fail(self, context: grpc.aio.ServicerContext, exc: Exception) -> None:
         if isinstance(exc, errors.HutongError):
-            call.code = exc.code_name if exc.code_name in grpc.StatusCode.__members__ else "INTERNAL"
-            if call.code == "INTERNAL":
+            if _code_of(exc) == "INTERNAL":
                 log.error("rpc_internal_error", error=repr(exc))
             await context.abort_with_status(to_grpc_status(exc))
-        call.code = "INTERNAL"
-        log.exception("rpc_unexpected_error")
+        log.error("rpc_unexpected_error", exc_info=exc)
         await context.abort(grpc.StatusCode.INTERNAL, "internal error; the hub logged it with this call's request id")
 
-    def _wrap_unary(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
+    def _wrap_unary(self, method: str, full: str, behavior: Callable[..., Any], streaming: bool) -> Callable[..., Any]:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            call = self._begin(method, context)
+            call = self._begin(method, full, streaming, context)
+            response = None
+            failure: Exception | None = None
             try:
                 await self._enter(call, context)
-                return await behavior(request, context)
+                response = await behavior(request, context)
             except asyncio.CancelledError:
-                call.code = "CANCELLED"
+                await self._cancelled(call, request)
                 raise
             except Exception as exc:
                 if _is_abort(exc):
                     raise
-                await self._fail(call, context, exc)
-            finally:
-                self._exit(call)
+                failure = exc
+            await self._finish(call, context, request, response, failure)
+            return response
 
         return wrapped
 
-    def _wrap_stream(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
+    def _wrap_stream(self, method: str, full: str, behavior: Callable[..., Any], streaming: bool) -> Callable[..., Any]:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            call = self._begin(method, context)
+            call = self._begin(method, full, streaming, context)
+            failure: Exception | None = None
             try:
                 await self._enter(call, context)
                 async for response in behavior(request, context):
                     yield response
-            except asyncio.CancelledError:
-                call.code = "CANCELLED"
+            except (asyncio.CancelledError, GeneratorExit):
+                await self._cancelled(call, request)
                 raise
             except Exception as exc:
                 if _is_abort(exc):
                     raise
-                await self._fail(call, context, exc)
-            finally:
-                self._exit(call)
+                failure = exc
+            await self._finish(call, context, request, None, failure)
 
         return wrapped
+
+
+def _code_of(exc: Exception) -> str:
+    if isinstance(exc, errors.HutongError) and exc.code_name in grpc.StatusCode.__members__:
+        return exc.code_name
+    return "INTERNAL"
 
 
 def _is_abort(exc: BaseException) -> bool:

@@ -11,7 +11,7 @@ import grpc
 
 from gateway import errors
 from gateway.domain import identity
-from gateway.domain.access import AccessPolicy
+from gateway.domain.access import AccessPolicy, purpose_name
 from gateway.domain.model import ALL_PROGRAMS, Program, Purpose
 from gateway.domain.policy import disclosed_fields, require_purpose
 from gateway.domain.protection import PersonKeyer
@@ -65,6 +65,7 @@ class AssistanceQueryServicer(query_pb2_grpc.AssistanceQueryServiceServicer):
 
     def _purpose(self, value: int) -> Purpose:
         purpose = require_purpose(value)
+        current_call().purpose = purpose_name(purpose)
         self._policy.require_purpose("query:enrollment", purpose)
         return purpose
 
@@ -75,18 +76,19 @@ class AssistanceQueryServicer(query_pb2_grpc.AssistanceQueryServiceServicer):
         self, request: query_pb2.CheckEnrollmentRequest, context: grpc.aio.ServicerContext
     ) -> query_pb2.CheckEnrollmentResponse:
         """Yes or no per programme, with the holding provinces and nothing else."""
-        purpose = self._purpose(request.purpose)
+        self._purpose(request.purpose)
         programs = _programs(request.programs)
         key = self._person_key(request.id_number)
+        call = current_call()
+        call.person_keys.add(key)
         held = (await self._store.enrollments_of([key])).get(key, [])
-        current_call().extra.update(purpose=purpose.name.lower())
         return query_pb2.CheckEnrollmentResponse(results=_answer(held, programs))
 
     async def BatchCheckEnrollment(
         self, request: query_pb2.BatchCheckEnrollmentRequest, context: grpc.aio.ServicerContext
     ) -> query_pb2.BatchCheckEnrollmentResponse:
         """CheckEnrollment for many persons; a bad ID number fails only its item."""
-        purpose = self._purpose(request.purpose)
+        self._purpose(request.purpose)
         programs = _programs(request.programs)
         n = len(request.id_numbers)
         if n == 0:
@@ -111,11 +113,14 @@ class AssistanceQueryServicer(query_pb2_grpc.AssistanceQueryServiceServicer):
                         index=index, rejection=rejection_to_proto(rejection_from_error(index, "", exc))
                     )
                 )
-        held = await self._store.enrollments_of([k for k in keys if k is not None])
+        known = [k for k in keys if k is not None]
+        call = current_call()
+        call.person_keys.update(known)
+        call.counts.update(persons=n, rejected=n - len(known))
+        held = await self._store.enrollments_of(known)
         for key, result in zip(keys, results, strict=True):
             if key is not None:
                 result.results.extend(_answer(held.get(key, []), programs))
-        current_call().extra.update(purpose=purpose.name.lower(), persons=n)
         return query_pb2.BatchCheckEnrollmentResponse(results=results)
 
     async def LookupPerson(
@@ -129,6 +134,7 @@ class AssistanceQueryServicer(query_pb2_grpc.AssistanceQueryServiceServicer):
             )
         page_size = request.page_size or _DEFAULT_PAGE
         key = self._person_key(request.id_number)
+        current_call().person_keys.add(key)
         binding = hashlib.sha256(key + bytes([purpose])).hexdigest()[:16]
         offset = _decode_token(request.page_token, binding)
         allowed = disclosed_fields(purpose)
@@ -168,7 +174,7 @@ class AssistanceQueryServicer(query_pb2_grpc.AssistanceQueryServiceServicer):
                 finding.detected_at.CopyFrom(timestamp_from_us(f.detected_at_us))
                 if f.resolved_at_us:
                     finding.resolved_at.CopyFrom(timestamp_from_us(f.resolved_at_us))
-        current_call().extra.update(purpose=purpose.name.lower())
+        current_call().counts.update(enrollments=len(page))
         return response
 
 

@@ -23,8 +23,9 @@ import structlog
 from gateway import errors
 from gateway.domain.model import Outcome
 from gateway.domain.records import Rejection, Retirement, check_retirement, rejection_from_error
+from gateway.hub.audit import AuditRecorder
 from gateway.hub.convert import rejection_to_proto, rejections_to_proto, timestamp_from_us
-from gateway.hub.interceptors import current_call, current_caller
+from gateway.hub.interceptors import CallInfo, current_call, current_caller
 from gateway.hub.preparation import BatchPreparer, PreparedRequest, check_client_id
 from gateway.store.base import BatchAck, NodeRef, Store
 from hutong.v1 import records_pb2, records_pb2_grpc
@@ -79,8 +80,10 @@ class RecordExchangeServicer(records_pb2_grpc.RecordExchangeServiceServicer):
         *,
         max_batch_items: int = MAX_BATCH_ITEMS,
         pipeline_depth: int = 4,
+        audit: AuditRecorder | None = None,
     ) -> None:
         self._store = store
+        self._audit = audit
         self._preparer = preparer
         self._max_items = max_batch_items
         self._depth = pipeline_depth
@@ -100,10 +103,17 @@ class RecordExchangeServicer(records_pb2_grpc.RecordExchangeServiceServicer):
         for task in list(self._readers):
             task.cancel()
 
-    async def _apply(self, caller: NodeRef, prepared: PreparedRequest) -> BatchAck:
+    async def _apply(self, call: CallInfo, caller: NodeRef, prepared: PreparedRequest) -> BatchAck:
         if prepared.refusal is not None or prepared.batch is None:
             return BatchAck(prepared.batch_id, b"", b"", [], [], 0, batch_rejection=prepared.refusal)
-        return await self._store.apply_batch(caller, prepared.batch_id, prepared.digest, prepared.batch)
+        batch = prepared.batch
+        call.batch_digests.append(prepared.digest)
+        # Each applied batch is its own audit entry, committed in the batch's transaction.
+        audit = None
+        if self._audit is not None:
+            keys = [r.person_key for r in batch.records]
+            audit = self._audit.batch_entry(call, prepared.batch_id, prepared.digest, keys)
+        return await self._store.apply_batch(caller, prepared.batch_id, prepared.digest, batch, audit)
 
     async def SyncRecords(  # type: ignore[override]  # requests arrive as bytes: see raw_sync_handler
         self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext
@@ -138,7 +148,7 @@ class RecordExchangeServicer(records_pb2_grpc.RecordExchangeServiceServicer):
         batches = 0
         try:
             while (pending := await queue.get()) is not None:
-                ack = await self._apply(caller, await pending)
+                ack = await self._apply(call, caller, await pending)
                 batches += 1
                 counts = ack.counts()
                 for outcome, n in counts.items():
@@ -158,7 +168,7 @@ class RecordExchangeServicer(records_pb2_grpc.RecordExchangeServiceServicer):
             self._open_streams -= 1
             if not self._open_streams:
                 self._idle.set()
-            call.extra.update(
+            call.counts.update(
                 batches=batches, **{o.name.lower(): n for o, n in totals.items() if n and o is not Outcome.UNSPECIFIED}
             )
         if self._draining.is_set():
@@ -211,7 +221,9 @@ class RecordExchangeServicer(records_pb2_grpc.RecordExchangeServiceServicer):
         if ack.outcomes == b"" and ack.rejections and ack.rejections[0].index == -1:
             r = ack.rejections[0]
             raise errors.FailedPrecondition(r.message, reason=r.reason, field=r.field)
-        current_call().extra.update(retirements=len(request.retirements), rejected=len(ack.rejections))
+        call = current_call()
+        call.counts.update(retirements=len(request.retirements), rejected=len(ack.rejections))
+        call.person_keys.update(ack.person_keys)
         return records_pb2.RetireRecordsResponse(
             outcomes=_outcomes(ack.outcomes), rejections=rejections_to_proto(ack.rejections), replayed=ack.replayed
         )

@@ -26,8 +26,10 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from gateway.domain.access import AccessPolicy
-from gateway.domain.protection import PersonKeyer
+from gateway.domain.protection import PersonKeyer, suite_hash
 from gateway.errors import ConfigError
+from gateway.hub.audit import AuditKey, AuditRecorder, default_origin
+from gateway.hub.audit_service import AuditServicer
 from gateway.hub.auth_service import AuthServicer
 from gateway.hub.interceptors import Authenticator, Authorizer, HubInterceptor, LogContext
 from gateway.hub.keys import load_or_create_keys
@@ -37,7 +39,16 @@ from gateway.hub.records_service import MAX_BATCH_ITEMS, RecordExchangeServicer,
 from gateway.hub.revocation import RevocationList
 from gateway.hub.tokens import TokenKeys, TokenService
 from gateway.store.sqlite import SqliteStore
-from hutong.v1 import auth_pb2, auth_pb2_grpc, query_pb2, query_pb2_grpc, records_pb2, records_pb2_grpc
+from hutong.v1 import (
+    audit_pb2,
+    audit_pb2_grpc,
+    auth_pb2,
+    auth_pb2_grpc,
+    query_pb2,
+    query_pb2_grpc,
+    records_pb2,
+    records_pb2_grpc,
+)
 from pki import TlsMaterial
 
 __all__ = ["DATABASE_FILE", "SCOPES_BY_METHOD", "HubServer", "HubSettings", "load_policy", "serve_forever"]
@@ -55,6 +66,10 @@ SCOPES_BY_METHOD = {
     "CheckEnrollment": "query:enrollment",
     "BatchCheckEnrollment": "query:enrollment",
     "LookupPerson": "query:enrollment",
+    "GetCheckpoint": "audit:read",
+    "ListAuditEntries": "audit:read",
+    "GetInclusionProof": "audit:read",
+    "GetConsistencyProof": "audit:read",
 }
 _MAX_MESSAGE = 32 * 1024 * 1024
 _STATUS_FLUSH_SECONDS = 0.2
@@ -62,6 +77,7 @@ _SERVICES = (
     auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
     records_pb2.DESCRIPTOR.services_by_name["RecordExchangeService"].full_name,
     query_pb2.DESCRIPTOR.services_by_name["AssistanceQueryService"].full_name,
+    audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
 )
 
 
@@ -104,6 +120,11 @@ class HubSettings:
     #: the GIL, so it shares the CPUs with them (measured on 2 CPUs: 2 workers ingest 16 %
     #: faster than 1).
     prepare_workers: int = -1
+    #: The exchange log's permanent name (C2SP checkpoint origin and key name). Default on first
+    #: start: ``<first DNS name of the hub certificate>/hutong-audit``; afterwards, the key file's.
+    audit_origin: str | None = None
+    #: Seconds between signed checkpoints while the log grows (one is also signed at shutdown).
+    checkpoint_seconds: float = 10.0
 
 
 def _is_loopback(host: str) -> bool:
@@ -133,7 +154,8 @@ class HubServer:
                 field="tls",
             )
         self.settings = settings
-        self.store = SqliteStore(settings.data_dir / DATABASE_FILE, synchronous=settings.sqlite_synchronous)
+        self.store: SqliteStore | None = None
+        self.audit: AuditRecorder | None = None
         self._server: grpc.aio.Server | None = None
         self._health = health_aio.HealthServicer()
         self._records: RecordExchangeServicer | None = None
@@ -147,7 +169,14 @@ class HubServer:
         """Open the store, bind, and start serving; returns the bound port."""
         s = self.settings
         keys = load_or_create_keys(s.data_dir, suite=s.crypto_suite)
+        # The log's tree hash follows the crypto suite (SHA-256, or SM3 under sm), fixed with the keys.
+        tree_hash = suite_hash(keys.suite.value)
+        self.store = SqliteStore(s.data_dir / DATABASE_FILE, synchronous=s.sqlite_synchronous, audit_hash=tree_hash)
+        audit_key = AuditKey.load_or_create(s.data_dir, origin=s.audit_origin, default_origin=default_origin(s.tls))
+        binding = audit_key.write_binding(s.data_dir, s.tls) if s.tls is not None else b""
         await self.store.open()
+        self.audit = AuditRecorder(self.store, audit_key, tree_hash, checkpoint_seconds=s.checkpoint_seconds)
+        await self.audit.start()
         keyer = PersonKeyer(keys.person_key_secret, suite=keys.suite)
         workers = s.prepare_workers if s.prepare_workers >= 0 else (os.cpu_count() or 2)
         self._preparer = BatchPreparer(keys, workers=workers, max_items=s.max_batch_items)
@@ -174,7 +203,8 @@ class HubServer:
                 Authenticator(insecure=s.insecure, revocations=self.revocations),
                 Authorizer(policy, SCOPES_BY_METHOD, tokens=self.tokens if s.require_tokens else None),
                 LogContext(),
-            ]
+            ],
+            recorder=self.audit,
         )
         server = grpc.aio.server(
             options=[
@@ -184,7 +214,9 @@ class HubServer:
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ],
         )
-        self._records = RecordExchangeServicer(self.store, self._preparer, max_batch_items=s.max_batch_items)
+        self._records = RecordExchangeServicer(
+            self.store, self._preparer, max_batch_items=s.max_batch_items, audit=self.audit
+        )
         chain.register(
             server,
             records_pb2_grpc.add_RecordExchangeServiceServicer_to_server,
@@ -197,6 +229,9 @@ class HubServer:
             AssistanceQueryServicer(self.store, keyer, policy),
         )
         chain.register(server, auth_pb2_grpc.add_AuthServiceServicer_to_server, AuthServicer(self.tokens, policy))
+        chain.register(
+            server, audit_pb2_grpc.add_AuditServiceServicer_to_server, AuditServicer(self.store, self.audit, binding)
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection((*_SERVICES, reflection.SERVICE_NAME, "grpc.health.v1.Health"), server)
         address = f"[{s.host}]:{s.port}" if ":" in s.host else f"{s.host}:{s.port}"
@@ -259,7 +294,10 @@ class HubServer:
         self._server = None
         if self._preparer is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._preparer.close)
-        await self.store.close()
+        if self.audit is not None:
+            await self.audit.stop()
+        if self.store is not None:
+            await self.store.close()
         log.info("hub_stopped")
 
     @property

@@ -8,10 +8,11 @@ committed together or not at all, and the acknowledgement is returned only after
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from gateway.audit import AuditEntry
 from gateway.domain.model import Outcome, Program
 from gateway.domain.records import PreparedBatch, Rejection, Retirement
 
@@ -71,6 +72,8 @@ class RetireAck:
     outcomes: bytes
     rejections: list[Rejection]
     replayed: bool = False
+    #: Person keys of the records the call addressed (for the audit entry; empty on a replay).
+    person_keys: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,8 +148,19 @@ class Store(Protocol):
     async def close(self) -> None:
         """Finish pending work and disconnect."""
 
-    async def apply_batch(self, node: NodeRef, batch_id: str, digest: bytes, batch: PreparedBatch) -> BatchAck:
-        """Apply one batch idempotently; a known batch_id returns the original acknowledgement."""
+    async def apply_batch(
+        self,
+        node: NodeRef,
+        batch_id: str,
+        digest: bytes,
+        batch: PreparedBatch,
+        audit: Callable[[BatchAck], AuditEntry] | None = None,
+    ) -> BatchAck:
+        """Apply one batch idempotently; a known batch_id returns the original acknowledgement.
+
+        ``audit(ack)``, when given, builds the batch's audit entry, which is appended to the
+        exchange log in the same transaction (also for a replay or a refused reuse).
+        """
 
     async def retire_records(
         self,
@@ -173,3 +187,6 @@ class Store(Protocol):
 
     async def stats(self) -> HubStats:
         """Totals across the hub."""
+
+    async def append_audit(self, entries: Sequence[AuditEntry]) -> int:
+        """Append entries to the exchange log, durably, gapless; returns the index of the first."""

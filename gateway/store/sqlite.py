@@ -19,12 +19,13 @@ import hashlib
 import sqlite3
 import time
 from collections import defaultdict, deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
+from gateway.audit import AuditEntry, HashFn, MerkleAccumulator, consistency_path, inclusion_path, sha256
 from gateway.domain.model import Outcome, Program
 from gateway.domain.policy import EXCLUSIVE_PROGRAMS, duplicate_programs
 from gateway.domain.records import PreparedBatch, Rejection, Retirement, decide_outcome
@@ -39,6 +40,15 @@ from gateway.store.base import (
     SyncState,
     decode_rejections,
     encode_rejections,
+)
+from gateway.store.sqlite_audit import (
+    AuditFilter,
+    AuditLedger,
+    list_entries,
+    read_checkpoints,
+    read_entries,
+    register_functions,
+    subtree_hash,
 )
 
 __all__ = ["SqliteStore"]
@@ -141,8 +151,13 @@ ON CONFLICT (province, household_id) DO UPDATE SET
 class SqliteStore:
     """The Store protocol on one SQLite file."""
 
-    def __init__(self, path: Path | str, *, synchronous: str = "FULL", cache_mib: int = 64) -> None:
+    def __init__(
+        self, path: Path | str, *, synchronous: str = "FULL", cache_mib: int = 64, audit_hash: HashFn = sha256
+    ) -> None:
         self.path = Path(path)
+        self._ledger = AuditLedger(audit_hash)
+        self._audit_executor: ThreadPoolExecutor | None = None
+        self._audit_reader: sqlite3.Connection | None = None
         self._synchronous = synchronous
         self._cache_kib = cache_mib * 1024
         self._executor: ThreadPoolExecutor | None = None
@@ -174,8 +189,15 @@ class SqliteStore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
         self._writer = await self._in_writer(self._connect)
         await self._in_writer(self._migrate)
+        await self._in_writer(self._ledger.load, self._w)
         self._reader = self._connect()
         self._reader.execute("PRAGMA query_only=ON")
+        # Audit reads (proofs, searches, exports) may scan: they get their own connection and
+        # thread so that they never hold up the event loop.
+        self._audit_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-audit")
+        self._audit_reader = self._connect()
+        self._audit_reader.execute("PRAGMA query_only=ON")
+        register_functions(self._audit_reader)
 
     def _migrate(self) -> None:
         con = self._w
@@ -192,9 +214,13 @@ class SqliteStore:
             await self._in_writer(self._writer.close)
         self._executor.shutdown(wait=True)
         self._executor = None
-        if self._reader is not None:
-            self._reader.close()
-        self._writer = self._reader = None
+        if self._audit_executor is not None:
+            self._audit_executor.shutdown(wait=True)
+            self._audit_executor = None
+        for con in (self._reader, self._audit_reader):
+            if con is not None:
+                con.close()
+        self._writer = self._reader = self._audit_reader = None
 
     @property
     def schema_version(self) -> int:
@@ -242,20 +268,26 @@ class SqliteStore:
             return  # an earlier group took them
         con = self._w
         outcomes: list[tuple[bool, Any]] = []
+        # The audit log's Merkle state follows the transaction: back to the mark on rollback.
+        group_mark = self._ledger.mark()
         try:
             con.execute("BEGIN IMMEDIATE")
             for n, (fn, args, _loop, _future) in enumerate(jobs):
                 con.execute(f"SAVEPOINT job{n}")
+                job_mark = self._ledger.mark()
                 try:
                     outcomes.append((True, fn(con, *args)))
                 except Exception as exc:
                     con.execute(f"ROLLBACK TO job{n}")
+                    self._ledger.reset(job_mark)
                     outcomes.append((False, _store_error(exc)))
                 con.execute(f"RELEASE job{n}")
+            self._ledger.save(con)
             con.execute("COMMIT")
         except BaseException as exc:
             if con.in_transaction:
                 con.execute("ROLLBACK")
+            self._ledger.reset(group_mark)
             failure = _store_error(exc) if isinstance(exc, Exception) else exc
             outcomes = [(False, failure)] * len(jobs)
             if not isinstance(exc, Exception):
@@ -271,9 +303,30 @@ class SqliteStore:
 
     # -- sync --------------------------------------------------------------------------------
 
-    async def apply_batch(self, node: NodeRef, batch_id: str, digest: bytes, batch: PreparedBatch) -> BatchAck:
+    async def apply_batch(
+        self,
+        node: NodeRef,
+        batch_id: str,
+        digest: bytes,
+        batch: PreparedBatch,
+        audit: Callable[[BatchAck], AuditEntry] | None = None,
+    ) -> BatchAck:
         """Apply one batch in one transaction; see :class:`gateway.store.base.Store`."""
-        ack: BatchAck = await self._write(self._apply_batch, node, batch_id, digest, batch)
+        ack: BatchAck = await self._write(self._apply_audited, node, batch_id, digest, batch, audit)
+        return ack
+
+    def _apply_audited(
+        self,
+        con: sqlite3.Connection,
+        node: NodeRef,
+        batch_id: str,
+        digest: bytes,
+        batch: PreparedBatch,
+        audit: Callable[[BatchAck], AuditEntry] | None,
+    ) -> BatchAck:
+        ack = self._apply_batch(con, node, batch_id, digest, batch)
+        if audit is not None:
+            self._ledger.append(con, [audit(ack)])
         return ack
 
     def _apply_batch(
@@ -567,6 +620,7 @@ class SqliteStore:
         rejections = list(rejected)
         held = self._held_records(con, province, [r.record_id for r in retirements])
         touched: set[bytes] = set()
+        persons: set[bytes] = set()
         newly_retired = 0
         for r in retirements:
             h = held.get(r.record_id)
@@ -579,6 +633,7 @@ class SqliteStore:
                     )
                 )  # fmt: skip
                 continue
+            persons.add(h[2])
             outcome = decide_outcome((h[0], h[1]), r.version, content_hash)
             if outcome is None:
                 rejections.append(_version_conflict(r.index, r.record_id, r.version))
@@ -606,7 +661,7 @@ class SqliteStore:
                 f"{bytes(outcomes).hex()}\n{encode_rejections(rejections)}", now,
             ),
         )  # fmt: skip
-        return RetireAck(bytes(outcomes), rejections)
+        return RetireAck(bytes(outcomes), rejections, person_keys=tuple(sorted(persons)))
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -675,3 +730,95 @@ class SqliteStore:
             "SELECT sealed_pii FROM records WHERE province=? AND record_id=?", (province_code, record_id)
         ).fetchone()
         return None if row is None else bytes(row[0])
+
+    # -- audit log ---------------------------------------------------------------------------
+
+    async def append_audit(self, entries: Sequence[AuditEntry]) -> int:
+        """Append entries to the exchange log, durably; returns the index of the first."""
+        first: int = await self._write(self._ledger.append, entries)
+        return first
+
+    async def add_checkpoint(self, sign: Callable[[int, bytes], tuple[int, str]]) -> tuple[int, str] | None:
+        """Sign and store a checkpoint of the log as committed with this write, unless one exists for its size.
+
+        ``sign(size, root)`` returns ``(time_us, note)``; it runs in the writer, so no entry can
+        slip in between reading the root and storing the note. Returns ``(size, note)`` or None.
+        """
+        result: tuple[int, str] | None = await self._write(self._checkpoint, sign)
+        return result
+
+    def _checkpoint(
+        self, con: sqlite3.Connection, sign: Callable[[int, bytes], tuple[int, str]]
+    ) -> tuple[int, str] | None:
+        size = self._ledger.size
+        if con.execute("SELECT 1 FROM audit_checkpoints WHERE size=?", (size,)).fetchone() is not None:
+            return None
+        time_us, note = sign(size, self._ledger.root())
+        self._ledger.add_checkpoint(con, size, time_us, note)
+        return size, note
+
+    async def _audit_read(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._audit_executor is None or self._audit_reader is None:
+            raise StoreError("store is not open", reason="STORE_CLOSED")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._audit_executor, fn, self._audit_reader, *args)
+
+    def _committed_tree(self, con: sqlite3.Connection) -> MerkleAccumulator:
+        size, peaks = con.execute("SELECT size, peaks FROM audit_tree WHERE id=1").fetchone()
+        width = len(self._ledger.hash_fn(b""))
+        return MerkleAccumulator(
+            self._ledger.hash_fn, size=size, peaks=[bytes(peaks[i : i + width]) for i in range(0, len(peaks), width)]
+        )
+
+    async def audit_tree(self) -> tuple[int, bytes]:
+        """Size and root hash of the committed log."""
+
+        def read(con: sqlite3.Connection) -> tuple[int, bytes]:
+            tree = self._committed_tree(con)
+            return tree.size, tree.root()
+
+        return await self._audit_read(read)
+
+    async def latest_checkpoint(self) -> tuple[int, str] | None:
+        """(size, note) of the newest signed checkpoint, or None before the first."""
+
+        def read(con: sqlite3.Connection) -> tuple[int, str] | None:
+            row = con.execute("SELECT size, note FROM audit_checkpoints ORDER BY size DESC LIMIT 1").fetchone()
+            return None if row is None else (row[0], row[1])
+
+        return await self._audit_read(read)
+
+    async def checkpoint_at(self, size: int) -> str | None:
+        """The signed checkpoint of exactly ``size`` entries, if the hub signed one."""
+
+        def read(con: sqlite3.Connection) -> str | None:
+            row = con.execute("SELECT note FROM audit_checkpoints WHERE size=?", (size,)).fetchone()
+            return None if row is None else str(row[0])
+
+        return await self._audit_read(read)
+
+    async def audit_entries(self, filt: AuditFilter, *, after: int, limit: int, size: int) -> list[tuple[int, bytes]]:
+        """Entries matching ``filt``, by index from ``after``, below ``size``."""
+        return await self._audit_read(lambda con: list_entries(con, filt, after=after, limit=limit, size=size))
+
+    async def audit_entry(self, index: int) -> tuple[bytes, bytes] | None:
+        """(entry bytes, leaf hash) of one entry."""
+        return await self._audit_read(lambda con: next(read_entries(con, index, index + 1), None))
+
+    async def inclusion_proof(self, index: int, size: int) -> list[bytes]:
+        """The RFC 9162 inclusion proof of entry ``index`` in the tree of ``size`` entries."""
+        hash_fn = self._ledger.hash_fn
+        return await self._audit_read(
+            lambda con: inclusion_path(index, size, lambda a, b: subtree_hash(con, a, b, hash_fn))
+        )
+
+    async def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
+        """The RFC 9162 consistency proof between the trees of ``old_size`` and ``new_size`` entries."""
+        hash_fn = self._ledger.hash_fn
+        return await self._audit_read(
+            lambda con: consistency_path(old_size, new_size, lambda a, b: subtree_hash(con, a, b, hash_fn))
+        )
+
+    async def audit_checkpoints(self, *, max_size: int | None = None) -> list[tuple[int, int, str]]:
+        """(size, time_us, note) of every stored checkpoint, ascending."""
+        return await self._audit_read(lambda con: read_checkpoints(con, max_size=max_size))

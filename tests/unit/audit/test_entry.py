@@ -52,7 +52,7 @@ def test_encoding_is_pinned_for_a_small_entry() -> None:
         time_us=1, request_id="r", caller="c", province="p", subject="s", method="/m", purpose="x", outcome="OK"
     )
     assert entry.encode() == (
-        b'{"caller":"c","counts":{},"method":"/m","outcome":"OK","payload_digest":"","person_keys":[],'
+        b'{"batch_id":"","caller":"c","counts":{},"method":"/m","outcome":"OK","payload_digest":"","person_keys":[],'
         b'"province":"p","purpose":"x","request_id":"r","subject":"s","time_us":1,"v":1}'
     )
 

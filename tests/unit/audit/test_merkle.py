@@ -335,3 +335,19 @@ def test_a_rewritten_history_fails_consistency_with_the_old_root() -> None:
     proof = consistency_proof(rewritten, 5)
     with pytest.raises(ProofInvalid, match="old root"):
         verify_consistency(5, 8, old_root, root_hash(rewritten), proof)
+
+
+def test_accumulator_reports_every_completed_perfect_subtree() -> None:
+    leaves = [leaf_hash(bytes([i])) for i in range(37)]
+    seen: list[tuple[int, int, bytes]] = []
+    acc = MerkleAccumulator(on_subtree=lambda level, start, h: seen.append((level, start, h)))
+    acc.extend(leaves)
+    expected = [
+        (level, start, root_hash(leaves[start : start + (1 << level)]))
+        for end in range(1, 38)
+        for level in range(1, 6)
+        if end % (1 << level) == 0
+        for start in [end - (1 << level)]
+    ]
+    assert seen == expected
+    assert len(seen) == 37 - (37).bit_count()

@@ -1,0 +1,282 @@
+"""The exchange log's tables in the hub's SQLite database (schema version 2).
+
+:class:`AuditLedger` is used by the store's writer thread only: it appends entries inside the
+transaction that holds the call's own writes, so an entry exists if and only if what it records
+was committed, and entries get gapless indices in commit order. Its Merkle state is an
+O(log n) compact range that follows the transaction: :meth:`AuditLedger.mark` before a
+savepoint, :meth:`AuditLedger.reset` after a rollback.
+
+The read functions take the store's audit reader connection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from gateway.audit import AuditEntry, HashFn, MerkleAccumulator, TreeRangeInvalid, node_hash
+from gateway.errors import StoreError
+
+__all__ = [
+    "BLOOM_THRESHOLD",
+    "STORED_LEVEL",
+    "AuditFilter",
+    "AuditLedger",
+    "bloom_has",
+    "bloom_of",
+    "list_entries",
+    "read_checkpoints",
+    "read_entries",
+    "register_functions",
+    "short_method",
+    "subtree_hash",
+]
+
+#: Entries with more person keys than this get a Bloom filter rather than index rows.
+BLOOM_THRESHOLD = 64
+#: Perfect subtrees of at least 2**STORED_LEVEL leaves are stored; smaller ones are recomputed.
+STORED_LEVEL = 8
+_BLOOM_BITS_PER_KEY = 10
+_BLOOM_PROBES = 4
+
+
+def _bloom_positions(key: bytes, bits: int) -> Iterator[int]:
+    digest = hashlib.blake2b(key, digest_size=4 * _BLOOM_PROBES).digest()
+    for i in range(_BLOOM_PROBES):
+        yield int.from_bytes(digest[4 * i : 4 * i + 4], "little") % bits
+
+
+def bloom_of(keys: Sequence[bytes]) -> bytes:
+    """A Bloom filter of ``keys`` (about 1 % false positives)."""
+    bits = max(64, len(keys) * _BLOOM_BITS_PER_KEY + 7) // 8 * 8
+    filt = bytearray(bits // 8)
+    for key in keys:
+        for pos in _bloom_positions(key, bits):
+            filt[pos >> 3] |= 1 << (pos & 7)
+    return bytes(filt)
+
+
+def bloom_has(filt: bytes | None, key: bytes) -> bool:
+    """Whether ``key`` may be in the filter (never False for a key that is)."""
+    if not filt:
+        return False
+    bits = len(filt) * 8
+    return all(filt[pos >> 3] & (1 << (pos & 7)) for pos in _bloom_positions(key, bits))
+
+
+@dataclass(frozen=True, slots=True)
+class AuditFilter:
+    """What an auditor asks for; empty fields do not filter."""
+
+    #: Entries answered at or after this time (microseconds since the epoch); 0: no bound.
+    since_us: int = 0
+    #: Entries answered before this time; 0: no bound.
+    until_us: int = 0
+    province: str = ""
+    #: RPC name, short (``CheckEnrollment``) or full (``/hutong.v1.AssistanceQueryService/CheckEnrollment``).
+    method: str = ""
+    purpose: str = ""
+    person_key: bytes = b""
+
+
+def short_method(method: str) -> str:
+    """``CheckEnrollment`` of ``/hutong.v1.AssistanceQueryService/CheckEnrollment`` (or of itself)."""
+    return method.rsplit("/", 1)[-1]
+
+
+class AuditLedger:
+    """Appends entries to the log inside the writer's transaction."""
+
+    def __init__(self, hash_fn: HashFn) -> None:
+        self.hash_fn = hash_fn
+        self._tree = MerkleAccumulator(hash_fn)
+        self._subtrees: list[tuple[int, int, bytes]] = []
+        self._dirty = False
+
+    @property
+    def size(self) -> int:
+        """Entries appended (committed, or pending in the open transaction)."""
+        return self._tree.size
+
+    def root(self) -> bytes:
+        """The root over every appended entry."""
+        return self._tree.root()
+
+    def load(self, con: sqlite3.Connection) -> None:
+        """Resume from the stored compact range; check it against the entries table."""
+        size, peaks = con.execute("SELECT size, peaks FROM audit_tree WHERE id=1").fetchone()
+        width = len(self.hash_fn(b""))
+        hashes = [bytes(peaks[i : i + width]) for i in range(0, len(peaks), width)]
+        try:
+            self._tree = self._accumulator(size, hashes)
+        except TreeRangeInvalid as exc:
+            raise StoreError(f"audit tree state is corrupt: {exc}", reason="AUDIT_STATE_CORRUPT") from exc
+        count, last = con.execute("SELECT count(*), coalesce(max(seq), -1) FROM audit_entries").fetchone()
+        if count != size or last != size - 1:
+            raise StoreError(
+                f"audit log holds {count} entries up to index {last}, but its tree state says {size}",
+                reason="AUDIT_STATE_CORRUPT",
+            )
+
+    def _accumulator(self, size: int, peaks: Sequence[bytes]) -> MerkleAccumulator:
+        return MerkleAccumulator(self.hash_fn, size=size, peaks=peaks, on_subtree=self._completed)
+
+    def _completed(self, level: int, start: int, digest: bytes) -> None:
+        if level >= STORED_LEVEL:
+            self._subtrees.append((level, start, digest))
+
+    def mark(self) -> tuple[int, tuple[bytes, ...]]:
+        """The state to return to if what follows is rolled back."""
+        return self._tree.size, self._tree.peaks
+
+    def reset(self, mark: tuple[int, tuple[bytes, ...]]) -> None:
+        """Forget appends after ``mark`` (their transaction or savepoint was rolled back)."""
+        self._tree = self._accumulator(*mark)
+        self._subtrees.clear()
+
+    def append(self, con: sqlite3.Connection, entries: Sequence[AuditEntry]) -> int:
+        """Insert ``entries`` in order; returns the index of the first."""
+        first = self._tree.size
+        rows = []
+        persons: list[tuple[bytes, int]] = []
+        for offset, entry in enumerate(entries):
+            seq = first + offset
+            data = entry.encode()
+            leaf = self.hash_fn(b"\x00" + data)
+            self._tree.append(leaf)
+            keys = [bytes.fromhex(k) for k in entry.person_keys]
+            bloom = None
+            if len(keys) > BLOOM_THRESHOLD:
+                bloom = bloom_of(keys)
+            else:
+                persons.extend((key, seq) for key in keys)
+            rows.append(
+                (
+                    seq, entry.time_us, entry.province, short_method(entry.method), entry.purpose,
+                    entry.outcome, data, leaf, bloom,
+                )
+            )  # fmt: skip
+        con.executemany("INSERT INTO audit_entries VALUES (?,?,?,?,?,?,?,?,?)", rows)
+        if persons:
+            persons.sort()
+            con.executemany("INSERT INTO audit_persons VALUES (?,?)", persons)
+        if self._subtrees:
+            con.executemany("INSERT INTO audit_subtrees VALUES (?,?,?)", self._subtrees)
+            self._subtrees.clear()
+        self._dirty = True
+        return first
+
+    def save(self, con: sqlite3.Connection) -> None:
+        """Write the compact range, once per transaction, before it commits."""
+        if self._dirty:
+            con.execute(
+                "UPDATE audit_tree SET size=?, peaks=? WHERE id=1", (self._tree.size, b"".join(self._tree.peaks))
+            )
+            self._dirty = False
+
+    def add_checkpoint(self, con: sqlite3.Connection, size: int, time_us: int, note: str) -> None:
+        """Store a signed checkpoint of ``size`` (one per size: a second one is ignored)."""
+        con.execute("INSERT OR IGNORE INTO audit_checkpoints VALUES (?,?,?)", (size, time_us, note))
+
+
+# -- reads ---------------------------------------------------------------------------------
+
+
+def read_entries(con: sqlite3.Connection, start: int, end: int) -> Iterator[tuple[bytes, bytes]]:
+    """(entry bytes, leaf hash) of entries ``start .. end-1``, in order."""
+    for data, leaf in con.execute(
+        "SELECT entry, leaf_hash FROM audit_entries WHERE seq >= ? AND seq < ? ORDER BY seq", (start, end)
+    ):
+        yield bytes(data), bytes(leaf)
+
+
+def read_checkpoints(con: sqlite3.Connection, *, max_size: int | None = None) -> list[tuple[int, int, str]]:
+    """(size, time_us, note) of stored checkpoints, ascending size."""
+    limit = 2**63 - 1 if max_size is None else max_size
+    return [
+        (size, time_us, note)
+        for size, time_us, note in con.execute(
+            "SELECT size, time_us, note FROM audit_checkpoints WHERE size <= ? ORDER BY size", (limit,)
+        )
+    ]
+
+
+def subtree_hash(con: sqlite3.Connection, start: int, end: int, hash_fn: HashFn) -> bytes:
+    """``MTH(D[start:end])`` from stored subtree roots and leaf hashes.
+
+    Proof paths only ask for ranges that split, RFC 9162 style, into perfect subtrees aligned
+    on their size; those of 2**STORED_LEVEL leaves or more are read, smaller ones hashed.
+    """
+    n = end - start
+    if n <= 0:
+        raise TreeRangeInvalid(f"empty subtree {start}..{end}")
+    if n & (n - 1) == 0 and start % n == 0:
+        level = n.bit_length() - 1
+        if level >= STORED_LEVEL:
+            row = con.execute("SELECT hash FROM audit_subtrees WHERE level=? AND start=?", (level, start)).fetchone()
+            if row is None:
+                raise StoreError(f"audit subtree {start}..{end} is missing", reason="AUDIT_STATE_CORRUPT")
+            return bytes(row[0])
+        leaves = [bytes(h) for (h,) in con.execute(
+            "SELECT leaf_hash FROM audit_entries WHERE seq >= ? AND seq < ? ORDER BY seq", (start, end)
+        )]  # fmt: skip
+        if len(leaves) != n:
+            raise TreeRangeInvalid(f"the log holds no entries {start}..{end - 1}")
+        while len(leaves) > 1:
+            leaves = [node_hash(leaves[i], leaves[i + 1], hash_fn) for i in range(0, len(leaves), 2)]
+        return leaves[0]
+    k = 1 << ((n - 1).bit_length() - 1)
+    return node_hash(subtree_hash(con, start, start + k, hash_fn), subtree_hash(con, start + k, end, hash_fn), hash_fn)
+
+
+def list_entries(
+    con: sqlite3.Connection, filt: AuditFilter, *, after: int, limit: int, size: int
+) -> list[tuple[int, bytes]]:
+    """Up to ``limit`` (index, entry bytes) matching ``filt`` with ``after <= index < size``, in order."""
+    where = ["seq >= ?", "seq < ?"]
+    args: list[object] = [after, size]
+    if filt.since_us:
+        where.append("time_us >= ?")
+        args.append(filt.since_us)
+    if filt.until_us:
+        where.append("time_us < ?")
+        args.append(filt.until_us)
+    for column, value in (("province", filt.province), ("purpose", filt.purpose)):
+        if value:
+            where.append(f"{column} = ?")
+            args.append(value)
+    if filt.method:
+        where.append("method = ?")
+        args.append(short_method(filt.method))
+    key = filt.person_key
+    if key:
+        where.append(
+            "(seq IN (SELECT seq FROM audit_persons WHERE person_key = ? AND seq >= ?)"
+            " OR (persons_bloom IS NOT NULL AND hutong_bloom_has(persons_bloom, ?)))"
+        )
+        args.extend((key, after, key))
+    sql = f"SELECT seq, entry, persons_bloom FROM audit_entries WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?"
+    out: list[tuple[int, bytes]] = []
+    wanted = key.hex()
+    # A Bloom hit may be false: confirm against the entry itself, and read on until the page is full.
+    while len(out) < limit:
+        want = limit - len(out)
+        rows = con.execute(sql, (*args, want)).fetchall()
+        for seq, data, bloom in rows:
+            if key and bloom is not None and wanted not in json.loads(bytes(data))["person_keys"]:
+                continue
+            out.append((seq, bytes(data)))
+        if len(rows) < want:
+            break
+        args[0] = rows[-1][0] + 1
+        if key:
+            args[-2] = args[0]
+    return out
+
+
+def register_functions(con: sqlite3.Connection) -> None:
+    """Make ``hutong_bloom_has`` available to queries on ``con``."""
+    con.create_function("hutong_bloom_has", 2, bloom_has, deterministic=True)
