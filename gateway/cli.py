@@ -118,6 +118,16 @@ def _parser() -> argparse.ArgumentParser:
         "--crl", type=Path, help="the CA's CRL (PEM or DER); checked on every call, reloaded when the file changes"
     )
     serve.add_argument("--max-batch", type=int, default=5000, help="largest batch accepted (default 5000)")
+    serve.add_argument(
+        "--audit-origin",
+        help="the exchange log's permanent name, fixed on first start (default: <hub DNS name>/hutong-audit)",
+    )
+    serve.add_argument(
+        "--checkpoint-seconds",
+        type=float,
+        default=10.0,
+        help="seconds between signed checkpoints of the exchange log while it grows (default 10)",
+    )
     serve.add_argument("--grace", type=float, default=10.0, help="seconds open calls get on shutdown (default 10)")
 
     jwks = hub.add_parser(
@@ -150,6 +160,81 @@ def _parser() -> argparse.ArgumentParser:
             q.add_argument("--program", action="append", choices=sorted(_PROGRAMS), help="repeatable; default all")
         q.add_argument("--server-name", help="name to verify in the hub's certificate, if not the --hub host")
         _add_tls(q, "node")
+
+    audit = sub.add_parser(
+        "audit",
+        help="the exchange log: export, verify (offline), show, prove, watch",
+        description="Every call the hub serves is an entry of a Merkle tree whose size and root the hub signs "
+        "(C2SP checkpoints). export and verify work offline; show, prove and watch ask a hub (scope audit:read).",
+    ).add_subparsers(dest="audit_command", required=True)
+    export = audit.add_parser(
+        "export",
+        help="write the log (entries, leaf hashes, checkpoints, key binding) to a directory",
+        description="Reads the hub's data directory (safe while the hub runs). Run it again on the same directory "
+        "to archive: finished segments are kept, only the new tail is written. Nothing is ever deleted.",
+    )
+    export.add_argument("--data-dir", type=Path, required=True, help="the hub's data directory")
+    export.add_argument("--out", type=Path, required=True, help="the export directory")
+    export.add_argument(
+        "--segment-size", type=int, default=65536, help="entries per segment file, a power of two (default 65536)"
+    )
+    verify = audit.add_parser(
+        "verify",
+        help="check an export offline: signatures, roots, consistency; names the first bad entry",
+        description="Checks every checkpoint's signature, recomputes every entry's leaf hash and the root at every "
+        "checkpoint, and fails (exit 4) naming the first entry or file that does not match and why. Trust comes from "
+        "--ca (the key binding in the export must be signed by a hub certificate of this CA) or --verifier-key.",
+    )
+    verify.add_argument("directory", type=Path, help="the export directory")
+    verify.add_argument("--ca", type=Path, help="PEM certificates of the ministry CA")
+    verify.add_argument("--verifier-key", help="the hub's checkpoint verifier key (<name>+<hash>+<key>), pinned")
+    verify.add_argument(
+        "--known",
+        type=Path,
+        action="append",
+        default=[],
+        help="a checkpoint seen elsewhere (e.g. a node's watch state file); repeatable; catches a rolled-back log",
+    )
+    verify.add_argument(
+        "--check-entries", action="store_true", help="also check that every entry is in canonical form (slower)"
+    )
+    show = audit.add_parser(
+        "show",
+        help="list entries as a table, from a hub or an export",
+        description="Filters combine. Times are ISO 8601 (local time unless an offset is given).",
+    )
+    where = show.add_mutually_exclusive_group(required=True)
+    where.add_argument("--hub", help="HOST:PORT of the hub (needs --cert, --key, --ca)")
+    where.add_argument("--export", type=Path, help="an export directory")
+    show.add_argument("--since", help="entries answered at or after this time")
+    show.add_argument("--until", help="entries answered before this time")
+    show.add_argument("--province", default="", help="6-digit province code of the caller")
+    show.add_argument("--method", default="", help="RPC name, e.g. CheckEnrollment")
+    show.add_argument("--purpose", default="", choices=["", *sorted(_PURPOSES)], help="stated purpose")
+    show.add_argument("--person-key", default="", help="the person's key (32 hex digits)")
+    show.add_argument("--limit", type=int, default=50, help="most entries shown (default 50)")
+    show.add_argument("--server-name", help="name to verify in the hub's certificate, if not the --hub host")
+    _add_tls(show, "auditor")
+    prove = audit.add_parser(
+        "prove",
+        help="prove that one entry is in the log, against a checkpoint signed by a key the CA vouches for",
+    )
+    prove.add_argument("--entry", type=int, required=True, help="the entry's index")
+    prove.add_argument("--hub", required=True, help="HOST:PORT of the hub")
+    prove.add_argument("--server-name", help="name to verify in the hub's certificate, if not the --hub host")
+    _add_tls(prove, "auditor")
+    watch = audit.add_parser(
+        "watch",
+        help="(province nodes) remember the newest checkpoint; alarm (exit 4) if the log is ever rewritten",
+        description="Fetches the hub's newest checkpoint, checks its signature against the CA-vouched key and, "
+        "with a consistency proof, that it extends the one remembered in --state; then remembers it. A rolled-back, "
+        "forked or rewritten log fails with exit 4 and keeps the offending checkpoint next to the state file.",
+    )
+    watch.add_argument("--hub", required=True, help="HOST:PORT of the hub")
+    watch.add_argument("--state", type=Path, required=True, help="file holding the newest checkpoint seen")
+    watch.add_argument("--interval", type=float, help="keep watching, every this many seconds (default: once)")
+    watch.add_argument("--server-name", help="name to verify in the hub's certificate, if not the --hub host")
+    _add_tls(watch, "node")
 
     # Imported here, with the pki block: rich and the operator API load only when parsing needs them.
     from gateway.pki_commands import STATUSES, duration_arg
@@ -382,6 +467,8 @@ def _dispatch(args: argparse.Namespace) -> int:
                 server_name=args.server_name,
             )
         )
+    if args.command == "audit":
+        return _audit(args)
     if args.command == "pki":
         if args.pki_command == "quickstart":
             from gateway.commands import pki_quickstart
@@ -395,6 +482,52 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return id_check(args.id_number)
     raise AssertionError(args.command)  # pragma: no cover - argparse enforces the choices
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from gateway import audit_commands as ac
+
+    command = args.audit_command
+    if command == "export":
+        return ac.audit_export(args.data_dir, args.out, segment_size=args.segment_size)
+    if command == "verify":
+        return ac.audit_verify(
+            args.directory,
+            ca=args.ca,
+            verifier_key=args.verifier_key,
+            known=args.known,
+            check_entries=args.check_entries,
+        )
+    if command == "show":
+        try:
+            person_key = bytes.fromhex(args.person_key)
+        except ValueError:
+            raise errors.ConfigError(
+                "--person-key must be hex", reason="PERSON_KEY_INVALID", field="person_key"
+            ) from None
+        from gateway.store.sqlite_audit import AuditFilter
+
+        filt = AuditFilter(
+            since_us=ac.parse_time(args.since) if args.since else 0,
+            until_us=ac.parse_time(args.until) if args.until else 0,
+            province=args.province,
+            method=args.method,
+            purpose=args.purpose,
+            person_key=person_key,
+        )
+        tls = _tls(args) if args.hub else None
+        return asyncio.run(
+            ac.audit_show(
+                filt, limit=args.limit, export=args.export, hub=args.hub, tls=tls, server_name=args.server_name
+            )
+        )
+    if command == "prove":
+        return asyncio.run(ac.audit_prove(args.entry, hub=args.hub, tls=_tls(args), server_name=args.server_name))
+    return asyncio.run(
+        ac.audit_watch(
+            args.state, hub=args.hub, tls=_tls(args), server_name=args.server_name, interval=args.interval, rounds=None
+        )
+    )
 
 
 def _tls(args: argparse.Namespace) -> TlsMaterial:
@@ -424,6 +557,8 @@ def _hub_serve(args: argparse.Namespace) -> int:
         crypto_suite=args.crypto_suite,
         policy=load_policy(args.policy) if args.policy else None,
         grace_seconds=args.grace,
+        audit_origin=args.audit_origin,
+        checkpoint_seconds=args.checkpoint_seconds,
     )
     asyncio.run(serve_forever(settings, port_file=args.port_file))
     return EXIT_OK

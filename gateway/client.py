@@ -20,7 +20,17 @@ import tenacity
 from gateway import errors
 from gateway.domain.model import Program, Purpose
 from gateway.rpc_status import INSECURE_IDENTITY_KEY, REQUEST_ID_KEY, error_from_rpc
-from hutong.v1 import auth_pb2, auth_pb2_grpc, person_pb2, query_pb2, query_pb2_grpc, records_pb2, records_pb2_grpc
+from hutong.v1 import (
+    audit_pb2,
+    audit_pb2_grpc,
+    auth_pb2,
+    auth_pb2_grpc,
+    person_pb2,
+    query_pb2,
+    query_pb2_grpc,
+    records_pb2,
+    records_pb2_grpc,
+)
 from pki import TlsMaterial
 
 __all__ = ["HubClient", "RetryConfig"]
@@ -93,6 +103,7 @@ class HubClient:
         self._token_refresh_at = 0.0
         self._token_lock = asyncio.Lock()
         self.queries = query_pb2_grpc.AssistanceQueryServiceStub(self._channel)
+        self.audit = audit_pb2_grpc.AuditServiceStub(self._channel)
 
     async def __aenter__(self) -> HubClient:
         return self
@@ -183,6 +194,37 @@ class HubClient:
         )
         return await self._idempotent(
             lambda md: self.queries.LookupPerson(request, timeout=self._retry.attempt_timeout, metadata=md)
+        )
+
+    # -- audit log ---------------------------------------------------------------------------
+
+    async def get_checkpoint(self) -> audit_pb2.GetCheckpointResponse:
+        """The newest signed checkpoint of the hub's exchange log (scope audit:read)."""
+        request = audit_pb2.GetCheckpointRequest()
+        return await self._idempotent(
+            lambda md: self.audit.GetCheckpoint(request, timeout=self._retry.attempt_timeout, metadata=md)
+        )
+
+    async def list_audit_entries(
+        self, request: audit_pb2.ListAuditEntriesRequest
+    ) -> audit_pb2.ListAuditEntriesResponse:
+        """One page of exchange-log entries."""
+        return await self._idempotent(
+            lambda md: self.audit.ListAuditEntries(request, timeout=self._retry.attempt_timeout, metadata=md)
+        )
+
+    async def inclusion_proof(self, index: int, tree_size: int = 0) -> audit_pb2.GetInclusionProofResponse:
+        """The audit path of entry ``index`` in the tree of ``tree_size`` (0: the newest checkpoint's)."""
+        request = audit_pb2.GetInclusionProofRequest(index=index, tree_size=tree_size)
+        return await self._idempotent(
+            lambda md: self.audit.GetInclusionProof(request, timeout=self._retry.attempt_timeout, metadata=md)
+        )
+
+    async def consistency_proof(self, first: int, second: int = 0) -> audit_pb2.GetConsistencyProofResponse:
+        """The proof that the tree of ``first`` entries is a prefix of the tree of ``second`` (0: newest)."""
+        request = audit_pb2.GetConsistencyProofRequest(first_tree_size=first, second_tree_size=second)
+        return await self._idempotent(
+            lambda md: self.audit.GetConsistencyProof(request, timeout=self._retry.attempt_timeout, metadata=md)
         )
 
     # -- records -----------------------------------------------------------------------------

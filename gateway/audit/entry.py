@@ -41,6 +41,8 @@ __all__ = ["ENTRY_VERSION", "AuditEntry"]
 ENTRY_VERSION = 1
 
 _MAX_INT = 2**63 - 1
+#: JSON string encoding without ASCII-escaping: what ``json.dumps(..., ensure_ascii=False)`` uses.
+_string = json.encoder.encode_basestring
 _HEX = re.compile(r"(?:[0-9a-f]{2})+")
 _COUNT_NAME = re.compile(r"[a-z][a-z0-9_]*")
 _STATUS_NAME = re.compile(r"[A-Z][A-Z_]*")
@@ -141,8 +143,22 @@ class AuditEntry:
         return obj
 
     def encode(self) -> bytes:
-        """The canonical bytes of the entry (see the module docstring)."""
-        text = json.dumps(self.to_json_object(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        """The canonical bytes of the entry (see the module docstring).
+
+        Written member by member in their sorted order rather than through ``json.dumps`` with
+        ``sort_keys`` (a third of the cost of an append); strings go through the json module's
+        own escaping, so the bytes are the same (``decode`` checks it, and so do the tests).
+        """
+        s = _string
+        counts = ",".join(f"{s(k)}:{v}" for k, v in self.counts.items())
+        keys = ",".join(f'"{k}"' for k in self.person_keys)  # validated lower-case hex: nothing to escape
+        text = (
+            f'{{"batch_id":{s(self.batch_id)},"caller":{s(self.caller)},"counts":{{{counts}}},'
+            f'"method":{s(self.method)},"outcome":{s(self.outcome)},"payload_digest":{s(self.payload_digest)},'
+            f'"person_keys":[{keys}],"province":{s(self.province)},"purpose":{s(self.purpose)},'
+            f'"request_id":{s(self.request_id)},"subject":{s(self.subject)},"time_us":{self.time_us},'
+            f'"v":{ENTRY_VERSION}}}'
+        )
         return text.encode("utf-8")
 
     def leaf_hash(self, hash_fn: HashFn = sha256) -> bytes:

@@ -39,10 +39,12 @@ from gateway.audit import (
     sign_checkpoint,
 )
 from gateway.audit.binding import bind_key
+from gateway.domain.protection import suite_hash
 from gateway.errors import ConfigError, HutongError
 from gateway.hub.interceptors import CallInfo
 from gateway.store.base import BatchAck
 from gateway.store.sqlite import SqliteStore
+from gateway.store.sqlite_audit import SqliteAuditSource
 from pki import TlsMaterial
 from pki.operator import write_public_pem, write_secret_file
 
@@ -53,6 +55,7 @@ __all__ = [
     "AuditRecorder",
     "default_origin",
     "hash_name",
+    "open_audit_source",
     "payload_digest",
 ]
 
@@ -148,6 +151,30 @@ class AuditKey:
         )
         write_public_pem(data_dir / KEY_BINDING_FILE, document, field="key_binding", overwrite=True)
         return document
+
+
+def open_audit_source(data_dir: Path) -> SqliteAuditSource:
+    """The exchange log in a hub's data directory, read-only, for ``hutong audit export``."""
+    from gateway.hub.keys import KEYS_FILE, load_or_create_keys
+    from gateway.hub.server import DATABASE_FILE
+
+    for name in (KEYS_FILE, AUDIT_KEY_FILE, DATABASE_FILE):
+        if not (data_dir / name).exists():
+            raise ConfigError(
+                f"{data_dir} holds no {name}: is it a hub's data directory, and has the hub run?",
+                reason="FILE_MISSING",
+                field="data_dir",
+            )
+    suite = load_or_create_keys(data_dir).suite
+    key = AuditKey.load_or_create(data_dir, origin=None, default_origin="")
+    binding_path = data_dir / KEY_BINDING_FILE
+    return SqliteAuditSource(
+        data_dir / DATABASE_FILE,
+        origin=key.origin,
+        hash_name=hash_name(suite_hash(suite.value)),
+        verifier_key=key.verifier_key,
+        key_binding=binding_path.read_bytes() if binding_path.exists() else None,
+    )
 
 
 def _serialized(message: Any) -> bytes:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 
 import grpc
 
@@ -25,6 +26,7 @@ __all__ = ["MAX_AUDIT_PAGE", "AuditServicer"]
 MAX_AUDIT_PAGE = 1000
 _DEFAULT_PAGE = 100
 _PERSON_KEY_BYTES = 16
+_METHOD = re.compile(r"(/[A-Za-z0-9_.]+/)?[A-Za-z0-9_]+")
 
 
 def _us(ts: object) -> int:
@@ -104,18 +106,28 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         )
         if request.person_key:
             call.person_keys.add(request.person_key)
-        size = await self._bound(request.tree_size, "tree_size")
+        if request.method and not _METHOD.fullmatch(request.method):
+            raise errors.InvalidArgument(
+                "method must be an RPC name: CheckEnrollment, or /hutong.v1.AssistanceQueryService/CheckEnrollment",
+                reason="METHOD_INVALID",
+                field="method",
+            )
         fingerprint = json.dumps(
-            [filt.since_us, filt.until_us, filt.province, filt.method, filt.purpose, filt.person_key.hex(), size]
+            [filt.since_us, filt.until_us, filt.province, filt.method, filt.purpose, filt.person_key.hex()]
         )
-        after = _decode_token(request.page_token, fingerprint)
+        # A listing keeps the tree size it started with: new checkpoints do not end a walk.
+        after, size = _decode_token(request.page_token, fingerprint)
+        if size is None or (request.tree_size and request.tree_size != size):
+            if request.page_token:
+                raise _bad_token()
+            size = await self._bound(request.tree_size, "tree_size")
         page = request.page_size or _DEFAULT_PAGE
         rows = await self._store.audit_entries(filt, after=after, limit=page + 1, size=size)
         response = audit_pb2.ListAuditEntriesResponse(
             entries=[audit_pb2.AuditLogEntry(index=i, entry=data) for i, data in rows[:page]], tree_size=size
         )
         if len(rows) > page:
-            response.next_page_token = _encode_token(rows[page][0], fingerprint)
+            response.next_page_token = _encode_token(rows[page][0], size, fingerprint)
         call.counts.update(entries=len(response.entries))
         return response
 
@@ -166,23 +178,27 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         )
 
 
-def _encode_token(index: int, fingerprint: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps({"i": index, "f": fingerprint}).encode()).decode()
+def _encode_token(index: int, size: int, fingerprint: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"i": index, "s": size, "f": fingerprint}).encode()).decode()
 
 
-def _decode_token(token: str, fingerprint: str) -> int:
-    """The index a page token continues from; a token is valid only for the same filters and size."""
+def _bad_token() -> errors.InvalidArgument:
+    return errors.InvalidArgument(
+        "page_token does not belong to this listing; start again without it",
+        reason="PAGE_TOKEN_INVALID",
+        field="page_token",
+    )
+
+
+def _decode_token(token: str, fingerprint: str) -> tuple[int, int | None]:
+    """The index a page token continues from and the tree size it lists; valid only for the same filters."""
     if not token:
-        return 0
+        return 0, None
     try:
         data = json.loads(base64.urlsafe_b64decode(token.encode()))
-        index = data["i"]
-        if data["f"] != fingerprint or not isinstance(index, int) or index < 0:
+        index, size = data["i"], data["s"]
+        if data["f"] != fingerprint or not all(isinstance(v, int) and v >= 0 for v in (index, size)):
             raise ValueError
     except (ValueError, KeyError, TypeError):
-        raise errors.InvalidArgument(
-            "page_token does not belong to this listing; start again without it",
-            reason="PAGE_TOKEN_INVALID",
-            field="page_token",
-        ) from None
-    return index
+        raise _bad_token() from None
+    return index, size

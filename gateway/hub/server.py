@@ -66,10 +66,13 @@ SCOPES_BY_METHOD = {
     "CheckEnrollment": "query:enrollment",
     "BatchCheckEnrollment": "query:enrollment",
     "LookupPerson": "query:enrollment",
-    "GetCheckpoint": "audit:read",
+    # Checkpoints and consistency proofs hold only sizes and hashes, signed to be checked by
+    # anyone: every enrolled node may witness the log. Entries and inclusion proofs (which carry
+    # an entry) need audit:read.
+    "GetCheckpoint": "",
+    "GetConsistencyProof": "",
     "ListAuditEntries": "audit:read",
     "GetInclusionProof": "audit:read",
-    "GetConsistencyProof": "audit:read",
 }
 _MAX_MESSAGE = 32 * 1024 * 1024
 _STATUS_FLUSH_SECONDS = 0.2
@@ -152,6 +155,10 @@ class HubServer:
                 "the hub needs a certificate, key and CA (or --insecure for a loopback-only debug port)",
                 reason="TLS_MISSING",
                 field="tls",
+            )
+        if settings.checkpoint_seconds <= 0:
+            raise ConfigError(
+                "checkpoint_seconds must be positive", reason="CHECKPOINT_INTERVAL_INVALID", field="checkpoint_seconds"
             )
         self.settings = settings
         self.store: SqliteStore | None = None

@@ -25,7 +25,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gateway.audit import AuditEntry, HashFn, MerkleAccumulator, consistency_path, inclusion_path, sha256
+from gateway.audit import (
+    AuditEntry,
+    HashFn,
+    MerkleAccumulator,
+    TreeRangeInvalid,
+    consistency_path,
+    inclusion_path,
+    sha256,
+)
 from gateway.domain.model import Outcome, Program
 from gateway.domain.policy import EXCLUSIVE_PROGRAMS, duplicate_programs
 from gateway.domain.records import PreparedBatch, Rejection, Retirement, decide_outcome
@@ -187,9 +195,13 @@ class SqliteStore:
         """Open both connections and apply pending migrations."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
-        self._writer = await self._in_writer(self._connect)
-        await self._in_writer(self._migrate)
-        await self._in_writer(self._ledger.load, self._w)
+        try:
+            self._writer = await self._in_writer(self._connect)
+            await self._in_writer(self._migrate)
+            await self._in_writer(self._ledger.load, self._w)
+        except BaseException:
+            await self.close()
+            raise
         self._reader = self._connect()
         self._reader.execute("PRAGMA query_only=ON")
         # Audit reads (proofs, searches, exports) may scan: they get their own connection and
@@ -805,19 +817,33 @@ class SqliteStore:
         """(entry bytes, leaf hash) of one entry."""
         return await self._audit_read(lambda con: next(read_entries(con, index, index + 1), None))
 
+    def _check_committed(self, con: sqlite3.Connection, size: int) -> None:
+        committed = con.execute("SELECT size FROM audit_tree WHERE id=1").fetchone()[0]
+        if not 0 <= size <= committed:
+            raise TreeRangeInvalid(
+                f"tree size {size} is beyond the log, which holds {committed} entries",
+                metadata={"size": str(size), "available": str(committed)},
+            )
+
     async def inclusion_proof(self, index: int, size: int) -> list[bytes]:
         """The RFC 9162 inclusion proof of entry ``index`` in the tree of ``size`` entries."""
         hash_fn = self._ledger.hash_fn
-        return await self._audit_read(
-            lambda con: inclusion_path(index, size, lambda a, b: subtree_hash(con, a, b, hash_fn))
-        )
+
+        def prove(con: sqlite3.Connection) -> list[bytes]:
+            self._check_committed(con, size)
+            return inclusion_path(index, size, lambda a, b: subtree_hash(con, a, b, hash_fn))
+
+        return await self._audit_read(prove)
 
     async def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
         """The RFC 9162 consistency proof between the trees of ``old_size`` and ``new_size`` entries."""
         hash_fn = self._ledger.hash_fn
-        return await self._audit_read(
-            lambda con: consistency_path(old_size, new_size, lambda a, b: subtree_hash(con, a, b, hash_fn))
-        )
+
+        def prove(con: sqlite3.Connection) -> list[bytes]:
+            self._check_committed(con, new_size)
+            return consistency_path(old_size, new_size, lambda a, b: subtree_hash(con, a, b, hash_fn))
+
+        return await self._audit_read(prove)
 
     async def audit_checkpoints(self, *, max_size: int | None = None) -> list[tuple[int, int, str]]:
         """(size, time_us, note) of every stored checkpoint, ascending."""

@@ -16,6 +16,7 @@ import json
 import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from gateway.audit import AuditEntry, HashFn, MerkleAccumulator, TreeRangeInvalid, node_hash
 from gateway.errors import StoreError
@@ -25,6 +26,7 @@ __all__ = [
     "STORED_LEVEL",
     "AuditFilter",
     "AuditLedger",
+    "SqliteAuditSource",
     "bloom_has",
     "bloom_of",
     "list_entries",
@@ -106,20 +108,41 @@ class AuditLedger:
         return self._tree.root()
 
     def load(self, con: sqlite3.Connection) -> None:
-        """Resume from the stored compact range; check it against the entries table."""
-        size, peaks = con.execute("SELECT size, peaks FROM audit_tree WHERE id=1").fetchone()
+        """Resume from the stored compact range, after checking it against the stored entries.
+
+        The size must match the entries table and every peak the hashes the entries give for its
+        subtree (O(log n) reads): a tampered or torn tree state is refused, never signed.
+        """
+        row = con.execute("SELECT size, peaks FROM audit_tree WHERE id=1").fetchone()
+        if row is None:
+            raise StoreError("audit tree state is missing", reason="AUDIT_STATE_CORRUPT")
+        size, peaks = row
         width = len(self.hash_fn(b""))
+        if len(peaks) != width * size.bit_count():
+            raise StoreError(
+                f"audit tree state holds {len(peaks)} bytes of peaks; a tree of {size} entries has"
+                f" {size.bit_count()} peaks of {width} bytes",
+                reason="AUDIT_STATE_CORRUPT",
+            )
         hashes = [bytes(peaks[i : i + width]) for i in range(0, len(peaks), width)]
-        try:
-            self._tree = self._accumulator(size, hashes)
-        except TreeRangeInvalid as exc:
-            raise StoreError(f"audit tree state is corrupt: {exc}", reason="AUDIT_STATE_CORRUPT") from exc
         count, last = con.execute("SELECT count(*), coalesce(max(seq), -1) FROM audit_entries").fetchone()
         if count != size or last != size - 1:
             raise StoreError(
                 f"audit log holds {count} entries up to index {last}, but its tree state says {size}",
                 reason="AUDIT_STATE_CORRUPT",
             )
+        start = 0
+        peaks_left = iter(hashes)  # leftmost, i.e. largest, first: one per set bit of size
+        for level in reversed(range(size.bit_length())):
+            if size >> level & 1:
+                expected = subtree_hash(con, start, start + (1 << level), self.hash_fn)
+                if expected != next(peaks_left):
+                    raise StoreError(
+                        f"audit tree state disagrees with entries {start}..{start + (1 << level) - 1}",
+                        reason="AUDIT_STATE_CORRUPT",
+                    )
+                start += 1 << level
+        self._tree = self._accumulator(size, hashes)
 
     def _accumulator(self, size: int, peaks: Sequence[bytes]) -> MerkleAccumulator:
         return MerkleAccumulator(self.hash_fn, size=size, peaks=peaks, on_subtree=self._completed)
@@ -155,7 +178,7 @@ class AuditLedger:
                 persons.extend((key, seq) for key in keys)
             rows.append(
                 (
-                    seq, entry.time_us, entry.province, short_method(entry.method), entry.purpose,
+                    seq, entry.time_us, entry.province, entry.method, entry.purpose,
                     entry.outcome, data, leaf, bloom,
                 )
             )  # fmt: skip
@@ -249,8 +272,10 @@ def list_entries(
             where.append(f"{column} = ?")
             args.append(value)
     if filt.method:
-        where.append("method = ?")
-        args.append(short_method(filt.method))
+        # A full name matches itself; a short one the method of that name in any service.
+        full = "/" in filt.method
+        where.append("method = ?" if full else "method GLOB ?")
+        args.append(filt.method if full else "*/" + filt.method)
     key = filt.person_key
     if key:
         where.append(
@@ -280,3 +305,50 @@ def list_entries(
 def register_functions(con: sqlite3.Connection) -> None:
     """Make ``hutong_bloom_has`` available to queries on ``con``."""
     con.create_function("hutong_bloom_has", 2, bloom_has, deterministic=True)
+
+
+class SqliteAuditSource:
+    """The exchange log of a hub database, read-only, for exports (an ``AuditSource``).
+
+    Safe while the hub runs: WAL readers never block the writer, and entries below the
+    committed size never change.
+    """
+
+    def __init__(
+        self, database: Path, *, origin: str, hash_name: str, verifier_key: str, key_binding: bytes | None
+    ) -> None:
+        if not database.exists():
+            raise StoreError(f"no hub database at {database}", reason="STORE_UNAVAILABLE")
+        self.origin = origin
+        self.hash_name = hash_name
+        self.verifier_key = verifier_key
+        self._binding = key_binding
+        self._con = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+        self._con.execute("PRAGMA busy_timeout=10000")
+        version = self._con.execute("PRAGMA user_version").fetchone()[0]
+        if version < 2:
+            self._con.close()
+            raise StoreError(
+                f"{database} predates the exchange log (schema {version}); start the hub once to migrate it",
+                reason="SCHEMA_TOO_OLD",
+            )
+
+    def tree_size(self) -> int:
+        """Committed entries."""
+        return int(self._con.execute("SELECT size FROM audit_tree WHERE id=1").fetchone()[0])
+
+    def read_entries(self, start: int, end: int) -> Iterator[tuple[bytes, bytes]]:
+        """(entry bytes, leaf hash) of entries ``start .. end-1``."""
+        return read_entries(self._con, start, end)
+
+    def checkpoints(self) -> Iterator[str]:
+        """Signed checkpoint notes, ascending size."""
+        return iter([note for _, _, note in read_checkpoints(self._con)])
+
+    def key_binding(self) -> bytes | None:
+        """The hub's key binding document, if it runs with TLS."""
+        return self._binding
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._con.close()

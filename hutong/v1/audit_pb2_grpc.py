@@ -26,12 +26,16 @@ if _version_not_supported:
 
 
 class AuditServiceStub:
-    """The hub's tamper-evident exchange log, for auditors and province nodes (scope audit:read).
+    """The hub's tamper-evident exchange log, for auditors and province nodes.
 
     Every RPC the hub serves is one entry; entries are the leaves of an RFC 9162 Merkle tree
     whose size and root the hub signs as C2SP checkpoints (signed notes). Nothing here needs
     trust in the hub: an entry is checked against a signed checkpoint with an inclusion proof,
     and two checkpoints against each other with a consistency proof.
+
+    GetCheckpoint and GetConsistencyProof disclose only sizes and hashes: every enrolled node may
+    call them (a client certificate, no token), so every province can witness the log.
+    ListAuditEntries and GetInclusionProof return entries and need the scope audit:read.
     """
 
     def __init__(self, channel):
@@ -63,12 +67,16 @@ class AuditServiceStub:
 
 
 class AuditServiceServicer:
-    """The hub's tamper-evident exchange log, for auditors and province nodes (scope audit:read).
+    """The hub's tamper-evident exchange log, for auditors and province nodes.
 
     Every RPC the hub serves is one entry; entries are the leaves of an RFC 9162 Merkle tree
     whose size and root the hub signs as C2SP checkpoints (signed notes). Nothing here needs
     trust in the hub: an entry is checked against a signed checkpoint with an inclusion proof,
     and two checkpoints against each other with a consistency proof.
+
+    GetCheckpoint and GetConsistencyProof disclose only sizes and hashes: every enrolled node may
+    call them (a client certificate, no token), so every province can witness the log.
+    ListAuditEntries and GetInclusionProof return entries and need the scope audit:read.
     """
 
     def GetCheckpoint(self, request, context):
@@ -131,12 +139,16 @@ def add_AuditServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AuditService:
-    """The hub's tamper-evident exchange log, for auditors and province nodes (scope audit:read).
+    """The hub's tamper-evident exchange log, for auditors and province nodes.
 
     Every RPC the hub serves is one entry; entries are the leaves of an RFC 9162 Merkle tree
     whose size and root the hub signs as C2SP checkpoints (signed notes). Nothing here needs
     trust in the hub: an entry is checked against a signed checkpoint with an inclusion proof,
     and two checkpoints against each other with a consistency proof.
+
+    GetCheckpoint and GetConsistencyProof disclose only sizes and hashes: every enrolled node may
+    call them (a client certificate, no token), so every province can witness the log.
+    ListAuditEntries and GetInclusionProof return entries and need the scope audit:read.
     """
 
     @staticmethod

@@ -27,12 +27,16 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class AuditServiceStub:
-    """The hub's tamper-evident exchange log, for auditors and province nodes (scope audit:read).
+    """The hub's tamper-evident exchange log, for auditors and province nodes.
 
     Every RPC the hub serves is one entry; entries are the leaves of an RFC 9162 Merkle tree
     whose size and root the hub signs as C2SP checkpoints (signed notes). Nothing here needs
     trust in the hub: an entry is checked against a signed checkpoint with an inclusion proof,
     and two checkpoints against each other with a consistency proof.
+
+    GetCheckpoint and GetConsistencyProof disclose only sizes and hashes: every enrolled node may
+    call them (a client certificate, no token), so every province can witness the log.
+    ListAuditEntries and GetInclusionProof return entries and need the scope audit:read.
     """
 
     @_typing.overload
@@ -50,12 +54,16 @@ class AuditServiceStub:
 
 @_typing.type_check_only
 class AuditServiceAsyncStub(AuditServiceStub):
-    """The hub's tamper-evident exchange log, for auditors and province nodes (scope audit:read).
+    """The hub's tamper-evident exchange log, for auditors and province nodes.
 
     Every RPC the hub serves is one entry; entries are the leaves of an RFC 9162 Merkle tree
     whose size and root the hub signs as C2SP checkpoints (signed notes). Nothing here needs
     trust in the hub: an entry is checked against a signed checkpoint with an inclusion proof,
     and two checkpoints against each other with a consistency proof.
+
+    GetCheckpoint and GetConsistencyProof disclose only sizes and hashes: every enrolled node may
+    call them (a client certificate, no token), so every province can witness the log.
+    ListAuditEntries and GetInclusionProof return entries and need the scope audit:read.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -69,12 +77,16 @@ class AuditServiceAsyncStub(AuditServiceStub):
     """Proves that the tree of one size is a prefix of the tree of a larger size."""
 
 class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
-    """The hub's tamper-evident exchange log, for auditors and province nodes (scope audit:read).
+    """The hub's tamper-evident exchange log, for auditors and province nodes.
 
     Every RPC the hub serves is one entry; entries are the leaves of an RFC 9162 Merkle tree
     whose size and root the hub signs as C2SP checkpoints (signed notes). Nothing here needs
     trust in the hub: an entry is checked against a signed checkpoint with an inclusion proof,
     and two checkpoints against each other with a consistency proof.
+
+    GetCheckpoint and GetConsistencyProof disclose only sizes and hashes: every enrolled node may
+    call them (a client certificate, no token), so every province can witness the log.
+    ListAuditEntries and GetInclusionProof return entries and need the scope audit:read.
     """
 
     @_abc_1.abstractmethod

@@ -36,6 +36,14 @@ def test_demo_runs_the_whole_exchange_and_reports_duplicates(tmp_path: Path) -> 
     assert "enrolled=True" in out
     assert "its next call was refused, CLIENT_CERTIFICATE_REVOKED" in out
     assert "hub stopped gracefully (exit code 0)" in out
+    assert "exchange log: " in out
+    assert "consistently" in out
+    assert "verify it offline" in out or "verified it offline" in out
+    verified = run(
+        "audit", "verify", str(tmp_path / "demo" / "audit-export"), "--ca", str(tmp_path / "demo" / "pki" / "ca.pem"),
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert verified.returncode == 0, verified.stderr
     # Neither the hub's log nor its database carries a raw ID number or name.
     population = generate_population(
         PopulationSpec(provinces=tuple(code for code, _ in DEMO_NODES), persons_per_province=800)

@@ -93,6 +93,9 @@ def test_any_valid_entry_round_trips_through_its_canonical_bytes(
     data = entry.encode()
     assert AuditEntry.decode(data) == entry
     assert AuditEntry.decode(data).encode() == data
+    # The hand-written encoder gives exactly what the json module gives for the canonical rules.
+    reference = json.dumps(entry.to_json_object(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert data == reference.encode("utf-8")
 
 
 @pytest.mark.parametrize(

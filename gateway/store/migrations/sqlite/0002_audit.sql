@@ -7,7 +7,7 @@ CREATE TABLE audit_entries (
     seq       INTEGER PRIMARY KEY,   -- leaf index
     time_us   INTEGER NOT NULL,      -- when the call was answered (from the entry)
     province  TEXT    NOT NULL,      -- the caller's province ('' if unauthenticated)
-    method    TEXT    NOT NULL,      -- short RPC name, e.g. CheckEnrollment (the entry holds the full name)
+    method    TEXT    NOT NULL,      -- full RPC name, /hutong.v1.AssistanceQueryService/CheckEnrollment
     purpose   TEXT    NOT NULL,
     outcome   TEXT    NOT NULL,      -- gRPC status code name
     entry     BLOB    NOT NULL,      -- canonical entry bytes (gateway.audit.entry)
