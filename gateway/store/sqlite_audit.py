@@ -23,6 +23,7 @@ from gateway.errors import StoreError
 
 __all__ = [
     "BLOOM_THRESHOLD",
+    "FOLD_ROWS",
     "STORED_LEVEL",
     "AuditFilter",
     "AuditLedger",
@@ -41,6 +42,8 @@ __all__ = [
 BLOOM_THRESHOLD = 64
 #: Perfect subtrees of at least 2**STORED_LEVEL leaves are stored; smaller ones are recomputed.
 STORED_LEVEL = 8
+#: Person rows gathered in audit_persons_recent before they are folded into the index, in key order.
+FOLD_ROWS = 65536
 _BLOOM_BITS_PER_KEY = 10
 _BLOOM_PROBES = 4
 
@@ -97,6 +100,7 @@ class AuditLedger:
         self._tree = MerkleAccumulator(hash_fn)
         self._subtrees: list[tuple[int, int, bytes]] = []
         self._dirty = False
+        self._recent = 0
 
     @property
     def size(self) -> int:
@@ -143,6 +147,7 @@ class AuditLedger:
                     )
                 start += 1 << level
         self._tree = self._accumulator(size, hashes)
+        self._recent = con.execute("SELECT count(*) FROM audit_persons_recent").fetchone()[0]
 
     def _accumulator(self, size: int, peaks: Sequence[bytes]) -> MerkleAccumulator:
         return MerkleAccumulator(self.hash_fn, size=size, peaks=peaks, on_subtree=self._completed)
@@ -151,13 +156,14 @@ class AuditLedger:
         if level >= STORED_LEVEL:
             self._subtrees.append((level, start, digest))
 
-    def mark(self) -> tuple[int, tuple[bytes, ...]]:
+    def mark(self) -> tuple[int, tuple[bytes, ...], int]:
         """The state to return to if what follows is rolled back."""
-        return self._tree.size, self._tree.peaks
+        return self._tree.size, self._tree.peaks, self._recent
 
-    def reset(self, mark: tuple[int, tuple[bytes, ...]]) -> None:
+    def reset(self, mark: tuple[int, tuple[bytes, ...], int]) -> None:
         """Forget appends after ``mark`` (their transaction or savepoint was rolled back)."""
-        self._tree = self._accumulator(*mark)
+        size, peaks, self._recent = mark
+        self._tree = self._accumulator(size, peaks)
         self._subtrees.clear()
 
     def append(self, con: sqlite3.Connection, entries: Sequence[AuditEntry]) -> int:
@@ -184,8 +190,15 @@ class AuditLedger:
             )  # fmt: skip
         con.executemany("INSERT INTO audit_entries VALUES (?,?,?,?,?,?,?,?,?)", rows)
         if persons:
-            persons.sort()
-            con.executemany("INSERT INTO audit_persons VALUES (?,?)", persons)
+            con.executemany("INSERT INTO audit_persons_recent VALUES (?,?)", persons)
+            self._recent += len(persons)
+            if self._recent >= FOLD_ROWS:
+                con.execute(
+                    "INSERT INTO audit_persons SELECT person_key, seq FROM audit_persons_recent"
+                    " ORDER BY person_key, seq"
+                )
+                con.execute("DELETE FROM audit_persons_recent")
+                self._recent = 0
         if self._subtrees:
             con.executemany("INSERT INTO audit_subtrees VALUES (?,?,?)", self._subtrees)
             self._subtrees.clear()
@@ -280,9 +293,10 @@ def list_entries(
     if key:
         where.append(
             "(seq IN (SELECT seq FROM audit_persons WHERE person_key = ? AND seq >= ?)"
+            " OR seq IN (SELECT seq FROM audit_persons_recent WHERE person_key = ?)"
             " OR (persons_bloom IS NOT NULL AND hutong_bloom_has(persons_bloom, ?)))"
         )
-        args.extend((key, after, key))
+        args.extend((key, after, key, key))
     sql = f"SELECT seq, entry, persons_bloom FROM audit_entries WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?"
     out: list[tuple[int, bytes]] = []
     wanted = key.hex()
@@ -298,7 +312,7 @@ def list_entries(
             break
         args[0] = rows[-1][0] + 1
         if key:
-            args[-2] = args[0]
+            args[-3] = args[0]
     return out
 
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import gzip
 import os
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -28,31 +27,9 @@ def run(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProc
 
 
 @pytest.fixture
-def served_hub(tmp_path: Path) -> Iterator[tuple[Path, int]]:
-    certs = tmp_path / "certs"
-    made = run("pki", "quickstart", str(certs), "--node", "440000/gd-gz-01", cwd=tmp_path)
-    assert made.returncode == 0, made.stderr
+def served_hub(serve_hub: Callable[..., tuple[Path, int]], tmp_path: Path) -> tuple[Path, int]:
     (tmp_path / "policy.toml").write_text(POLICY, encoding="utf-8")
-    port_file = tmp_path / "hub.port"
-    log = (tmp_path / "hub.log").open("wb")
-    hub = subprocess.Popen(
-        [
-            *HUTONG, "hub", "serve", "--data-dir", str(tmp_path / "hub"), "--listen", "127.0.0.1:0",
-            "--cert", str(certs / "hub.pem"), "--key", str(certs / "hub.key"), "--ca", str(certs / "ca.pem"),
-            "--port-file", str(port_file), "--policy", str(tmp_path / "policy.toml"), "--checkpoint-seconds", "0.2",
-        ],
-        stdout=log,
-        stderr=log,
-    )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while not port_file.exists():
-        assert hub.poll() is None, (tmp_path / "hub.log").read_text()
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    yield certs, int(port_file.read_text())
-    hub.send_signal(signal.SIGTERM)
-    assert hub.wait(timeout=30) == 0
-    log.close()
+    return serve_hub("--policy", str(tmp_path / "policy.toml"), "--checkpoint-seconds", "0.2")
 
 
 def node_tls(certs: Path) -> list[str]:

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -69,30 +67,8 @@ def test_demo_refuses_a_directory_that_already_holds_one(tmp_path: Path) -> None
 
 
 @pytest.fixture
-def served_hub(tmp_path: Path) -> Iterator[tuple[Path, int]]:
-    certs = tmp_path / "certs"
-    made = run("pki", "quickstart", str(certs), "--node", "440000/gd-gz-01", cwd=tmp_path)
-    assert made.returncode == 0, made.stderr
-    port_file = tmp_path / "hub.port"
-    log = (tmp_path / "hub.log").open("wb")
-    hub = subprocess.Popen(
-        [
-            *HUTONG, "hub", "serve", "--data-dir", str(tmp_path / "hub"), "--listen", "127.0.0.1:0",
-            "--cert", str(certs / "hub.pem"), "--key", str(certs / "hub.key"), "--ca", str(certs / "ca.pem"),
-            "--port-file", str(port_file),
-        ],
-        stdout=log,
-        stderr=log,
-    )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while not port_file.exists():
-        assert hub.poll() is None, (tmp_path / "hub.log").read_text()
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    yield certs, int(port_file.read_text())
-    hub.send_signal(signal.SIGTERM)
-    assert hub.wait(timeout=30) == 0
-    log.close()
+def served_hub(serve_hub: Callable[..., tuple[Path, int]]) -> tuple[Path, int]:
+    return serve_hub()
 
 
 def node_tls(certs: Path) -> list[str]:

@@ -40,6 +40,7 @@ from gateway.domain.model import Enrollment, EnrollmentStatus, PersonRecord, Pro
 from gateway.domain.protection import FieldSealer, KeyMaterial, PersonKeyer, suite_hash
 from gateway.domain.records import PreparedBatch, RecordPreparer
 from gateway.errors import StoreError
+from gateway.store import sqlite_audit
 from gateway.store.base import BatchAck, NodeRef
 from gateway.store.sqlite import SqliteStore
 from gateway.store.sqlite_audit import BLOOM_THRESHOLD, STORED_LEVEL, AuditFilter, bloom_has, bloom_of
@@ -154,19 +155,6 @@ class Rfc9162:
     def proof(self, m: int, n: int) -> list[bytes]:
         """PROOF(m, D[0:n]); empty from the empty tree and from a tree to itself."""
         return [] if m in (0, n) else self.subproof(m, 0, n, True)
-
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "data" / "hub.sqlite3"
-
-
-@pytest.fixture
-async def store(db_path: Path) -> AsyncIterator[SqliteStore]:
-    s = SqliteStore(db_path)
-    await s.open()
-    yield s
-    await s.close()
 
 
 @contextlib.contextmanager
@@ -287,6 +275,10 @@ async def test_the_tree_follows_the_configured_hash(db_path: Path) -> None:
 
 
 # -- proofs -----------------------------------------------------------------------------------
+
+
+#: Every person row, folded into the index or still recent.
+PERSON_ROWS = "(SELECT person_key, seq FROM audit_persons UNION ALL SELECT person_key, seq FROM audit_persons_recent)"
 
 
 @pytest.fixture
@@ -484,7 +476,7 @@ async def test_a_job_failing_after_its_appends_leaves_no_gap_in_the_group(store:
         assert con.execute("SELECT hash FROM audit_subtrees WHERE level=8 AND start=0").fetchone()[0] == root_hash(
             leaves[:256]
         )
-        assert con.execute("SELECT count(*) FROM audit_persons").fetchone()[0] == len(entries)
+        assert con.execute(f"SELECT count(*) FROM {PERSON_ROWS}").fetchone()[0] == len(entries)
     verify_inclusion(leaves[255], 255, 263, await store.inclusion_proof(255, 263), root_hash(leaves))
     # The stored tree state agrees with the entries table (open() checks it).
     await store.close()
@@ -806,8 +798,8 @@ async def test_the_corpus_exercises_both_person_indexes(corpus: SqliteStore, db_
     bloom_entries = [i for i, e in enumerate(CORPUS) if len(e.person_keys) > BLOOM_THRESHOLD]
     with raw_database(db_path) as con:
         with_bloom = [seq for (seq,) in con.execute("SELECT seq FROM audit_entries WHERE persons_bloom IS NOT NULL")]
-        indexed = {seq for (seq,) in con.execute("SELECT DISTINCT seq FROM audit_persons")}
-        threshold_rows = con.execute("SELECT count(*) FROM audit_persons WHERE seq = 30").fetchone()[0]
+        indexed = {seq for (seq,) in con.execute(f"SELECT DISTINCT seq FROM {PERSON_ROWS}")}
+        threshold_rows = con.execute(f"SELECT count(*) FROM {PERSON_ROWS} WHERE seq = 30").fetchone()[0]
     assert with_bloom == bloom_entries
     assert len(bloom_entries) >= 5
     assert indexed == set(range(len(CORPUS))) - set(bloom_entries)
@@ -873,3 +865,34 @@ async def test_concurrent_appends_make_one_gapless_log(store: SqliteStore) -> No
     total = sum(len(entries) for entries in calls)
     assert sorted(at) == list(range(total))
     await assert_log_holds(store, [at[i] for i in range(total)])
+
+
+async def test_recent_person_rows_are_folded_into_the_index_in_key_order(
+    store: SqliteStore, db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_audit, "FOLD_ROWS", 10)
+    first = numbered(0, 6)
+    await store.append_audit(first)
+    with raw_database(db_path) as con:
+        assert con.execute("SELECT count(*) FROM audit_persons_recent").fetchone()[0] == 6
+        assert con.execute("SELECT count(*) FROM audit_persons").fetchone()[0] == 0
+
+    # A write that fails after crossing the mark folds nothing: its savepoint takes the fold back.
+    def fail_after_fold(con: sqlite3.Connection) -> None:
+        store._ledger.append(con, numbered(6, 12))
+        raise RuntimeError("the job fails after appending")
+
+    with pytest.raises(RuntimeError):
+        await store._write(fail_after_fold)
+    second = numbered(6, 12)
+    await store.append_audit(second)
+    with raw_database(db_path) as con:
+        assert con.execute("SELECT count(*) FROM audit_persons_recent").fetchone()[0] == 0
+        assert con.execute("SELECT count(*) FROM audit_persons").fetchone()[0] == 12
+    # Every person is found, whichever table holds its row.
+    await store.append_audit(numbered(12, 14))
+    size, _ = await store.audit_tree()
+    for index, entry in enumerate([*first, *second, *numbered(12, 14)]):
+        key = bytes.fromhex(entry.person_keys[0])
+        found = await store.audit_entries(AuditFilter(person_key=key), after=0, limit=10, size=size)
+        assert [seq for seq, _ in found] == [index]

@@ -7,7 +7,6 @@ import dataclasses
 import datetime as dt
 import hashlib
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -97,19 +96,6 @@ async def apply(store: SqliteStore, node: NodeRef, batch_id: str, *records: Pers
 
 def outcomes(ack: BatchAck) -> list[Outcome]:
     return [Outcome(v) for v in ack.record_outcomes]
-
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "data" / "hub.sqlite3"
-
-
-@pytest.fixture
-async def store(db_path: Path) -> AsyncIterator[SqliteStore]:
-    s = SqliteStore(db_path)
-    await s.open()
-    yield s
-    await s.close()
 
 
 # -- version rules ----------------------------------------------------------------------------

