@@ -32,7 +32,8 @@ from gateway.audit import (
 from gateway.audit.archive import export_log, hash_function, read_export_entries, verify_export
 from gateway.client import HubClient
 from gateway.errors import ConfigError
-from gateway.store.sqlite_audit import AuditFilter, short_method
+from gateway.store.base import AuditFilter
+from gateway.store.sqlite_audit import short_method
 from hutong.v1 import audit_pb2
 from pki import TlsMaterial
 

@@ -505,7 +505,7 @@ def _audit(args: argparse.Namespace) -> int:
             raise errors.ConfigError(
                 "--person-key must be hex", reason="PERSON_KEY_INVALID", field="person_key"
             ) from None
-        from gateway.store.sqlite_audit import AuditFilter
+        from gateway.store.base import AuditFilter
 
         filt = AuditFilter(
             since_us=ac.parse_time(args.since) if args.since else 0,

@@ -42,8 +42,7 @@ from gateway.audit.binding import bind_key
 from gateway.domain.protection import suite_hash
 from gateway.errors import ConfigError, HutongError
 from gateway.hub.interceptors import CallInfo
-from gateway.store.base import BatchAck
-from gateway.store.sqlite import SqliteStore
+from gateway.store.base import BatchAck, Store
 from gateway.store.sqlite_audit import SqliteAuditSource
 from pki import TlsMaterial
 from pki.operator import write_public_pem, write_secret_file
@@ -194,7 +193,7 @@ def payload_digest(hash_fn: HashFn, request: Any, response: Any) -> bytes:
 class AuditRecorder:
     """Appends the audit entries of the hub's calls and signs checkpoints."""
 
-    def __init__(self, store: SqliteStore, key: AuditKey, hash_fn: HashFn, *, checkpoint_seconds: float) -> None:
+    def __init__(self, store: Store, key: AuditKey, hash_fn: HashFn, *, checkpoint_seconds: float) -> None:
         self._store = store
         self.key = key
         self.hash_fn = hash_fn
@@ -266,12 +265,15 @@ class AuditRecorder:
         await self.append(entry)
 
     async def append(self, entry: AuditEntry) -> int:
-        """Append one entry with whatever else is waiting (one transaction); returns its index."""
+        """Append one entry with whatever else is waiting (one transaction); returns its index.
+
+        A caller that gives up (cancelled) cancels only its own wait: the entry is written anyway.
+        """
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._pending.append((entry, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
-        return await asyncio.shield(future)
+        return await future
 
     async def _flush(self) -> None:
         while self._pending:

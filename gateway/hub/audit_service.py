@@ -17,8 +17,7 @@ from gateway.audit import parse_checkpoint
 from gateway.hub.audit import AuditRecorder, hash_name
 from gateway.hub.convert import timestamp_from_us
 from gateway.hub.interceptors import current_call
-from gateway.store.sqlite import SqliteStore
-from gateway.store.sqlite_audit import AuditFilter
+from gateway.store.base import AuditFilter, Store
 from hutong.v1 import audit_pb2, audit_pb2_grpc
 
 __all__ = ["MAX_AUDIT_PAGE", "AuditServicer"]
@@ -38,7 +37,7 @@ def _us(ts: object) -> int:
 class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
     """Serves the exchange log to auditors and province nodes."""
 
-    def __init__(self, store: SqliteStore, recorder: AuditRecorder, key_binding: bytes = b"") -> None:
+    def __init__(self, store: Store, recorder: AuditRecorder, key_binding: bytes = b"") -> None:
         self._store = store
         self._recorder = recorder
         self._binding = key_binding

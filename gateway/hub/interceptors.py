@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import os
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -302,7 +302,7 @@ def _request_id(context: grpc.aio.ServicerContext) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == REQUEST_ID_KEY and isinstance(value, str) and 0 < len(value) <= 128 and value.isprintable():
             return value
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()
 
 
 class _Capture:
@@ -394,7 +394,7 @@ class HubInterceptor:
             step.exit(call)
         if self._recorder is not None:
             try:
-                await asyncio.shield(self._recorder.record(call, request, None))
+                await self._recorder.record(call, request, None)
             except errors.HutongError as exc:
                 log.error("audit_append_failed", error=str(exc), reason=exc.reason)
 
@@ -406,7 +406,7 @@ class HubInterceptor:
             call.code = _code_of(failure)
         if self._recorder is not None:
             try:
-                await asyncio.shield(self._recorder.record(call, request, response))
+                await self._recorder.record(call, request, response)
             except errors.HutongError as exc:
                 log.error("audit_append_failed", error=str(exc), reason=exc.reason)
                 failure = errors.Unavailable(

@@ -17,6 +17,7 @@ from gateway.domain.model import Outcome, Program
 from gateway.domain.records import PreparedBatch, Rejection, Retirement
 
 __all__ = [
+    "AuditFilter",
     "BatchAck",
     "Finding",
     "HeldEnrollments",
@@ -29,6 +30,21 @@ __all__ = [
     "decode_rejections",
     "encode_rejections",
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class AuditFilter:
+    """What an auditor asks for; empty fields do not filter."""
+
+    #: Entries answered at or after this time (microseconds since the epoch); 0: no bound.
+    since_us: int = 0
+    #: Entries answered before this time; 0: no bound.
+    until_us: int = 0
+    province: str = ""
+    #: RPC name, short (``CheckEnrollment``) or full (``/hutong.v1.AssistanceQueryService/CheckEnrollment``).
+    method: str = ""
+    purpose: str = ""
+    person_key: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,5 +204,37 @@ class Store(Protocol):
     async def stats(self) -> HubStats:
         """Totals across the hub."""
 
+    # -- the exchange log (gateway.audit): entries, checkpoints, proofs -----------------------
+
     async def append_audit(self, entries: Sequence[AuditEntry]) -> int:
         """Append entries to the exchange log, durably, gapless; returns the index of the first."""
+
+    async def add_checkpoint(self, sign: Callable[[int, bytes], tuple[int, str]]) -> tuple[int, str] | None:
+        """Sign (``sign(size, root) -> (time_us, note)``) and store a checkpoint of the committed log.
+
+        None when the current size already has one.
+        """
+
+    async def audit_tree(self) -> tuple[int, bytes]:
+        """Size and root hash of the committed log."""
+
+    async def latest_checkpoint(self) -> tuple[int, str] | None:
+        """(size, note) of the newest signed checkpoint."""
+
+    async def checkpoint_at(self, size: int) -> str | None:
+        """The signed checkpoint of exactly ``size`` entries, if there is one."""
+
+    async def audit_checkpoints(self, *, max_size: int | None = None) -> list[tuple[int, int, str]]:
+        """(size, time_us, note) of every checkpoint, ascending."""
+
+    async def audit_entries(self, filt: AuditFilter, *, after: int, limit: int, size: int) -> list[tuple[int, bytes]]:
+        """Up to ``limit`` (index, entry bytes) matching ``filt``, from index ``after``, below ``size``."""
+
+    async def audit_entry(self, index: int) -> tuple[bytes, bytes] | None:
+        """(entry bytes, leaf hash) of one entry."""
+
+    async def inclusion_proof(self, index: int, size: int) -> list[bytes]:
+        """RFC 9162 inclusion proof; TreeRangeInvalid beyond the committed log."""
+
+    async def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
+        """RFC 9162 consistency proof; TreeRangeInvalid beyond the committed log."""

@@ -39,6 +39,7 @@ from gateway.domain.policy import EXCLUSIVE_PROGRAMS, duplicate_programs
 from gateway.domain.records import PreparedBatch, Rejection, Retirement, decide_outcome
 from gateway.errors import StoreError
 from gateway.store.base import (
+    AuditFilter,
     BatchAck,
     Finding,
     HeldEnrollments,
@@ -50,7 +51,6 @@ from gateway.store.base import (
     encode_rejections,
 )
 from gateway.store.sqlite_audit import (
-    AuditFilter,
     AuditLedger,
     list_entries,
     read_checkpoints,

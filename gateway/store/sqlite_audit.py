@@ -15,17 +15,16 @@ import hashlib
 import json
 import sqlite3
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.audit import AuditEntry, HashFn, MerkleAccumulator, TreeRangeInvalid, node_hash
 from gateway.errors import StoreError
+from gateway.store.base import AuditFilter
 
 __all__ = [
     "BLOOM_THRESHOLD",
     "FOLD_ROWS",
     "STORED_LEVEL",
-    "AuditFilter",
     "AuditLedger",
     "SqliteAuditSource",
     "bloom_has",
@@ -70,21 +69,6 @@ def bloom_has(filt: bytes | None, key: bytes) -> bool:
         return False
     bits = len(filt) * 8
     return all(filt[pos >> 3] & (1 << (pos & 7)) for pos in _bloom_positions(key, bits))
-
-
-@dataclass(frozen=True, slots=True)
-class AuditFilter:
-    """What an auditor asks for; empty fields do not filter."""
-
-    #: Entries answered at or after this time (microseconds since the epoch); 0: no bound.
-    since_us: int = 0
-    #: Entries answered before this time; 0: no bound.
-    until_us: int = 0
-    province: str = ""
-    #: RPC name, short (``CheckEnrollment``) or full (``/hutong.v1.AssistanceQueryService/CheckEnrollment``).
-    method: str = ""
-    purpose: str = ""
-    person_key: bytes = b""
 
 
 def short_method(method: str) -> str:

@@ -41,9 +41,9 @@ from gateway.domain.protection import FieldSealer, KeyMaterial, PersonKeyer, sui
 from gateway.domain.records import PreparedBatch, RecordPreparer
 from gateway.errors import StoreError
 from gateway.store import sqlite_audit
-from gateway.store.base import BatchAck, NodeRef
+from gateway.store.base import AuditFilter, BatchAck, NodeRef
 from gateway.store.sqlite import SqliteStore
-from gateway.store.sqlite_audit import BLOOM_THRESHOLD, STORED_LEVEL, AuditFilter, bloom_has, bloom_of
+from gateway.store.sqlite_audit import BLOOM_THRESHOLD, STORED_LEVEL, bloom_has, bloom_of
 
 CHECK = "/hutong.v1.AssistanceQueryService/CheckEnrollment"
 BATCH_CHECK = "/hutong.v1.AssistanceQueryService/BatchCheckEnrollment"
