@@ -8,10 +8,20 @@ canonical bytes are a leaf of an RFC 9162 Merkle tree; the hub signs C2SP checkp
 Trust without trusting the hub's operators: :func:`verify_binding` ties the checkpoint key to a
 hub certificate of the ministry CA; a :class:`CheckpointWitness` (a province node) remembers the
 newest checkpoint it saw and raises :class:`LogInconsistent` when the log is rewritten.
+:func:`export_log` writes the log to a directory and :func:`verify_export` checks one offline.
 """
 
 from __future__ import annotations
 
+from gateway.audit.archive import (
+    EXPORT_FORMAT,
+    AuditSource,
+    ExportSummary,
+    VerifyReport,
+    export_log,
+    read_export_entries,
+    verify_export,
+)
 from gateway.audit.binding import BINDING_TYPE, KeyBinding, bind_key, verify_binding
 from gateway.audit.checkpoint import (
     ALG_ED25519,
@@ -70,15 +80,18 @@ __all__ = [
     "ALG_ED25519",
     "BINDING_TYPE",
     "ENTRY_VERSION",
+    "EXPORT_FORMAT",
     "TIME_EXTENSION",
     "AuditEntry",
     "AuditError",
+    "AuditSource",
     "BindingInvalid",
     "Checkpoint",
     "CheckpointInvalid",
     "CheckpointWitness",
     "EntryInvalid",
     "ExportInvalid",
+    "ExportSummary",
     "HashFn",
     "KeyBinding",
     "KeyInvalid",
@@ -91,12 +104,14 @@ __all__ = [
     "SignedNote",
     "SubtreeHash",
     "TreeRangeInvalid",
+    "VerifyReport",
     "bind_key",
     "consistency_path",
     "consistency_proof",
     "empty_root",
     "encode_signer_key",
     "encode_verifier_key",
+    "export_log",
     "inclusion_path",
     "inclusion_proof",
     "key_hash",
@@ -107,6 +122,7 @@ __all__ = [
     "parse_note",
     "parse_signer_key",
     "parse_verifier_key",
+    "read_export_entries",
     "root_hash",
     "sha256",
     "sign_checkpoint",
@@ -114,5 +130,6 @@ __all__ = [
     "verify_binding",
     "verify_checkpoint",
     "verify_consistency",
+    "verify_export",
     "verify_inclusion",
 ]
