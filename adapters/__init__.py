@@ -1,7 +1,13 @@
 """Province adapters: legacy exports (GBK CSV, fixed-width, XML, DBF, Excel, JSON Lines) into
-``hutong.v1.PersonRecord`` messages, by declarative per-province profiles, with every rejected row
-kept with its reason.
+standard records (``hutong.v1.PersonRecord``), by one declarative profile per source, with every
+row accounted for: a record, or a reject naming every problem.
 
-The readers and profiles are built under their own issue; this package fixes the place in the
-layout (``adapters`` → ``gateway.domain``, ``hutong.v1``) so that nothing else has to move then.
+* :mod:`adapters.profile` — ``load_profile``: the TOML profile, validated key by key;
+* readers (:mod:`adapters.csv_reader`, :mod:`adapters.fixed_width_reader`,
+  :mod:`adapters.jsonl_reader`, :mod:`adapters.xml_reader`, :mod:`adapters.dbf_reader`,
+  :mod:`adapters.xlsx_reader`) — streaming, one :class:`adapters.source.SourceRow` per row;
+* :mod:`adapters.mapping` — a row to a record, checked with the hub's own rules;
+* :mod:`adapters.run` — ``adapt``: files through a profile, with a summary.
+
+The profile format is documented in ``adapters/README.md``.
 """

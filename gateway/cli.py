@@ -161,6 +161,21 @@ def _parser() -> argparse.ArgumentParser:
         q.add_argument("--server-name", help="name to verify in the hub's certificate, if not the --hub host")
         _add_tls(q, "node")
 
+    adapt = sub.add_parser(
+        "adapt",
+        help="turn a province export into standard records with its profile; every row accounted for",
+        description="Reads each FILE with the profile's format (CSV/TSV, fixed-width, XML, DBF, Excel, JSON Lines) and "
+        "writes one hutong.v1.PersonRecord per valid row (protobuf JSON, one per line) and one JSON line per rejected "
+        "row with every problem found. Prints rows read = records + rejected. Exit 0 when nothing was rejected, 4 when "
+        "rows were rejected or a file could not be read, 3 when the profile is invalid. `hutong adapt profile-lint P` "
+        "only validates a profile. The profile format: adapters/README.md.",
+    )
+    adapt.add_argument("files", nargs="+", metavar="FILE", help="export files (or: profile-lint PROFILE)")
+    adapt.add_argument("--profile", type=Path, help="the source's profile (TOML)")
+    adapt.add_argument("-o", "--out", type=Path, help="records file (JSON Lines; default: standard output)")
+    adapt.add_argument("--rejects", type=Path, help="reject file (JSON Lines); without it the first rejects are shown")
+    adapt.add_argument("--check", action="store_true", help="validate only: read everything, write nothing")
+
     audit = sub.add_parser(
         "audit",
         help="the exchange log: export, verify (offline), show, prove, watch",
@@ -469,6 +484,17 @@ def _dispatch(args: argparse.Namespace) -> int:
         )
     if args.command == "audit":
         return _audit(args)
+    if args.command == "adapt":
+        from adapters.commands import adapt_command, profile_lint
+
+        if args.files[0] == "profile-lint":
+            if len(args.files) != 2:
+                raise errors.ConfigError("usage: hutong adapt profile-lint PROFILE", reason="USAGE", field="profile")
+            return profile_lint(Path(args.files[1]))
+        if args.profile is None:
+            raise errors.ConfigError("--profile is required", reason="PROFILE_MISSING", field="profile")
+        files = [Path(f) for f in args.files]
+        return adapt_command(args.profile, files, out=args.out, rejects=args.rejects, check=args.check)
     if args.command == "pki":
         if args.pki_command == "quickstart":
             from gateway.commands import pki_quickstart

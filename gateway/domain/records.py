@@ -47,12 +47,14 @@ __all__ = [
     "MAX_HOUSEHOLD_MEMBERS",
     "MAX_ITEM_ID_LENGTH",
     "MAX_MONTHLY_AMOUNT_FEN",
+    "CheckedRecord",
     "PreparedBatch",
     "PreparedHousehold",
     "PreparedRecord",
     "RecordPreparer",
     "Rejection",
     "Retirement",
+    "check_record",
     "check_retirement",
     "decide_outcome",
     "decode_enrollments",
@@ -263,6 +265,185 @@ def _check_name(name: str, record_id: str) -> None:
         )
 
 
+class CheckedRecord(NamedTuple):
+    """What :func:`check_record` found: the parsed ID number (None if invalid), active programmes, errors."""
+
+    id_number: identity.IdNumber | None
+    #: Mask of programmes with an ACTIVE enrollment (``Program.bit``).
+    active_programs: int
+    #: Every rule the record breaks, in the order the hub checks them; empty for a good record.
+    errors: list[HutongError]
+
+
+def check_record(
+    record: PersonRecord, province_code: str, *, today: dt.date, now_us: int, index: int | None = None
+) -> CheckedRecord:
+    """Every rule ``record`` breaks for ``province_code``, each naming its field; the hub refuses on the first.
+
+    The one definition of a valid record: the hub's preparation and the provinces' adapters both
+    call it, so a record an adapter accepts is one the hub accepts.
+    """
+    rid = record.record_id
+    errors: list[HutongError] = []
+    # Plain try blocks, not a helper taking lambdas: this runs for every record the hub ingests.
+    try:
+        _check_item_id(rid, "record_id", rid or f"#{index if index is not None else '?'}")
+    except HutongError as exc:
+        errors.append(exc)
+    if record.version < 1:
+        errors.append(
+            InvalidRecord("version must be at least 1", reason="VERSION_INVALID", field="version", record=rid)
+        )
+    id_number: identity.IdNumber | None = None
+    try:
+        id_number = identity.parse_id_number(record.id_number, today=today)
+    except HutongError as exc:
+        exc.record = rid
+        errors.append(exc)
+    try:
+        _check_name(record.name, rid)
+    except HutongError as exc:
+        errors.append(exc)
+    if record.gender not in _GENDER_VALUES:
+        errors.append(
+            InvalidRecord(
+                f"unknown gender value {record.gender}", reason="UNKNOWN_ENUM_VALUE", field="gender", record=rid
+            )
+        )
+    if id_number is not None:
+        resident = id_number.kind == identity.IdKind.RESIDENT
+        if record.gender and resident and record.gender != int(id_number.gender):
+            errors.append(
+                InvalidRecord(
+                    "gender disagrees with the ID number", reason="GENDER_MISMATCH", field="gender", record=rid
+                )
+            )
+        if record.birth_date is not None and record.birth_date != id_number.birth_date:
+            errors.append(
+                InvalidRecord(
+                    "birth_date disagrees with the ID number",
+                    reason="BIRTH_DATE_MISMATCH",
+                    field="birth_date",
+                    record=rid,
+                )
+            )
+    if record.hukou_division:
+        try:
+            divisions.validate_division(record.hukou_division, field="hukou_division", record=rid)
+        except HutongError as exc:
+            errors.append(exc)
+    if not record.residence_division:
+        errors.append(
+            InvalidRecord(
+                "residence_division is required", reason="DIVISION_MISSING", field="residence_division", record=rid
+            )
+        )
+    else:
+        try:
+            _check_own_division(record.residence_division, province_code, "residence_division", rid)
+        except HutongError as exc:
+            errors.append(exc)
+    if record.household_id:
+        try:
+            _check_item_id(record.household_id, "household_id", rid)
+        except HutongError as exc:
+            errors.append(exc)
+    if record.updated_at_us > now_us + _CLOCK_SKEW_US:
+        errors.append(
+            InvalidRecord(
+                "updated_at lies in the future", reason="UPDATED_AT_IN_FUTURE", field="updated_at", record=rid
+            )
+        )
+    active = _check_enrollments(record, province_code, today, errors)
+    return CheckedRecord(id_number, active, errors)
+
+
+def _check_own_division(code: str, province_code: str, field: str, record: str) -> None:
+    divisions.validate_division(code, field=field, record=record)
+    if code[:2] != province_code[:2]:
+        raise PermissionDenied(
+            f"{field} lies outside the calling province {province_code}",
+            reason="PROVINCE_NOT_PERMITTED",
+            field=field,
+            record=record,
+            metadata={"caller_province": province_code},
+        )
+
+
+def _check_enrollments(record: PersonRecord, province_code: str, today: dt.date, errors: list[HutongError]) -> int:
+    """Append what is wrong with each enrollment (its first broken rule) to ``errors``; the active mask."""
+    rid = record.record_id
+    if len(record.enrollments) > MAX_ENROLLMENTS:
+        errors.append(
+            InvalidRecord(
+                f"at most {MAX_ENROLLMENTS} enrollments per record",
+                reason="TOO_MANY_ENROLLMENTS",
+                field="enrollments",
+                record=rid,
+            )
+        )
+        return 0
+    active = 0
+    latest_start = today + dt.timedelta(days=366)
+    for i, e in enumerate(record.enrollments):
+        try:
+            active |= _check_enrollment(e, f"enrollments[{i}]", rid, province_code, latest_start, active)
+        except HutongError as exc:
+            errors.append(exc)
+    return active
+
+
+def _check_enrollment(
+    e: EnrollmentT, where: str, rid: str, province_code: str, latest_start: dt.date, active: int
+) -> int:
+    if e.program not in _PROGRAM_VALUES:
+        reason = "PROGRAM_MISSING" if e.program == 0 else "UNKNOWN_ENUM_VALUE"
+        raise InvalidRecord(
+            f"program must be a known programme, got {e.program}", reason=reason, field=f"{where}.program", record=rid
+        )
+    if e.status not in _STATUS_VALUES:
+        reason = "STATUS_MISSING" if e.status == 0 else "UNKNOWN_ENUM_VALUE"
+        raise InvalidRecord(
+            f"status must be a known status, got {e.status}", reason=reason, field=f"{where}.status", record=rid
+        )
+    if e.start_date is None:
+        raise InvalidRecord("start_date is required", reason="DATE_MISSING", field=f"{where}.start_date", record=rid)
+    if e.start_date > latest_start:
+        raise InvalidRecord(
+            "start_date lies more than a year ahead", reason="DATE_IMPOSSIBLE", field=f"{where}.start_date", record=rid
+        )
+    if e.end_date is not None and e.end_date < e.start_date:
+        raise InvalidRecord(
+            "end_date is before start_date", reason="DATE_RANGE_INVALID", field=f"{where}.end_date", record=rid
+        )
+    if e.monthly_amount_fen < 0:
+        raise InvalidRecord(
+            "monthly_amount_fen must not be negative",
+            reason="AMOUNT_NEGATIVE",
+            field=f"{where}.monthly_amount_fen",
+            record=rid,
+        )
+    if e.monthly_amount_fen > MAX_MONTHLY_AMOUNT_FEN:
+        raise InvalidRecord(
+            f"monthly_amount_fen exceeds {MAX_MONTHLY_AMOUNT_FEN} fen (100,000 yuan); amounts are in fen",
+            reason="AMOUNT_TOO_LARGE",
+            field=f"{where}.monthly_amount_fen",
+            record=rid,
+        )
+    _check_own_division(e.granting_division, province_code, f"{where}.granting_division", rid)
+    if e.status == _ACTIVE:
+        bit = 1 << e.program
+        if active & bit:
+            raise InvalidRecord(
+                "two active enrollments in the same programme",
+                reason="ENROLLMENT_DUPLICATED",
+                field=f"{where}.program",
+                record=rid,
+            )
+        return bit
+    return 0
+
+
 class RecordPreparer:
     """Validates records of one province and prepares them for the store."""
 
@@ -319,52 +500,14 @@ class RecordPreparer:
         self, index: int, province_code: str, record: PersonRecord, today: dt.date, now_us: int
     ) -> PreparedRecord:
         """Validate one record and prepare it; raises the first rule it breaks."""
+        checked = check_record(record, province_code, today=today, now_us=now_us, index=index)
+        if checked.errors:
+            raise checked.errors[0]
+        id_number = checked.id_number
+        assert id_number is not None  # a record without errors has a valid ID number
         rid = record.record_id
-        _check_item_id(rid, "record_id", rid or f"#{index}")
-        if record.version < 1:
-            raise InvalidRecord("version must be at least 1", reason="VERSION_INVALID", field="version", record=rid)
-        try:
-            id_number = identity.parse_id_number(record.id_number, today=today)
-        except HutongError as exc:
-            exc.record = rid
-            raise
-        _check_name(record.name, rid)
-        if record.gender not in _GENDER_VALUES:
-            raise InvalidRecord(
-                f"unknown gender value {record.gender}", reason="UNKNOWN_ENUM_VALUE", field="gender", record=rid
-            )
         resident = id_number.kind == identity.IdKind.RESIDENT
-        id_gender = int(id_number.gender) if resident else 0
-        birth = id_number.birth_date
-        if record.gender and resident and record.gender != id_gender:
-            raise InvalidRecord(
-                "gender disagrees with the ID number", reason="GENDER_MISMATCH", field="gender", record=rid
-            )
-        if record.birth_date is not None and record.birth_date != birth:
-            raise InvalidRecord(
-                "birth_date disagrees with the ID number",
-                reason="BIRTH_DATE_MISMATCH",
-                field="birth_date",
-                record=rid,
-            )
-        if record.hukou_division:
-            divisions.validate_division(record.hukou_division, field="hukou_division", record=rid)
-        if not record.residence_division:
-            raise InvalidRecord(
-                "residence_division is required",
-                reason="DIVISION_MISSING",
-                field="residence_division",
-                record=rid,
-            )
-        self._check_own_division(record.residence_division, province_code, "residence_division", rid)
-        if record.household_id:
-            _check_item_id(record.household_id, "household_id", rid)
-        if record.updated_at_us > now_us + _CLOCK_SKEW_US:
-            raise InvalidRecord(
-                "updated_at lies in the future", reason="UPDATED_AT_IN_FUTURE", field="updated_at", record=rid
-            )
-        active = self._check_enrollments(record, province_code, today)
-        gender = record.gender or id_gender
+        gender = record.gender or (int(id_number.gender) if resident else 0)
         pii = f"{id_number.value}\x1f{record.name.strip()}".encode()
         return PreparedRecord(
             position=index,
@@ -379,95 +522,9 @@ class RecordPreparer:
             residence_division=record.residence_division,
             household_id=record.household_id,
             enrollments=encode_enrollments(record.enrollments),
-            active_programs=active,
+            active_programs=checked.active_programs,
             updated_at_us=record.updated_at_us,
         )
-
-    @staticmethod
-    def _check_own_division(code: str, province_code: str, field: str, record: str) -> None:
-        divisions.validate_division(code, field=field, record=record)
-        if code[:2] != province_code[:2]:
-            raise PermissionDenied(
-                f"{field} lies outside the calling province {province_code}",
-                reason="PROVINCE_NOT_PERMITTED",
-                field=field,
-                record=record,
-                metadata={"caller_province": province_code},
-            )
-
-    def _check_enrollments(self, record: PersonRecord, province_code: str, today: dt.date) -> int:
-        rid = record.record_id
-        if len(record.enrollments) > MAX_ENROLLMENTS:
-            raise InvalidRecord(
-                f"at most {MAX_ENROLLMENTS} enrollments per record",
-                reason="TOO_MANY_ENROLLMENTS",
-                field="enrollments",
-                record=rid,
-            )
-        active = 0
-        latest_start = today + dt.timedelta(days=366)
-        for i, e in enumerate(record.enrollments):
-            where = f"enrollments[{i}]"
-            if e.program not in _PROGRAM_VALUES:
-                reason = "PROGRAM_MISSING" if e.program == 0 else "UNKNOWN_ENUM_VALUE"
-                raise InvalidRecord(
-                    f"program must be a known programme, got {e.program}",
-                    reason=reason,
-                    field=f"{where}.program",
-                    record=rid,
-                )
-            if e.status not in _STATUS_VALUES:
-                reason = "STATUS_MISSING" if e.status == 0 else "UNKNOWN_ENUM_VALUE"
-                raise InvalidRecord(
-                    f"status must be a known status, got {e.status}",
-                    reason=reason,
-                    field=f"{where}.status",
-                    record=rid,
-                )
-            if e.start_date is None:
-                raise InvalidRecord(
-                    "start_date is required", reason="DATE_MISSING", field=f"{where}.start_date", record=rid
-                )
-            if e.start_date > latest_start:
-                raise InvalidRecord(
-                    "start_date lies more than a year ahead",
-                    reason="DATE_IMPOSSIBLE",
-                    field=f"{where}.start_date",
-                    record=rid,
-                )
-            if e.end_date is not None and e.end_date < e.start_date:
-                raise InvalidRecord(
-                    "end_date is before start_date",
-                    reason="DATE_RANGE_INVALID",
-                    field=f"{where}.end_date",
-                    record=rid,
-                )
-            if e.monthly_amount_fen < 0:
-                raise InvalidRecord(
-                    "monthly_amount_fen must not be negative",
-                    reason="AMOUNT_NEGATIVE",
-                    field=f"{where}.monthly_amount_fen",
-                    record=rid,
-                )
-            if e.monthly_amount_fen > MAX_MONTHLY_AMOUNT_FEN:
-                raise InvalidRecord(
-                    f"monthly_amount_fen exceeds {MAX_MONTHLY_AMOUNT_FEN} fen (100,000 yuan); amounts are in fen",
-                    reason="AMOUNT_TOO_LARGE",
-                    field=f"{where}.monthly_amount_fen",
-                    record=rid,
-                )
-            self._check_own_division(e.granting_division, province_code, f"{where}.granting_division", rid)
-            if e.status == _ACTIVE:
-                bit = 1 << e.program
-                if active & bit:
-                    raise InvalidRecord(
-                        "two active enrollments in the same programme",
-                        reason="ENROLLMENT_DUPLICATED",
-                        field=f"{where}.program",
-                        record=rid,
-                    )
-                active |= bit
-        return active
 
     def prepare_household(self, index: int, province_code: str, household: Household) -> PreparedHousehold:
         """Validate one household and prepare it; raises the first rule it breaks."""
@@ -475,7 +532,7 @@ class RecordPreparer:
         _check_item_id(hid, "household_id", hid or f"#{index}")
         if household.version < 1:
             raise InvalidRecord("version must be at least 1", reason="VERSION_INVALID", field="version", record=hid)
-        self._check_own_division(household.residence_division, province_code, "residence_division", hid)
+        _check_own_division(household.residence_division, province_code, "residence_division", hid)
         if len(household.members) > MAX_HOUSEHOLD_MEMBERS:
             raise InvalidRecord(
                 f"at most {MAX_HOUSEHOLD_MEMBERS} members per household",

@@ -1,0 +1,68 @@
+"""JSON Lines exports: one JSON object per line; nested objects are reached with dotted key paths.
+
+Fields are the object's leaves by dotted path (``person.name``, ``enrollment.start``); arrays
+by index (``enrollments.0.program``). Values become text: strings as is, numbers as written
+(integers without ``.0``), booleans ``true``/``false``, null as ``""``. A line that is not a
+JSON object is refused (``JSON_INVALID``); blank lines are not rows.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from adapters.source import SourceError, SourceRow
+
+__all__ = ["read_jsonl"]
+
+
+def _flatten(value: Any, prefix: str, out: dict[str, str]) -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _flatten(item, f"{prefix}{key}.", out)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _flatten(item, f"{prefix}{index}.", out)
+    elif value is None:
+        out[prefix[:-1]] = ""
+    elif isinstance(value, bool):
+        out[prefix[:-1]] = "true" if value else "false"
+    elif isinstance(value, float) and value.is_integer():
+        out[prefix[:-1]] = str(int(value))
+    else:
+        out[prefix[:-1]] = str(value)
+
+
+def read_jsonl(path: Path, *, encoding: str = "utf-8") -> Iterator[SourceRow]:
+    """Every object of a JSON Lines file as a DATA row."""
+    codec = "utf-8" if encoding == "utf-8-sig" else encoding
+    try:
+        fh = path.open("rb")
+    except OSError as exc:
+        raise SourceError(f"cannot open {path}: {exc.strerror}", field=str(path)) from exc
+    with fh:
+        for number, line in enumerate(fh, start=1):
+            if number == 1 and line.startswith(b"\xef\xbb\xbf"):
+                line = line[3:]
+            if not line.strip():
+                continue
+            location = f"line {number}"
+            try:
+                text = line.decode(codec).rstrip("\r\n")
+            except UnicodeDecodeError:
+                raw = line.decode(codec, errors="backslashreplace").rstrip("\r\n")
+                yield SourceRow(location, raw, None, ("ENCODING_INVALID", f"{location} is not valid {encoding}"))
+                continue
+            try:
+                obj = json.loads(text)
+            except ValueError as exc:
+                yield SourceRow(location, text, None, ("JSON_INVALID", f"{location} is not JSON: {exc}"))
+                continue
+            if not isinstance(obj, dict):
+                yield SourceRow(location, text, None, ("JSON_INVALID", f"{location} is not a JSON object"))
+                continue
+            fields: dict[str, str] = {}
+            _flatten(obj, "", fields)
+            yield SourceRow(location, text, fields)

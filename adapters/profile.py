@@ -1,0 +1,415 @@
+"""Profiles: one TOML file per province source, declaring how its export becomes standard records.
+
+``load_profile(path)`` reads and validates a profile completely before any row is read; every
+mistake is a :class:`ProfileError` naming the key (``record.gender.codes``, ``format.delimiter``,
+``enrollments[1].start_date.date``). The format is documented, key by key, in ``adapters/README.md``.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.domain.divisions import PROVINCE_CODES
+from gateway.domain.model import EnrollmentStatus, Gender, HouseholdRelation, Program
+from gateway.errors import ConfigError
+
+__all__ = [
+    "ENCODINGS",
+    "FORMATS",
+    "TRANSFORMS",
+    "FieldRule",
+    "Profile",
+    "ProfileError",
+    "load_profile",
+    "parse_profile",
+]
+
+#: Source formats and the encodings a profile may name.
+FORMATS = ("csv", "tsv", "fixed-width", "xml", "dbf", "xlsx", "jsonl")
+ENCODINGS = ("gbk", "gb18030", "utf-8", "utf-8-sig")
+#: Text transforms, applied in the order listed.
+TRANSFORMS = ("trim", "halfwidth", "upper", "lower", "nospace", "digits")
+#: National values a code table may map to, per kind of field.
+CODE_TARGETS: dict[str, dict[str, int]] = {
+    "gender": {"male": int(Gender.MALE), "female": int(Gender.FEMALE), "unknown": int(Gender.UNSPECIFIED)},
+    "program": {p.name.lower().replace("_", "-"): int(p) for p in Program if p is not Program.UNSPECIFIED},
+    "status": {s.name.lower(): int(s) for s in EnrollmentStatus if s is not EnrollmentStatus.UNSPECIFIED},
+    "relation": {r.name.lower(): int(r) for r in HouseholdRelation if r is not HouseholdRelation.UNSPECIFIED},
+}
+#: Standard record fields, and the kind of value each takes.
+RECORD_FIELDS = {
+    "record_id": "text",
+    "version": "integer",
+    "id_number": "text",
+    "name": "text",
+    "gender": "gender",
+    "birth_date": "date",
+    "hukou_division": "division",
+    "residence_division": "division",
+    "household_id": "text",
+    "updated_at": "datetime",
+}
+ENROLLMENT_FIELDS = {
+    "program": "program",
+    "status": "status",
+    "start_date": "date",
+    "end_date": "date",
+    "monthly_amount_fen": "amount",
+    "granting_division": "division",
+}
+_REQUIRED_RECORD = ("record_id", "id_number", "name", "residence_division")
+_REQUIRED_ENROLLMENT = ("program", "status", "start_date", "granting_division")
+_DATE_TOKENS = re.compile(r"YYYY|MM|M|DD|D|HH|mm|ss")
+_RULE_KEYS = frozenset({"from", "value", "default", "transforms", "codes", "date", "amount", "optional"})
+
+
+class ProfileError(ConfigError):
+    """A profile is not valid; ``field`` names the key."""
+
+    default_reason = "PROFILE_INVALID"
+
+
+@dataclass(frozen=True, slots=True)
+class FieldRule:
+    """How one standard field is read from a row."""
+
+    #: The standard field (``gender``, ``enrollments[0].start_date``), for messages.
+    target: str
+    #: The kind of value: text, integer, date, datetime, division, amount, or a code kind.
+    kind: str
+    #: The source field, or None for a constant.
+    source: str | None = None
+    #: The constant (``value``), or what an empty source gives (``default``); text as in TOML.
+    constant: str | None = None
+    transforms: tuple[str, ...] = ()
+    #: Local value → national number (for gender, program, status, relation).
+    codes: Mapping[str, int] | None = None
+    #: Date pattern (``YYYYMMDD``, ``YYYY年M月D日``, ``excel``, ``YYYY-MM-DD HH:mm:ss``).
+    date: str | None = None
+    #: ``yuan`` or ``fen``.
+    amount: str = "fen"
+    #: An empty value is fine (no default needed).
+    optional: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """A validated profile."""
+
+    path: Path
+    name: str
+    province: str
+    format: str
+    encoding: str
+    #: Format options (delimiter, record_path, sheet, ...), validated for the format.
+    options: Mapping[str, Any]
+    #: Fixed-width fields: name → (start, length) in bytes.
+    byte_fields: Mapping[str, tuple[int, int]]
+    record: Mapping[str, FieldRule]
+    enrollments: tuple[Mapping[str, FieldRule], ...]
+    #: UTC offset of times without one, minutes (China Standard Time: +480).
+    utc_offset_minutes: int = 480
+    #: Source fields the rules read (readers of XML and fixed-width extract only these).
+    source_fields: tuple[str, ...] = field(default=())
+
+
+def load_profile(path: Path | str) -> Profile:
+    """Read and validate a profile file."""
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ProfileError(f"profile {path} does not exist", reason="FILE_MISSING", field="profile") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ProfileError(f"profile {path} is not valid TOML: {exc}", field="profile") from exc
+    return parse_profile(data, path=path)
+
+
+def _fail(key: str, message: str) -> ProfileError:
+    return ProfileError(f"{key}: {message}", field=key)
+
+
+def _table(data: Mapping[str, Any], key: str, where: str, *, required: bool = True) -> Mapping[str, Any]:
+    value = data.get(key)
+    if value is None:
+        if required:
+            raise _fail(where, "is required")
+        return {}
+    if not isinstance(value, dict):
+        raise _fail(where, "must be a table")
+    return value
+
+
+def _text(data: Mapping[str, Any], key: str, where: str, *, default: str | None = None) -> str:
+    value = data.get(key, default)
+    if value is None:
+        raise _fail(where, "is required")
+    if not isinstance(value, str) or not value:
+        raise _fail(where, "must be non-empty text")
+    return value
+
+
+def _unknown(data: Mapping[str, Any], allowed: frozenset[str] | set[str], where: str) -> None:
+    for key in data:
+        if key not in allowed:
+            prefix = f"{where}." if where else ""
+            raise _fail(f"{prefix}{key}", f"is not a known key (known: {', '.join(sorted(allowed))})")
+
+
+def _byte_range(value: object, where: str) -> tuple[int, int]:
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        or value[0] < 0
+        or value[1] < 1
+    ):
+        raise _fail(where, "must be [start, length]: a 0-based byte offset and a length of at least 1")
+    return value[0], value[1]
+
+
+def _check_date_pattern(pattern: str, where: str, *, with_time: bool) -> None:
+    if pattern == "excel":
+        return
+    tokens = _DATE_TOKENS.findall(pattern)
+    if "YYYY" not in tokens or not ({"MM", "M"} & set(tokens)) or not ({"DD", "D"} & set(tokens)):
+        raise _fail(where, f"date pattern {pattern!r} needs YYYY, M or MM, and D or DD (or is 'excel')")
+    if not with_time and {"HH", "mm", "ss"} & set(tokens):
+        raise _fail(where, f"date pattern {pattern!r} has a time part; only updated_at takes one")
+
+
+def _rule(target: str, kind: str, raw: object, where: str, codes: Mapping[str, Mapping[str, int]]) -> FieldRule:
+    if isinstance(raw, str):
+        raw = {"from": raw}
+    if not isinstance(raw, dict):
+        raise _fail(where, 'must be a source field name or a table such as { from = "列名" }')
+    _unknown(raw, _RULE_KEYS, where)
+    source = raw.get("from")
+    if source is not None and (not isinstance(source, str) or not source):
+        raise _fail(f"{where}.from", "must be non-empty text: the source field")
+    constant = raw.get("value", raw.get("default"))
+    if "value" in raw and "default" in raw:
+        raise _fail(f"{where}.value", "give value (a constant) or default (for an empty source), not both")
+    if "value" in raw and source is not None:
+        raise _fail(f"{where}.value", "a constant takes no from")
+    if source is None and "value" not in raw:
+        raise _fail(f"{where}.from", "is required (or give a constant with value)")
+    if constant is not None:
+        if isinstance(constant, bool) or not isinstance(constant, str | int):
+            raise _fail(f"{where}.{'value' if 'value' in raw else 'default'}", "must be text or an integer")
+        constant = str(constant)
+    transforms = raw.get("transforms", [])
+    if not isinstance(transforms, list) or not all(isinstance(t, str) for t in transforms):
+        raise _fail(f"{where}.transforms", "must be a list of transform names")
+    for t in transforms:
+        if t not in TRANSFORMS:
+            raise _fail(f"{where}.transforms", f"unknown transform {t!r} (known: {', '.join(TRANSFORMS)})")
+    table: Mapping[str, int] | None = None
+    if kind in CODE_TARGETS:
+        name = raw.get("codes")
+        if name is None:
+            raise _fail(f"{where}.codes", f"is required: name the [codes.*] table mapping local values to {kind}")
+        if not isinstance(name, str) or name not in codes:
+            raise _fail(f"{where}.codes", f"names no [codes.{name}] table")
+        table = codes[name]
+        for local, value in table.items():
+            if value not in CODE_TARGETS[kind].values():
+                raise _fail(f"codes.{name}", f"maps {local!r} to a value that is not a {kind}")
+    elif "codes" in raw:
+        raise _fail(f"{where}.codes", f"{target} takes no code table")
+    date = raw.get("date")
+    if kind in ("date", "datetime"):
+        if not isinstance(date, str):
+            raise _fail(f"{where}.date", 'is required: the date pattern, e.g. "YYYYMMDD" or "YYYY年M月D日"')
+        _check_date_pattern(date, f"{where}.date", with_time=kind == "datetime")
+    elif date is not None:
+        raise _fail(f"{where}.date", f"{target} is not a date")
+    amount = raw.get("amount", "fen")
+    if kind == "amount":
+        if amount not in ("yuan", "fen"):
+            raise _fail(f"{where}.amount", 'must be "yuan" (decimal, 2 places at most) or "fen" (integer)')
+    elif "amount" in raw:
+        raise _fail(f"{where}.amount", f"{target} is not an amount")
+    optional = raw.get("optional", False)
+    if not isinstance(optional, bool):
+        raise _fail(f"{where}.optional", "must be true or false")
+    return FieldRule(
+        target=target,
+        kind=kind,
+        source=source,
+        constant=constant,
+        transforms=tuple(transforms),
+        codes=table,
+        date=date,
+        amount=amount,
+        optional=optional,
+    )
+
+
+def _codes(data: Mapping[str, Any]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for name, table in _table(data, "codes", "codes", required=False).items():
+        where = f"codes.{name}"
+        if not isinstance(table, dict) or not table:
+            raise _fail(where, "must be a non-empty table of local value = national value")
+        mapped: dict[str, int] = {}
+        for local, national in table.items():
+            if not isinstance(national, str):
+                raise _fail(f"{where}.{local}", 'must be the name of a national value, e.g. "dibao" or "male"')
+            values = [v for kind in CODE_TARGETS.values() for n, v in kind.items() if n == national]
+            if not values:
+                known = sorted({n for kind in CODE_TARGETS.values() for n in kind})
+                raise _fail(f"{where}.{local}", f"{national!r} is not a national value (known: {', '.join(known)})")
+            mapped[local] = values[0]
+        out[name] = mapped
+    # A name shared by two kinds (none today) would need the kind; values are checked per rule.
+    return out
+
+
+def _format_options(fmt: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    where = "format"
+    allowed: dict[str, set[str]] = {
+        "csv": {"delimiter", "quote", "header_row", "total_pattern"},
+        "tsv": {"delimiter", "quote", "header_row", "total_pattern"},
+        "fixed-width": {"record_type", "data", "header", "trailer", "trailer_count"},
+        "xml": {"record_path", "namespaces"},
+        "dbf": set(),
+        "xlsx": {"sheet", "header_rows", "total_pattern"},
+        "jsonl": set(),
+    }
+    _unknown(options, allowed[fmt], where)
+    out: dict[str, Any] = {}
+    if fmt in ("csv", "tsv"):
+        out["delimiter"] = options.get("delimiter", "," if fmt == "csv" else "\t")
+        out["quote"] = options.get("quote", '"')
+        for key in ("delimiter", "quote"):
+            if not isinstance(out[key], str) or len(out[key]) != 1:
+                raise _fail(f"format.{key}", "must be one character")
+        out["header_row"] = options.get("header_row", 1)
+        if not isinstance(out["header_row"], int) or isinstance(out["header_row"], bool) or out["header_row"] < 1:
+            raise _fail("format.header_row", "must be the 1-based line of the header, at least 1")
+    if fmt == "xlsx":
+        out["sheet"] = options.get("sheet")
+        if out["sheet"] is not None and not isinstance(out["sheet"], str):
+            raise _fail("format.sheet", "must be the sheet's name")
+        out["header_rows"] = options.get("header_rows", 1)
+        if not isinstance(out["header_rows"], int) or isinstance(out["header_rows"], bool) or out["header_rows"] < 1:
+            raise _fail("format.header_rows", "must be an integer of at least 1")
+    if fmt in ("csv", "tsv", "xlsx"):
+        pattern = options.get("total_pattern")
+        if pattern is not None:
+            if not isinstance(pattern, str):
+                raise _fail("format.total_pattern", "must be a regular expression")
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise _fail("format.total_pattern", f"is not a valid regular expression: {exc}") from exc
+        out["total_pattern"] = pattern
+    if fmt == "fixed-width":
+        if "record_type" in options:
+            out["record_type"] = _byte_range(options["record_type"], "format.record_type")
+            for key, default in (("data", "D"), ("header", "H"), ("trailer", "T")):
+                value = options.get(key, default)
+                if not isinstance(value, str) or not value:
+                    raise _fail(f"format.{key}", "must be non-empty text: the record type's code")
+                out[key] = value
+        else:
+            out["record_type"] = None
+        out["trailer_count"] = (
+            _byte_range(options["trailer_count"], "format.trailer_count") if "trailer_count" in options else None
+        )
+    if fmt == "xml":
+        out["record_path"] = _text(options, "record_path", "format.record_path")
+        namespaces = options.get("namespaces", {})
+        if not isinstance(namespaces, dict) or not all(isinstance(v, str) for v in namespaces.values()):
+            raise _fail("format.namespaces", "must be a table of prefix = namespace URI")
+        out["namespaces"] = dict(namespaces)
+    return out
+
+
+def parse_profile(data: Mapping[str, Any], *, path: Path = Path("<profile>")) -> Profile:
+    """Validate a profile given as parsed TOML."""
+    _unknown(data, {"source", "format", "fields", "record", "enrollments", "codes"}, "")
+    source = _table(data, "source", "source")
+    _unknown(source, {"name", "province", "format", "encoding", "utc_offset"}, "source")
+    name = _text(source, "name", "source.name")
+    province = _text(source, "province", "source.province")
+    if province not in PROVINCE_CODES:
+        raise _fail("source.province", f"{province!r} is not a province code (GB/T 2260, e.g. 440000)")
+    fmt = _text(source, "format", "source.format")
+    if fmt not in FORMATS:
+        raise _fail("source.format", f"{fmt!r} is not a format (known: {', '.join(FORMATS)})")
+    encoding = _text(source, "encoding", "source.encoding", default="utf-8").lower()
+    if encoding not in ENCODINGS:
+        raise _fail("source.encoding", f"{encoding!r} is not supported (known: {', '.join(ENCODINGS)})")
+    offset_text = source.get("utc_offset", "+08:00")
+    match = re.fullmatch(r"([+-])(\d\d):(\d\d)", offset_text) if isinstance(offset_text, str) else None
+    if match is None:
+        raise _fail("source.utc_offset", "must be like +08:00")
+    offset = (int(match[2]) * 60 + int(match[3])) * (1 if match[1] == "+" else -1)
+
+    options = _format_options(fmt, _table(data, "format", "format", required=False))
+    byte_fields: dict[str, tuple[int, int]] = {}
+    fields = _table(data, "fields", "fields", required=fmt == "fixed-width")
+    if fields and fmt != "fixed-width":
+        raise _fail("fields", "byte ranges are for fixed-width sources only")
+    for fname, rng in fields.items():
+        byte_fields[fname] = _byte_range(rng, f"fields.{fname}")
+
+    codes = _codes(data)
+    record_table = _table(data, "record", "record")
+    _unknown(record_table, set(RECORD_FIELDS), "record")
+    record = {
+        target: _rule(target, RECORD_FIELDS[target], raw, f"record.{target}", codes)
+        for target, raw in record_table.items()
+    }
+    for target in _REQUIRED_RECORD:
+        if target not in record:
+            raise _fail(f"record.{target}", "is required")
+    enrollments_raw = data.get("enrollments", [])
+    if not isinstance(enrollments_raw, list):
+        raise _fail("enrollments", "must be an array of tables: [[enrollments]]")
+    enrollments = []
+    for i, group in enumerate(enrollments_raw):
+        where = f"enrollments[{i}]"
+        if not isinstance(group, dict):
+            raise _fail(where, "must be a table")
+        _unknown(group, set(ENROLLMENT_FIELDS) | {"when"}, where)
+        rules = {
+            target: _rule(f"{where}.{target}", ENROLLMENT_FIELDS[target], raw, f"{where}.{target}", codes)
+            for target, raw in group.items()
+            if target != "when"
+        }
+        for target in _REQUIRED_ENROLLMENT:
+            if target not in rules:
+                raise _fail(f"{where}.{target}", "is required")
+        when = group.get("when")
+        if when is not None:
+            when_rule = _rule(f"{where}.when", "text", when, f"{where}.when", codes)
+            rules["when"] = when_rule
+        enrollments.append(rules)
+    all_rules = [*record.values(), *(r for group in enrollments for r in group.values())]
+    sources = tuple(dict.fromkeys(r.source for r in all_rules if r.source is not None))
+    if fmt == "fixed-width":
+        for rule in all_rules:
+            if rule.source is not None and rule.source not in byte_fields:
+                raise _fail(f"{rule.target}.from", f"{rule.source!r} is not one of the [fields] byte ranges")
+    return Profile(
+        path=path,
+        name=name,
+        province=province,
+        format=fmt,
+        encoding=encoding,
+        options=options,
+        byte_fields=byte_fields,
+        record=record,
+        enrollments=tuple(enrollments),
+        utc_offset_minutes=offset,
+        source_fields=sources,
+    )

@@ -1,0 +1,258 @@
+"""Running a profile over files: every row accounted for, every reject kept with its reasons.
+
+:func:`adapt` streams each file through its reader and the :class:`~adapters.mapping.RowMapper`
+and hands each outcome to the caller: a record to ``on_record``, a reject to ``on_reject``.
+:class:`Summary` counts them; ``rows_read == produced + rejected`` holds for every file and for
+the run (structure rows — headers, trailers, totals, deleted DBF records — are counted apart).
+A file that cannot be read at all, or breaks midway, is reported in the summary and the run
+goes on with the next; what was read of it before it broke is accounted like any other rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from adapters.csv_reader import read_delimited
+from adapters.fixed_width_reader import read_fixed_width
+from adapters.jsonl_reader import read_jsonl
+from adapters.mapping import FieldProblem, RowMapper
+from adapters.profile import Profile
+from adapters.source import DATA, TRAILER, SourceError, SourceRow
+from gateway.domain.model import EnrollmentStatus, Gender, PersonRecord, Program
+
+__all__ = ["FileSummary", "Reject", "Summary", "adapt", "read_rows", "record_to_json"]
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """A row that did not become a record, with every reason."""
+
+    file: str
+    location: str
+    raw: str
+    problems: tuple[FieldProblem, ...]
+    record_id: str = ""
+
+    def to_json(self) -> str:
+        """One line of the reject file."""
+        obj: dict[str, Any] = {"file": self.file, "location": self.location}
+        if self.record_id:
+            obj["record_id"] = self.record_id
+        obj["errors"] = [p.to_json() for p in self.problems]
+        obj["raw"] = self.raw
+        return json.dumps(obj, ensure_ascii=False)
+
+
+@dataclass
+class FileSummary:
+    """What happened to one file."""
+
+    path: str
+    rows_read: int = 0
+    produced: int = 0
+    rejected: int = 0
+    structure: Counter[str] = field(default_factory=Counter)
+    #: Set when the file could not be read, or broke midway (rows before the break are counted).
+    failure: str = ""
+
+
+@dataclass
+class Summary:
+    """What happened to every file of a run."""
+
+    files: list[FileSummary] = field(default_factory=list)
+    reasons: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def rows_read(self) -> int:
+        """Data rows met in every file."""
+        return sum(f.rows_read for f in self.files)
+
+    @property
+    def produced(self) -> int:
+        """Records made."""
+        return sum(f.produced for f in self.files)
+
+    @property
+    def rejected(self) -> int:
+        """Rows rejected (each in the reject file)."""
+        return sum(f.rejected for f in self.files)
+
+    @property
+    def failed_files(self) -> list[FileSummary]:
+        """Files that could not be read to the end."""
+        return [f for f in self.files if f.failure]
+
+
+def read_rows(profile: Profile, path: Path) -> Iterator[SourceRow]:
+    """The rows of one file, read with the profile's format."""
+    o = profile.options
+    fmt = profile.format
+    if fmt in ("csv", "tsv"):
+        return read_delimited(
+            path,
+            encoding=profile.encoding,
+            delimiter=o["delimiter"],
+            quote=o["quote"],
+            header_row=o["header_row"],
+            total_pattern=o["total_pattern"],
+        )
+    if fmt == "fixed-width":
+        kinds = {k: o[k] for k in ("data", "header", "trailer") if k in o}
+        return read_fixed_width(
+            path,
+            encoding=profile.encoding,
+            fields=profile.byte_fields,
+            record_type=o["record_type"],
+            trailer_count=o["trailer_count"],
+            **kinds,
+        )
+    if fmt == "jsonl":
+        return read_jsonl(path, encoding=profile.encoding)
+    if fmt == "xml":
+        from adapters.xml_reader import read_xml
+
+        encoding = None if profile.encoding == "utf-8" else profile.encoding
+        return read_xml(
+            path,
+            record_path=o["record_path"],
+            fields=profile.source_fields,
+            namespaces=o["namespaces"],
+            encoding=encoding,
+        )
+    if fmt == "dbf":
+        from adapters.dbf_reader import read_dbf
+
+        return read_dbf(path, encoding=profile.encoding)
+    from adapters.xlsx_reader import read_xlsx
+
+    return read_xlsx(path, sheet=o["sheet"], header_rows=o["header_rows"], total_pattern=o["total_pattern"])
+
+
+#: Formats whose every row has the same fields: a mapped field missing from the first row is
+#: missing from the file, and the file is refused rather than every row rejected.
+_FIXED_COLUMNS = ("csv", "tsv", "dbf", "xlsx")
+
+
+def adapt(
+    profile: Profile,
+    paths: Iterable[Path],
+    *,
+    on_record: Callable[[PersonRecord], None],
+    on_reject: Callable[[Reject], None],
+    on_row: Callable[[], None] | None = None,
+    today: dt.date | None = None,
+) -> Summary:
+    """Run ``profile`` over ``paths``; every data row goes to ``on_record`` or ``on_reject``."""
+    mapper = RowMapper(profile, today=today)
+    summary = Summary()
+    for path in map(Path, paths):
+        file = FileSummary(str(path))
+        summary.files.append(file)
+        claimed: int | None = None
+        checked_columns = profile.format not in _FIXED_COLUMNS
+        try:
+            for row in read_rows(profile, path):
+                if row.kind != DATA:
+                    file.structure[row.kind] += 1
+                    if row.kind == TRAILER and row.claimed_rows is not None:
+                        claimed = row.claimed_rows
+                    continue
+                file.rows_read += 1
+                if on_row is not None:
+                    on_row()
+                if row.fields is None:
+                    reason, message = row.error or ("ROW_UNREADABLE", "the row could not be read")
+                    _reject(
+                        summary,
+                        file,
+                        on_reject,
+                        Reject(str(path), row.location, row.raw, (FieldProblem("row", reason, message),)),
+                    )
+                    continue
+                if not checked_columns:
+                    checked_columns = True
+                    missing = [f for f in profile.source_fields if f not in row.fields]
+                    if missing:
+                        raise SourceError(
+                            f"{path} has no field {missing[0]!r}, which the profile maps"
+                            f" (it has: {', '.join(row.fields)})",
+                            field=str(path),
+                        )
+                record, problems = mapper.map(row.fields)
+                if record is None:
+                    rid = row.fields.get(profile.record["record_id"].source or "", "")
+                    _reject(summary, file, on_reject, Reject(str(path), row.location, row.raw, tuple(problems), rid))
+                    continue
+                file.produced += 1
+                on_record(record)
+        except SourceError as exc:
+            file.failure = str(exc)
+            continue
+        if claimed is not None and claimed != file.rows_read:
+            file.failure = f"the trailer says {claimed} data records; the file holds {file.rows_read}"
+    return summary
+
+
+def _reject(summary: Summary, file: FileSummary, on_reject: Callable[[Reject], None], reject: Reject) -> None:
+    file.rejected += 1
+    for reason in {p.reason for p in reject.problems}:
+        summary.reasons[reason] += 1
+    on_reject(reject)
+
+
+_GENDER = {int(g): f"GENDER_{g.name}" for g in Gender}
+_PROGRAM = {int(p): f"PROGRAM_{p.name}" for p in Program}
+_STATUS = {int(s): f"ENROLLMENT_STATUS_{s.name}" for s in EnrollmentStatus}
+
+
+def _date_json(day: dt.date | None) -> dict[str, int] | None:
+    return None if day is None else {"year": day.year, "month": day.month, "day": day.day}
+
+
+def record_to_json(record: PersonRecord) -> str:
+    """A record as one line of ``hutong.v1.PersonRecord`` in the protobuf JSON mapping (json_format can parse it)."""
+    obj: dict[str, Any] = {"recordId": record.record_id, "version": str(record.version), "idNumber": record.id_number}
+    obj["name"] = record.name
+    if record.gender:
+        obj["gender"] = _GENDER[record.gender]
+    if record.birth_date is not None:
+        obj["birthDate"] = _date_json(record.birth_date)
+    if record.hukou_division:
+        obj["hukouDivision"] = record.hukou_division
+    obj["residenceDivision"] = record.residence_division
+    if record.household_id:
+        obj["householdId"] = record.household_id
+    if record.enrollments:
+        enrollments = []
+        for e in record.enrollments:
+            item: dict[str, Any] = {"program": _PROGRAM[e.program], "status": _STATUS[e.status]}
+            if e.start_date is not None:
+                item["startDate"] = _date_json(e.start_date)
+            if e.end_date is not None:
+                item["endDate"] = _date_json(e.end_date)
+            if e.monthly_amount_fen:
+                item["monthlyAmountFen"] = str(e.monthly_amount_fen)
+            item["grantingDivision"] = e.granting_division
+            enrollments.append(item)
+        obj["enrollments"] = enrollments
+    if record.updated_at_us:
+        moment = dt.datetime.fromtimestamp(record.updated_at_us / 1_000_000, tz=dt.UTC)
+        obj["updatedAt"] = moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return json.dumps(obj, ensure_ascii=False)
+
+
+def write_lines(out: IO[str]) -> Callable[[str], None]:
+    """A line writer for record and reject files."""
+
+    def write(line: str) -> None:
+        out.write(line)
+        out.write("\n")
+
+    return write
