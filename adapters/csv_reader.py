@@ -65,8 +65,12 @@ def read_delimited(
             width = len(header)
             yield SourceRow(f"line {number}", text, None, kind=HEADER)
             continue
-        if not pending and not text.strip():
-            continue
+        if not pending:
+            if not text or text.isspace():
+                continue
+            if quote not in text:  # the common row: one line, nothing quoted
+                yield _row(number, text, clean, delimiter, quote, header, width, totals)
+                continue
         pending.append((number, text, clean))
         joined = "\n".join(t for _, t, _ in pending)
         if joined.count(quote) % 2:  # a quote is still open: the row goes on on the next line
@@ -89,7 +93,7 @@ def read_delimited(
         first = pending[0][0]
         yield _broken(first, pending[0][1], "QUOTE_UNTERMINATED", f"a quote opened on line {first} is never closed")
         for item in pending[1:]:
-            yield _row(item[0], item[1], item[2], delimiter, quote, header, width, totals)
+            yield from _retry(item, delimiter, quote, header, width, totals)
 
 
 def _retry(
@@ -128,7 +132,13 @@ def _row(
         return SourceRow(location, text, None, kind=TOTAL)
     if not clean:
         return _broken(number, text, "ENCODING_INVALID", f"line {number} holds bytes that are not valid text")
-    values = next(csv.reader([text], delimiter=delimiter, quotechar=quote))
+    if quote not in text:
+        values = text.split(delimiter)
+    else:
+        try:
+            values = next(csv.reader([text], delimiter=delimiter, quotechar=quote))
+        except csv.Error as exc:  # stray quotes around a line break, a field over the size limit
+            return _broken(number, text, "QUOTE_INVALID", f"line {number} cannot be split into fields: {exc}")
     if len(values) != width:
         extra = values[width:]
         if len(values) < width or any(v.strip() for v in extra):

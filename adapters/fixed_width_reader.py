@@ -43,6 +43,8 @@ def read_fixed_width(
         raise SourceError(f"cannot open {path}: {exc.strerror}", field=str(path)) from exc
     with fh:
         for number, line in enumerate(fh, start=1):
+            if number == 1 and encoding == "utf-8-sig" and line.startswith(b"\xef\xbb\xbf"):
+                line = line[3:]
             line = line.rstrip(b"\r\n")
             if not line.strip():
                 continue

@@ -57,7 +57,7 @@ def read_jsonl(path: Path, *, encoding: str = "utf-8") -> Iterator[SourceRow]:
                 continue
             try:
                 obj = json.loads(text)
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:
                 yield SourceRow(location, text, None, ("JSON_INVALID", f"{location} is not JSON: {exc}"))
                 continue
             if not isinstance(obj, dict):

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from adapters.profile import FieldRule, Profile
+from adapters.profile import TEMPLATE_FIELD, FieldRule, Profile
 from gateway.domain import identity
 from gateway.domain.model import Enrollment, PersonRecord
 from gateway.domain.records import check_record
@@ -24,9 +24,12 @@ from gateway.errors import HutongError
 
 __all__ = ["FieldProblem", "RowMapper", "halfwidth", "parse_date"]
 
-_EXCEL_EPOCH = dt.date(1899, 12, 30)  # serial 1 = 1900-01-01, counting Lotus's 1900-02-29
+#: Excel's day 0. Excel (after Lotus 1-2-3) counts a 29 February 1900 that never was: serial 60.
+_EXCEL_EPOCH = dt.date(1899, 12, 31)
+_EXCEL_FAKE_LEAP_DAY = 60
 _FULLWIDTH = {cp: cp - 0xFEE0 for cp in range(0xFF01, 0xFF5F)} | {0x3000: 0x20}
-_YUAN = re.compile(r"-?\d+(?:\.\d{1,2})?")
+_YUAN = re.compile(r"-?(?:[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:\.[0-9]{1,2})?")
+_INTEGER = re.compile(r"-?(?:[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +100,12 @@ def parse_date(text: str, pattern: str) -> tuple[dt.date, tuple[int, int, int]]:
             raise ValueError(f"Excel date serial {text} is out of range")
         whole = int(serial)
         seconds = round((serial - whole) * 86400)
-        return _EXCEL_EPOCH + dt.timedelta(days=whole), (seconds // 3600, seconds // 60 % 60, seconds % 60)
+        if seconds >= 86400:  # a hair before midnight rounds to the next day
+            whole, seconds = whole + 1, 0
+        if whole == _EXCEL_FAKE_LEAP_DAY:
+            raise ValueError("Excel serial 60 is 29 February 1900, a day that does not exist")
+        days = whole - 1 if whole > _EXCEL_FAKE_LEAP_DAY else whole
+        return _EXCEL_EPOCH + dt.timedelta(days=days), (seconds // 3600, seconds // 60 % 60, seconds % 60)
     match = _compiled(pattern).fullmatch(text)
     if match is None:
         raise ValueError(f"{text!r} does not match the pattern {pattern}")
@@ -119,9 +127,22 @@ Getter = Callable[[Mapping[str, str], list[FieldProblem]], object]
 def _text_getter(rule: FieldRule) -> Callable[[Mapping[str, str]], str | None]:
     """The rule's text after transforms; its default (or constant) when empty; None when empty without one."""
     constant, source = rule.constant, rule.source
+    steps = [_TRANSFORMS[name] for name in rule.transforms]
+    if rule.template is not None:
+        template = rule.template
+
+        def composed(fields: Mapping[str, str]) -> str | None:
+            parts = [fields.get(name, "").strip() for name in TEMPLATE_FIELD.findall(template)]
+            if not all(parts):
+                return constant  # a part missing: the composed value would not identify anything
+            text = TEMPLATE_FIELD.sub(lambda m: fields.get(m[1], "").strip(), template)
+            for step in steps:
+                text = step(text)
+            return text
+
+        return composed
     if source is None:
         return lambda fields: constant
-    steps = [_TRANSFORMS[name] for name in rule.transforms]
     if not steps:
 
         def plain(fields: Mapping[str, str]) -> str | None:
@@ -211,18 +232,18 @@ def _getter(rule: FieldRule, offset: dt.timezone) -> Getter:
             text = text_of(fields)
             if text is None:
                 return None
-            value = text.strip().replace(",", "")
+            value = text.strip()
             if yuan:
                 if not _YUAN.fullmatch(value):
                     problems.append(FieldProblem(target, "AMOUNT_INVALID", f"{value!r} is not an amount in yuan"))
                     return None
-                whole, _, cents = value.partition(".")
+                whole, _, cents = value.replace(",", "").partition(".")
                 fen = abs(int(whole)) * 100 + int((cents + "00")[:2])
                 return -fen if value.startswith("-") else fen
-            if not value.lstrip("-").isdigit():
+            if not _INTEGER.fullmatch(value):
                 problems.append(FieldProblem(target, "AMOUNT_INVALID", f"{value!r} is not an integer of fen"))
                 return None
-            return int(value)
+            return int(value.replace(",", ""))
 
         return amount
     if kind == "integer":
@@ -232,7 +253,7 @@ def _getter(rule: FieldRule, offset: dt.timezone) -> Getter:
             if text is None:
                 return None
             value = text.strip()
-            if not value.isdigit():
+            if not (value.isascii() and value.isdigit()):
                 problems.append(FieldProblem(target, "NUMBER_INVALID", f"{value!r} is not a whole number"))
                 return None
             return int(value)

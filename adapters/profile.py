@@ -65,7 +65,9 @@ ENROLLMENT_FIELDS = {
 _REQUIRED_RECORD = ("record_id", "id_number", "name", "residence_division")
 _REQUIRED_ENROLLMENT = ("program", "status", "start_date", "granting_division")
 _DATE_TOKENS = re.compile(r"YYYY|MM|M|DD|D|HH|mm|ss")
-_RULE_KEYS = frozenset({"from", "value", "default", "transforms", "codes", "date", "amount", "optional"})
+_RULE_KEYS = frozenset({"from", "template", "value", "default", "transforms", "codes", "date", "amount"})
+#: ``{field}`` placeholders of a template.
+TEMPLATE_FIELD = re.compile(r"\{([^{}]+)\}")
 
 
 class ProfileError(ConfigError):
@@ -82,8 +84,10 @@ class FieldRule:
     target: str
     #: The kind of value: text, integer, date, datetime, division, amount, or a code kind.
     kind: str
-    #: The source field, or None for a constant.
+    #: The source field, or None for a constant or a template.
     source: str | None = None
+    #: Text with ``{field}`` placeholders, composing several source fields (``{户编号}-{@序号}``).
+    template: str | None = None
     #: The constant (``value``), or what an empty source gives (``default``); text as in TOML.
     constant: str | None = None
     transforms: tuple[str, ...] = ()
@@ -93,8 +97,6 @@ class FieldRule:
     date: str | None = None
     #: ``yuan`` or ``fen``.
     amount: str = "fen"
-    #: An empty value is fine (no default needed).
-    optional: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +134,7 @@ def load_profile(path: Path | str) -> Profile:
 
 
 def _fail(key: str, message: str) -> ProfileError:
-    return ProfileError(f"{key}: {message}", field=key)
+    return ProfileError(message, field=key)
 
 
 def _table(data: Mapping[str, Any], key: str, where: str, *, required: bool = True) -> Mapping[str, Any]:
@@ -184,7 +186,7 @@ def _check_date_pattern(pattern: str, where: str, *, with_time: bool) -> None:
         raise _fail(where, f"date pattern {pattern!r} has a time part; only updated_at takes one")
 
 
-def _rule(target: str, kind: str, raw: object, where: str, codes: Mapping[str, Mapping[str, int]]) -> FieldRule:
+def _rule(target: str, kind: str, raw: object, where: str, codes: Mapping[str, Mapping[str, str]]) -> FieldRule:
     if isinstance(raw, str):
         raw = {"from": raw}
     if not isinstance(raw, dict):
@@ -193,13 +195,19 @@ def _rule(target: str, kind: str, raw: object, where: str, codes: Mapping[str, M
     source = raw.get("from")
     if source is not None and (not isinstance(source, str) or not source):
         raise _fail(f"{where}.from", "must be non-empty text: the source field")
+    template = raw.get("template")
+    if template is not None:
+        if not isinstance(template, str) or not TEMPLATE_FIELD.search(template):
+            raise _fail(f"{where}.template", 'must be text naming source fields in braces, e.g. "{户编号}-{序号}"')
+        if source is not None or "value" in raw:
+            raise _fail(f"{where}.template", "give one of from, template or value")
     constant = raw.get("value", raw.get("default"))
     if "value" in raw and "default" in raw:
         raise _fail(f"{where}.value", "give value (a constant) or default (for an empty source), not both")
     if "value" in raw and source is not None:
         raise _fail(f"{where}.value", "a constant takes no from")
-    if source is None and "value" not in raw:
-        raise _fail(f"{where}.from", "is required (or give a constant with value)")
+    if source is None and template is None and "value" not in raw:
+        raise _fail(f"{where}.from", "is required (or compose fields with template, or give a constant with value)")
     if constant is not None:
         if isinstance(constant, bool) or not isinstance(constant, str | int):
             raise _fail(f"{where}.{'value' if 'value' in raw else 'default'}", "must be text or an integer")
@@ -217,10 +225,14 @@ def _rule(target: str, kind: str, raw: object, where: str, codes: Mapping[str, M
             raise _fail(f"{where}.codes", f"is required: name the [codes.*] table mapping local values to {kind}")
         if not isinstance(name, str) or name not in codes:
             raise _fail(f"{where}.codes", f"names no [codes.{name}] table")
-        table = codes[name]
-        for local, value in table.items():
-            if value not in CODE_TARGETS[kind].values():
-                raise _fail(f"codes.{name}", f"maps {local!r} to a value that is not a {kind}")
+        national = CODE_TARGETS[kind]
+        for local, value in codes[name].items():
+            if value not in national:
+                raise _fail(
+                    f"codes.{name}.{local}",
+                    f"{value!r} is not a {kind} (known: {', '.join(national)}); {where} reads this table",
+                )
+        table = {local: national[value] for local, value in codes[name].items()}
     elif "codes" in raw:
         raise _fail(f"{where}.codes", f"{target} takes no code table")
     date = raw.get("date")
@@ -236,39 +248,35 @@ def _rule(target: str, kind: str, raw: object, where: str, codes: Mapping[str, M
             raise _fail(f"{where}.amount", 'must be "yuan" (decimal, 2 places at most) or "fen" (integer)')
     elif "amount" in raw:
         raise _fail(f"{where}.amount", f"{target} is not an amount")
-    optional = raw.get("optional", False)
-    if not isinstance(optional, bool):
-        raise _fail(f"{where}.optional", "must be true or false")
     return FieldRule(
         target=target,
         kind=kind,
         source=source,
+        template=template,
         constant=constant,
         transforms=tuple(transforms),
         codes=table,
         date=date,
         amount=amount,
-        optional=optional,
     )
 
 
-def _codes(data: Mapping[str, Any]) -> dict[str, dict[str, int]]:
-    out: dict[str, dict[str, int]] = {}
+def _codes(data: Mapping[str, Any]) -> dict[str, dict[str, str]]:
+    """Each table as local value → national value name; names are checked against the kind of field using it."""
+    out: dict[str, dict[str, str]] = {}
     for name, table in _table(data, "codes", "codes", required=False).items():
         where = f"codes.{name}"
         if not isinstance(table, dict) or not table:
             raise _fail(where, "must be a non-empty table of local value = national value")
-        mapped: dict[str, int] = {}
+        mapped: dict[str, str] = {}
         for local, national in table.items():
             if not isinstance(national, str):
                 raise _fail(f"{where}.{local}", 'must be the name of a national value, e.g. "dibao" or "male"')
-            values = [v for kind in CODE_TARGETS.values() for n, v in kind.items() if n == national]
-            if not values:
+            if not any(national in kind for kind in CODE_TARGETS.values()):
                 known = sorted({n for kind in CODE_TARGETS.values() for n in kind})
                 raise _fail(f"{where}.{local}", f"{national!r} is not a national value (known: {', '.join(known)})")
-            mapped[local] = values[0]
+            mapped[local] = national
         out[name] = mapped
-    # A name shared by two kinds (none today) would need the kind; values are checked per rule.
     return out
 
 
@@ -395,11 +403,19 @@ def parse_profile(data: Mapping[str, Any], *, path: Path = Path("<profile>")) ->
             rules["when"] = when_rule
         enrollments.append(rules)
     all_rules = [*record.values(), *(r for group in enrollments for r in group.values())]
-    sources = tuple(dict.fromkeys(r.source for r in all_rules if r.source is not None))
+    named: list[tuple[FieldRule, str]] = []
+    for rule in all_rules:
+        if rule.source is not None:
+            named.append((rule, rule.source))
+        if rule.template is not None:
+            named.extend((rule, name) for name in TEMPLATE_FIELD.findall(rule.template))
+    sources = tuple(dict.fromkeys(field_name for _, field_name in named))
     if fmt == "fixed-width":
-        for rule in all_rules:
-            if rule.source is not None and rule.source not in byte_fields:
-                raise _fail(f"{rule.target}.from", f"{rule.source!r} is not one of the [fields] byte ranges")
+        for rule, field_name in named:
+            if field_name not in byte_fields:
+                key = "from" if rule.source is not None else "template"
+                where = rule.target if rule.target.startswith("enrollments[") else f"record.{rule.target}"
+                raise _fail(f"{where}.{key}", f"{field_name!r} is not one of the [fields] byte ranges")
     return Profile(
         path=path,
         name=name,

@@ -164,6 +164,15 @@ def adapt(
                     if row.kind == TRAILER and row.claimed_rows is not None:
                         claimed = row.claimed_rows
                     continue
+                if not checked_columns and row.fields is not None:
+                    checked_columns = True
+                    missing = [f for f in profile.source_fields if f not in row.fields]
+                    if missing:  # refused before its first row is counted: nothing of it was read as data
+                        raise SourceError(
+                            f"{path} has no field {missing[0]!r}, which the profile maps"
+                            f" (it has: {', '.join(row.fields)})",
+                            field=str(path),
+                        )
                 file.rows_read += 1
                 if on_row is not None:
                     on_row()
@@ -176,15 +185,6 @@ def adapt(
                         Reject(str(path), row.location, row.raw, (FieldProblem("row", reason, message),)),
                     )
                     continue
-                if not checked_columns:
-                    checked_columns = True
-                    missing = [f for f in profile.source_fields if f not in row.fields]
-                    if missing:
-                        raise SourceError(
-                            f"{path} has no field {missing[0]!r}, which the profile maps"
-                            f" (it has: {', '.join(row.fields)})",
-                            field=str(path),
-                        )
                 record, problems = mapper.map(row.fields)
                 if record is None:
                     rid = row.fields.get(profile.record["record_id"].source or "", "")

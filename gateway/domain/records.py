@@ -386,60 +386,91 @@ def _check_enrollments(record: PersonRecord, province_code: str, today: dt.date,
     active = 0
     latest_start = today + dt.timedelta(days=366)
     for i, e in enumerate(record.enrollments):
-        try:
-            active |= _check_enrollment(e, f"enrollments[{i}]", rid, province_code, latest_start, active)
-        except HutongError as exc:
-            errors.append(exc)
+        active |= _check_enrollment(e, f"enrollments[{i}]", rid, province_code, latest_start, active, errors)
     return active
 
 
 def _check_enrollment(
-    e: EnrollmentT, where: str, rid: str, province_code: str, latest_start: dt.date, active: int
+    e: EnrollmentT,
+    where: str,
+    rid: str,
+    province_code: str,
+    latest_start: dt.date,
+    active: int,
+    errors: list[HutongError],
 ) -> int:
+    """Append every rule the enrollment breaks to ``errors``; its bit of the active mask if it counts."""
+    before = len(errors)
     if e.program not in _PROGRAM_VALUES:
         reason = "PROGRAM_MISSING" if e.program == 0 else "UNKNOWN_ENUM_VALUE"
-        raise InvalidRecord(
-            f"program must be a known programme, got {e.program}", reason=reason, field=f"{where}.program", record=rid
-        )
-    if e.status not in _STATUS_VALUES:
-        reason = "STATUS_MISSING" if e.status == 0 else "UNKNOWN_ENUM_VALUE"
-        raise InvalidRecord(
-            f"status must be a known status, got {e.status}", reason=reason, field=f"{where}.status", record=rid
-        )
-    if e.start_date is None:
-        raise InvalidRecord("start_date is required", reason="DATE_MISSING", field=f"{where}.start_date", record=rid)
-    if e.start_date > latest_start:
-        raise InvalidRecord(
-            "start_date lies more than a year ahead", reason="DATE_IMPOSSIBLE", field=f"{where}.start_date", record=rid
-        )
-    if e.end_date is not None and e.end_date < e.start_date:
-        raise InvalidRecord(
-            "end_date is before start_date", reason="DATE_RANGE_INVALID", field=f"{where}.end_date", record=rid
-        )
-    if e.monthly_amount_fen < 0:
-        raise InvalidRecord(
-            "monthly_amount_fen must not be negative",
-            reason="AMOUNT_NEGATIVE",
-            field=f"{where}.monthly_amount_fen",
-            record=rid,
-        )
-    if e.monthly_amount_fen > MAX_MONTHLY_AMOUNT_FEN:
-        raise InvalidRecord(
-            f"monthly_amount_fen exceeds {MAX_MONTHLY_AMOUNT_FEN} fen (100,000 yuan); amounts are in fen",
-            reason="AMOUNT_TOO_LARGE",
-            field=f"{where}.monthly_amount_fen",
-            record=rid,
-        )
-    _check_own_division(e.granting_division, province_code, f"{where}.granting_division", rid)
-    if e.status == _ACTIVE:
-        bit = 1 << e.program
-        if active & bit:
-            raise InvalidRecord(
-                "two active enrollments in the same programme",
-                reason="ENROLLMENT_DUPLICATED",
+        errors.append(
+            InvalidRecord(
+                f"program must be a known programme, got {e.program}",
+                reason=reason,
                 field=f"{where}.program",
                 record=rid,
             )
+        )
+    if e.status not in _STATUS_VALUES:
+        reason = "STATUS_MISSING" if e.status == 0 else "UNKNOWN_ENUM_VALUE"
+        errors.append(
+            InvalidRecord(
+                f"status must be a known status, got {e.status}", reason=reason, field=f"{where}.status", record=rid
+            )
+        )
+    if e.start_date is None:
+        errors.append(
+            InvalidRecord("start_date is required", reason="DATE_MISSING", field=f"{where}.start_date", record=rid)
+        )
+    elif e.start_date > latest_start:
+        errors.append(
+            InvalidRecord(
+                "start_date lies more than a year ahead",
+                reason="DATE_IMPOSSIBLE",
+                field=f"{where}.start_date",
+                record=rid,
+            )
+        )
+    elif e.end_date is not None and e.end_date < e.start_date:
+        errors.append(
+            InvalidRecord(
+                "end_date is before start_date", reason="DATE_RANGE_INVALID", field=f"{where}.end_date", record=rid
+            )
+        )
+    if e.monthly_amount_fen < 0:
+        errors.append(
+            InvalidRecord(
+                "monthly_amount_fen must not be negative",
+                reason="AMOUNT_NEGATIVE",
+                field=f"{where}.monthly_amount_fen",
+                record=rid,
+            )
+        )
+    elif e.monthly_amount_fen > MAX_MONTHLY_AMOUNT_FEN:
+        errors.append(
+            InvalidRecord(
+                f"monthly_amount_fen exceeds {MAX_MONTHLY_AMOUNT_FEN} fen (100,000 yuan); amounts are in fen",
+                reason="AMOUNT_TOO_LARGE",
+                field=f"{where}.monthly_amount_fen",
+                record=rid,
+            )
+        )
+    try:
+        _check_own_division(e.granting_division, province_code, f"{where}.granting_division", rid)
+    except HutongError as exc:
+        errors.append(exc)
+    if len(errors) == before and e.status == _ACTIVE:
+        bit = 1 << e.program
+        if active & bit:
+            errors.append(
+                InvalidRecord(
+                    "two active enrollments in the same programme",
+                    reason="ENROLLMENT_DUPLICATED",
+                    field=f"{where}.program",
+                    record=rid,
+                )
+            )
+            return 0
         return bit
     return 0
 
