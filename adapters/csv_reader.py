@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from adapters.source import DATA, HEADER, TOTAL, SourceError, SourceRow
+from adapters.source import DATA, HEADER, TOTAL, SourceError, SourceRow, open_source, strip_bom
 
 __all__ = ["MAX_ROW_LINES", "read_delimited"]
 
@@ -25,16 +25,12 @@ MAX_ROW_LINES = 20
 
 def _decoded_lines(path: Path, encoding: str) -> Iterator[tuple[int, str, bool]]:
     """(1-based line number, text without the line break, decoded cleanly) for each line."""
-    try:
-        fh = path.open("rb")
-    except OSError as exc:
-        raise SourceError(f"cannot open {path}: {exc.strerror}", field=str(path)) from exc
-    with fh:
+    with open_source(path) as fh:
         bom = encoding == "utf-8-sig"
         codec = "utf-8" if bom else encoding
         for number, line in enumerate(fh, start=1):
-            if number == 1 and bom and line.startswith(b"\xef\xbb\xbf"):
-                line = line[3:]
+            if number == 1 and bom:
+                line = strip_bom(line)
             line = line.rstrip(b"\r\n")
             try:
                 yield number, line.decode(codec), True

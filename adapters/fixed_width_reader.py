@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from adapters.source import DATA, HEADER, TRAILER, SourceError, SourceRow
+from adapters.source import DATA, HEADER, TRAILER, SourceRow, open_source, strip_bom
 
 __all__ = ["read_fixed_width"]
 
@@ -37,14 +37,10 @@ def read_fixed_width(
     if record_type is not None:
         kinds = {data.encode(codec): DATA, header.encode(codec): HEADER, trailer.encode(codec): TRAILER}
         type_start, type_end = record_type[0], record_type[0] + record_type[1]
-    try:
-        fh = path.open("rb")
-    except OSError as exc:
-        raise SourceError(f"cannot open {path}: {exc.strerror}", field=str(path)) from exc
-    with fh:
+    with open_source(path) as fh:
         for number, line in enumerate(fh, start=1):
-            if number == 1 and encoding == "utf-8-sig" and line.startswith(b"\xef\xbb\xbf"):
-                line = line[3:]
+            if number == 1 and encoding == "utf-8-sig":
+                line = strip_bom(line)
             line = line.rstrip(b"\r\n")
             if not line.strip():
                 continue

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from adapters.source import SourceError, SourceRow
+from adapters.source import SourceRow, open_source, strip_bom
 
 __all__ = ["read_jsonl"]
 
@@ -38,14 +38,10 @@ def _flatten(value: Any, prefix: str, out: dict[str, str]) -> None:
 def read_jsonl(path: Path, *, encoding: str = "utf-8") -> Iterator[SourceRow]:
     """Every object of a JSON Lines file as a DATA row."""
     codec = "utf-8" if encoding == "utf-8-sig" else encoding
-    try:
-        fh = path.open("rb")
-    except OSError as exc:
-        raise SourceError(f"cannot open {path}: {exc.strerror}", field=str(path)) from exc
-    with fh:
+    with open_source(path) as fh:
         for number, line in enumerate(fh, start=1):
-            if number == 1 and line.startswith(b"\xef\xbb\xbf"):
-                line = line[3:]
+            if number == 1:
+                line = strip_bom(line)
             if not line.strip():
                 continue
             location = f"line {number}"

@@ -18,10 +18,12 @@ A file that cannot be read at all (missing, truncated archive, not the format) r
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
 
 from gateway.errors import HutongError
 
-__all__ = ["DATA", "DELETED", "HEADER", "TOTAL", "TRAILER", "SourceError", "SourceRow"]
+__all__ = ["DATA", "DELETED", "HEADER", "TOTAL", "TRAILER", "SourceError", "SourceRow", "open_source", "strip_bom"]
 
 DATA = "data"
 DELETED = "deleted"
@@ -53,3 +55,16 @@ class SourceRow:
     kind: str = DATA
     #: For a trailer: the number of data rows it claims the file holds, if it says.
     claimed_rows: int | None = None
+
+
+def open_source(path: Path) -> BinaryIO:
+    """``path`` opened for reading bytes; SourceError naming the file if it cannot be."""
+    try:
+        return path.open("rb")
+    except OSError as exc:
+        raise SourceError(f"cannot open {path}: {exc.strerror or exc}", field=str(path)) from exc
+
+
+def strip_bom(line: bytes) -> bytes:
+    """The first line of a file without a UTF-8 byte-order mark."""
+    return line[3:] if line.startswith(b"\xef\xbb\xbf") else line
