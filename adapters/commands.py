@@ -13,8 +13,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from adapters.profile import load_profile
-from adapters.run import Reject, Summary, adapt, record_to_json
-from gateway.domain.model import PersonRecord
+from adapters.run import Reject, Summary, adapt, household_to_json, record_to_json
+from gateway.domain.model import Household, PersonRecord
 
 __all__ = ["adapt_command", "profile_lint"]
 
@@ -40,16 +40,19 @@ def adapt_command(
     out: Path | None,
     rejects: Path | None,
     check: bool,
+    households: Path | None = None,
 ) -> int:
-    """``hutong adapt``: write records (``-o``) and rejects (``--rejects``); ``--check`` writes nothing."""
+    """``hutong adapt``: write records (``-o``), rejects (``--rejects``), households; ``--check`` writes nothing."""
     profile = load_profile(profile_path)
     console = Console(stderr=True)
     with contextlib.ExitStack() as stack:
         record_out: IO[str] | None = None
         reject_out: IO[str] | None = None
+        household_out: IO[str] | None = None
         if not check:
             record_out = stack.enter_context(_open(out))
             reject_out = stack.enter_context(_open(rejects)) if rejects is not None else None
+            household_out = stack.enter_context(_open(households)) if households is not None else None
         progress = stack.enter_context(
             Progress(
                 TextColumn("{task.description}"),
@@ -74,7 +77,18 @@ def adapt_command(
             elif len(kept_rejects) < 20:
                 kept_rejects.append(reject)
 
-        summary = adapt(profile, files, on_record=on_record, on_reject=on_reject, on_row=lambda: progress.advance(task))
+        def on_household(household: Household) -> None:
+            if household_out is not None:
+                household_out.write(household_to_json(household) + "\n")
+
+        summary = adapt(
+            profile,
+            files,
+            on_record=on_record,
+            on_reject=on_reject,
+            on_household=on_household if household_out is not None else None,
+            on_row=lambda: progress.advance(task),
+        )
     _print_summary(console, summary, kept_rejects if reject_out is None else [])
     return 0 if not summary.rejected and not summary.failed_files else EXIT_REJECTS
 
@@ -97,6 +111,8 @@ def _print_summary(console: Console, summary: Summary, rejects: list[Reject]) ->
         table.add_row(f.path, f"{f.rows_read:,}", f"{f.produced:,}", f"{f.rejected:,}", structure, f.failure)
     console.print(table)
     console.print(f"rows read {summary.rows_read:,} = records {summary.produced:,} + rejected {summary.rejected:,}")
+    if summary.households:
+        console.print(f"households {summary.households:,}")
     if summary.reasons:
         console.print("rejected, by reason: " + ", ".join(f"{r} {n:,}" for r, n in summary.reasons.most_common()))
     for reject in rejects:

@@ -22,7 +22,7 @@ from gateway.domain.model import Enrollment, PersonRecord
 from gateway.domain.records import check_record
 from gateway.errors import HutongError
 
-__all__ = ["FieldProblem", "RowMapper", "halfwidth", "parse_date"]
+__all__ = ["FieldProblem", "Membership", "RowMapper", "halfwidth", "parse_date"]
 
 #: Excel's day 0. Excel (after Lotus 1-2-3) counts a 29 February 1900 that never was: serial 60.
 _EXCEL_EPOCH = dt.date(1899, 12, 31)
@@ -268,6 +268,20 @@ def _strip(text: str | None) -> str | None:
     return None if text is None else text.strip()
 
 
+@dataclass(frozen=True, slots=True)
+class Membership:
+    """What a member's row says of its household."""
+
+    household_id: str
+    record_id: str
+    relation: int
+    #: Monthly income per member, fen, when the row states it.
+    income_per_member_fen: int | None
+    #: The household's version, when the row states it.
+    version: int | None
+    residence_division: str
+
+
 class RowMapper:
     """Turns rows of one profile's source into records; the profile's rules are compiled once."""
 
@@ -276,6 +290,7 @@ class RowMapper:
         self._today = today or dt.date.today()
         offset = dt.timezone(dt.timedelta(minutes=profile.utc_offset_minutes))
         self._record = {target: _getter(rule, offset) for target, rule in profile.record.items()}
+        self._household = {target: _getter(rule, offset) for target, rule in profile.household.items()}
         self._groups = [
             (
                 None if "when" not in group else _text_getter(group["when"]),
@@ -331,6 +346,35 @@ class RowMapper:
         assert checked.id_number is not None
         record.id_number = checked.id_number.value  # normalised; 15 digits become 18
         return record, problems
+
+    def membership(
+        self, fields: Mapping[str, str], record: PersonRecord, problems: list[FieldProblem]
+    ) -> Membership | None:
+        """The row's place in its household (``[household]``), or None without one; problems appended."""
+        if not self._household or not record.household_id:
+            return None
+        values = {target: get(fields, problems) for target, get in self._household.items()}
+        relation = values.get("relation")
+        if relation is None:
+            if not any(p.field == "household.relation" for p in problems):
+                problems.append(
+                    FieldProblem("household.relation", "RELATION_MISSING", "a household member needs a relation")
+                )
+            return None
+        income = values.get("income_per_member")
+        if isinstance(income, int) and income < 0:
+            problems.append(
+                FieldProblem("household.income_per_member", "AMOUNT_NEGATIVE", "income must not be negative")
+            )
+        version = values.get("version")
+        return Membership(
+            household_id=record.household_id,
+            record_id=record.record_id,
+            relation=_int(relation),
+            income_per_member_fen=income if isinstance(income, int) else None,
+            version=version if isinstance(version, int) else None,
+            residence_division=record.residence_division,
+        )
 
 
 _ENROLLMENT_FIELD = re.compile(r"enrollments\[(\d+)\]")

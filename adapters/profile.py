@@ -21,6 +21,7 @@ from gateway.errors import ConfigError
 __all__ = [
     "ENCODINGS",
     "FORMATS",
+    "HOUSEHOLD_FIELDS",
     "TRANSFORMS",
     "FieldRule",
     "Profile",
@@ -62,6 +63,8 @@ ENROLLMENT_FIELDS = {
     "monthly_amount_fen": "amount",
     "granting_division": "division",
 }
+#: Per-member facts of a household, read from each member's row.
+HOUSEHOLD_FIELDS = {"relation": "relation", "income_per_member": "amount", "version": "integer"}
 _REQUIRED_RECORD = ("record_id", "id_number", "name", "residence_division")
 _REQUIRED_ENROLLMENT = ("program", "status", "start_date", "granting_division")
 _DATE_TOKENS = re.compile(r"YYYY|MM|M|DD|D|HH|mm|ss")
@@ -114,6 +117,8 @@ class Profile:
     byte_fields: Mapping[str, tuple[int, int]]
     record: Mapping[str, FieldRule]
     enrollments: tuple[Mapping[str, FieldRule], ...]
+    #: ``[household]``: relation to the head and income, per member row; empty without households.
+    household: Mapping[str, FieldRule] = field(default_factory=dict)
     #: UTC offset of times without one, minutes (China Standard Time: +480).
     utc_offset_minutes: int = 480
     #: Source fields the rules read (readers of XML and fixed-width extract only these).
@@ -343,7 +348,7 @@ def _format_options(fmt: str, options: Mapping[str, Any]) -> dict[str, Any]:
 
 def parse_profile(data: Mapping[str, Any], *, path: Path = Path("<profile>")) -> Profile:
     """Validate a profile given as parsed TOML."""
-    _unknown(data, {"source", "format", "fields", "record", "enrollments", "codes"}, "")
+    _unknown(data, {"source", "format", "fields", "record", "enrollments", "household", "codes"}, "")
     source = _table(data, "source", "source")
     _unknown(source, {"name", "province", "format", "encoding", "utc_offset"}, "source")
     name = _text(source, "name", "source.name")
@@ -402,7 +407,22 @@ def parse_profile(data: Mapping[str, Any], *, path: Path = Path("<profile>")) ->
             when_rule = _rule(f"{where}.when", "text", when, f"{where}.when", codes)
             rules["when"] = when_rule
         enrollments.append(rules)
-    all_rules = [*record.values(), *(r for group in enrollments for r in group.values())]
+    household_table = _table(data, "household", "household", required=False)
+    _unknown(household_table, set(HOUSEHOLD_FIELDS), "household")
+    household = {
+        target: _rule(f"household.{target}", HOUSEHOLD_FIELDS[target], raw, f"household.{target}", codes)
+        for target, raw in household_table.items()
+    }
+    if "household" in data:
+        if "relation" not in household:
+            raise _fail("household.relation", "is required: each member's relation to the head of the household")
+        if "household_id" not in record:
+            raise _fail("record.household_id", "is required to group members into households")
+    all_rules = [
+        *record.values(),
+        *(r for group in enrollments for r in group.values()),
+        *household.values(),
+    ]
     named: list[tuple[FieldRule, str]] = []
     for rule in all_rules:
         if rule.source is not None:
@@ -414,7 +434,9 @@ def parse_profile(data: Mapping[str, Any], *, path: Path = Path("<profile>")) ->
         for rule, field_name in named:
             if field_name not in byte_fields:
                 key = "from" if rule.source is not None else "template"
-                where = rule.target if rule.target.startswith("enrollments[") else f"record.{rule.target}"
+                where = (
+                    rule.target if rule.target.startswith(("enrollments[", "household.")) else f"record.{rule.target}"
+                )
                 raise _fail(f"{where}.{key}", f"{field_name!r} is not one of the [fields] byte ranges")
     return Profile(
         path=path,
@@ -426,6 +448,7 @@ def parse_profile(data: Mapping[str, Any], *, path: Path = Path("<profile>")) ->
         byte_fields=byte_fields,
         record=record,
         enrollments=tuple(enrollments),
+        household=household,
         utc_offset_minutes=offset,
         source_fields=sources,
     )

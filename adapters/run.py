@@ -12,21 +12,40 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sqlite3
+import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from adapters.csv_reader import read_delimited
 from adapters.fixed_width_reader import read_fixed_width
 from adapters.jsonl_reader import read_jsonl
-from adapters.mapping import FieldProblem, RowMapper
+from adapters.mapping import FieldProblem, Membership, RowMapper
 from adapters.profile import Profile
 from adapters.source import DATA, TRAILER, SourceError, SourceRow
-from gateway.domain.model import EnrollmentStatus, Gender, PersonRecord, Program
+from gateway.domain.model import (
+    EnrollmentStatus,
+    Gender,
+    Household,
+    HouseholdMember,
+    HouseholdRelation,
+    PersonRecord,
+    Program,
+)
 
-__all__ = ["FileSummary", "Reject", "Summary", "adapt", "read_rows", "record_to_json"]
+__all__ = [
+    "FileSummary",
+    "HouseholdGrouper",
+    "Reject",
+    "Summary",
+    "adapt",
+    "household_to_json",
+    "read_rows",
+    "record_to_json",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +87,8 @@ class Summary:
 
     files: list[FileSummary] = field(default_factory=list)
     reasons: Counter[str] = field(default_factory=Counter)
+    #: Households made from the members' rows (profiles with ``[household]``).
+    households: int = 0
 
     @property
     def rows_read(self) -> int:
@@ -140,18 +161,122 @@ def read_rows(profile: Profile, path: Path) -> Iterator[SourceRow]:
 _FIXED_COLUMNS = ("csv", "tsv", "dbf", "xlsx")
 
 
+class HouseholdGrouper:
+    """Members gathered from anywhere in the run, grouped into households at the end.
+
+    Exports list members contiguously as a rule, but not always, and a province's households do
+    not fit in memory; so members go to a temporary SQLite file and come back grouped.
+    """
+
+    def __init__(self) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="hutong-households-")
+        self._con = sqlite3.connect(Path(self._dir.name) / "members.sqlite3", isolation_level=None)
+        self._con.execute("PRAGMA journal_mode=OFF")
+        self._con.execute("PRAGMA synchronous=OFF")
+        self._con.execute(
+            "CREATE TABLE members (seq INTEGER PRIMARY KEY, household_id TEXT, record_id TEXT, relation INTEGER,"
+            " income INTEGER, version INTEGER, residence TEXT)"
+        )
+        self._pending: list[tuple[object, ...]] = []
+
+    def add(self, member: Membership) -> None:
+        """Remember one member."""
+        self._pending.append(
+            (
+                member.household_id, member.record_id, member.relation, member.income_per_member_fen,
+                member.version, member.residence_division,
+            )
+        )  # fmt: skip
+        if len(self._pending) >= 10_000:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._con.execute("BEGIN")
+            self._con.executemany(
+                "INSERT INTO members (household_id, record_id, relation, income, version, residence)"
+                " VALUES (?,?,?,?,?,?)",
+                self._pending,
+            )
+            self._con.execute("COMMIT")
+            self._pending = []
+
+    def households(self) -> Iterator[Household]:
+        """Every household, its members in the order they were met."""
+        self._flush()
+        self._con.execute("CREATE INDEX members_by_household ON members (household_id, seq)")
+        rows = self._con.execute(
+            "SELECT household_id, record_id, relation, income, version, residence FROM members"
+            " ORDER BY household_id, seq"
+        )
+        current: list[tuple[Any, ...]] = []
+        for row in rows:
+            if current and row[0] != current[0][0]:
+                yield _household(current)
+                current = []
+            current.append(row)
+        if current:
+            yield _household(current)
+
+    def close(self) -> None:
+        """Drop the temporary file."""
+        self._con.close()
+        self._dir.cleanup()
+
+
+def _household(rows: list[tuple[Any, ...]]) -> Household:
+    head = next((r for r in rows if r[2] == int(HouseholdRelation.HEAD)), rows[0])
+    incomes = [r[3] for r in rows if r[3] is not None]
+    versions = [r[4] for r in rows if r[4] is not None]
+    return Household(
+        household_id=rows[0][0],
+        version=max(versions, default=1),
+        residence_division=head[5],
+        members=tuple(HouseholdMember(r[1], r[2]) for r in rows),
+        monthly_income_per_member_fen=incomes[0] if incomes else 0,
+    )
+
+
 def adapt(
     profile: Profile,
     paths: Iterable[Path],
     *,
     on_record: Callable[[PersonRecord], None],
     on_reject: Callable[[Reject], None],
+    on_household: Callable[[Household], None] | None = None,
     on_row: Callable[[], None] | None = None,
     today: dt.date | None = None,
 ) -> Summary:
-    """Run ``profile`` over ``paths``; every data row goes to ``on_record`` or ``on_reject``."""
+    """Run ``profile`` over ``paths``; every data row goes to ``on_record`` or ``on_reject``.
+
+    With a ``[household]`` profile and ``on_household``, the members of the records produced are
+    grouped, across all the files, into households given to ``on_household`` at the end.
+    """
     mapper = RowMapper(profile, today=today)
     summary = Summary()
+    grouper = HouseholdGrouper() if profile.household and on_household is not None else None
+    try:
+        _adapt_files(profile, paths, mapper, summary, grouper, on_record, on_reject, on_row)
+        if grouper is not None and on_household is not None:
+            for household in grouper.households():
+                summary.households += 1
+                on_household(household)
+    finally:
+        if grouper is not None:
+            grouper.close()
+    return summary
+
+
+def _adapt_files(
+    profile: Profile,
+    paths: Iterable[Path],
+    mapper: RowMapper,
+    summary: Summary,
+    grouper: HouseholdGrouper | None,
+    on_record: Callable[[PersonRecord], None],
+    on_reject: Callable[[Reject], None],
+    on_row: Callable[[], None] | None,
+) -> None:
     for path in map(Path, paths):
         file = FileSummary(str(path))
         summary.files.append(file)
@@ -186,18 +311,24 @@ def adapt(
                     )
                     continue
                 record, problems = mapper.map(row.fields)
+                member = None
+                if record is not None and profile.household:
+                    member = mapper.membership(row.fields, record, problems)
+                    if problems:
+                        record = None
                 if record is None:
                     rid = row.fields.get(profile.record["record_id"].source or "", "")
                     _reject(summary, file, on_reject, Reject(str(path), row.location, row.raw, tuple(problems), rid))
                     continue
                 file.produced += 1
                 on_record(record)
+                if grouper is not None and member is not None:
+                    grouper.add(member)
         except SourceError as exc:
             file.failure = str(exc)
             continue
         if claimed is not None and claimed != file.rows_read:
             file.failure = f"the trailer says {claimed} data records; the file holds {file.rows_read}"
-    return summary
 
 
 def _reject(summary: Summary, file: FileSummary, on_reject: Callable[[Reject], None], reject: Reject) -> None:
@@ -248,11 +379,17 @@ def record_to_json(record: PersonRecord) -> str:
     return json.dumps(obj, ensure_ascii=False)
 
 
-def write_lines(out: IO[str]) -> Callable[[str], None]:
-    """A line writer for record and reject files."""
+_RELATION = {int(r): f"HOUSEHOLD_RELATION_{r.name}" for r in HouseholdRelation}
 
-    def write(line: str) -> None:
-        out.write(line)
-        out.write("\n")
 
-    return write
+def household_to_json(household: Household) -> str:
+    """A household as one line of ``hutong.v1.Household`` in the protobuf JSON mapping."""
+    obj: dict[str, Any] = {
+        "householdId": household.household_id,
+        "version": str(household.version),
+        "residenceDivision": household.residence_division,
+        "members": [{"recordId": m.record_id, "relation": _RELATION[m.relation]} for m in household.members],
+    }
+    if household.monthly_income_per_member_fen:
+        obj["monthlyIncomePerMemberFen"] = str(household.monthly_income_per_member_fen)
+    return json.dumps(obj, ensure_ascii=False)

@@ -174,6 +174,9 @@ def _parser() -> argparse.ArgumentParser:
     adapt.add_argument("--profile", type=Path, help="the source's profile (TOML)")
     adapt.add_argument("-o", "--out", type=Path, help="records file (JSON Lines; default: standard output)")
     adapt.add_argument("--rejects", type=Path, help="reject file (JSON Lines); without it the first rejects are shown")
+    adapt.add_argument(
+        "--households", type=Path, help="households file (JSON Lines of hutong.v1.Household; profiles with [household])"
+    )
     adapt.add_argument("--check", action="store_true", help="validate only: read everything, write nothing")
 
     audit = sub.add_parser(
@@ -494,7 +497,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.profile is None:
             raise errors.ConfigError("--profile is required", reason="PROFILE_MISSING", field="profile")
         files = [Path(f) for f in args.files]
-        return adapt_command(args.profile, files, out=args.out, rejects=args.rejects, check=args.check)
+        return adapt_command(
+            args.profile, files, out=args.out, rejects=args.rejects, check=args.check, households=args.households
+        )
     if args.command == "pki":
         if args.pki_command == "quickstart":
             from gateway.commands import pki_quickstart

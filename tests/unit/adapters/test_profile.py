@@ -121,7 +121,8 @@ def test_guangdong_profile_loads_with_title_lines_totals_and_one_enrollment_grou
     assert profile.byte_fields == {}
     assert profile.utc_offset_minutes == 480
     assert "救助证编号" in profile.source_fields
-    assert "与户主关系" not in profile.source_fields  # a column no rule reads
+    assert "备注" not in profile.source_fields  # a column no rule reads
+    assert profile.household["relation"].source == "与户主关系"
 
 
 def test_zhejiang_profile_loads_with_byte_ranges_and_record_types() -> None:
