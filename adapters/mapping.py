@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from adapters.profile import TEMPLATE_FIELD, FieldRule, Profile
+from adapters.profile import RECORD_FIELDS, TEMPLATE_FIELD, FieldRule, Profile
 from gateway.domain import identity
 from gateway.domain.model import Enrollment, PersonRecord
 from gateway.domain.records import check_record
@@ -282,6 +282,18 @@ class Membership:
     residence_division: str
 
 
+#: The record fields a profile can map, in the order :meth:`RowMapper.map` unpacks them.
+_RECORD_ORDER = tuple(RECORD_FIELDS)
+assert _RECORD_ORDER == (
+    "record_id", "version", "id_number", "name", "gender", "birth_date",
+    "hukou_division", "residence_division", "household_id", "updated_at",
+), "RowMapper.map unpacks the record fields in this order"  # fmt: skip
+
+
+def _nothing(fields: Mapping[str, str], problems: list[FieldProblem]) -> object:
+    return None
+
+
 class RowMapper:
     """Turns rows of one profile's source into records; the profile's rules are compiled once."""
 
@@ -289,7 +301,9 @@ class RowMapper:
         self.profile = profile
         self._today = today or dt.date.today()
         offset = dt.timezone(dt.timedelta(minutes=profile.utc_offset_minutes))
-        self._record = {target: _getter(rule, offset) for target, rule in profile.record.items()}
+        record = {target: _getter(rule, offset) for target, rule in profile.record.items()}
+        # One getter per PersonRecord field, in its order; fields the profile leaves out read nothing.
+        self._record_getters = tuple(record.get(name, _nothing) for name in _RECORD_ORDER)
         self._household = {target: _getter(rule, offset) for target, rule in profile.household.items()}
         self._groups = [
             (
@@ -302,7 +316,9 @@ class RowMapper:
     def map(self, fields: Mapping[str, str]) -> tuple[PersonRecord | None, list[FieldProblem]]:
         """The record a row states, or every problem with it."""
         problems: list[FieldProblem] = []
-        values = {target: get(fields, problems) for target, get in self._record.items()}
+        rid, version, idn, name, gender, birth, hukou, residence, household, updated = [
+            get(fields, problems) for get in self._record_getters
+        ]
         enrollments: list[Enrollment] = []
         groups: list[int] = []  # the profile's [[enrollments]] table of each enrollment made
         for index, (when, getters) in enumerate(self._groups):
@@ -321,17 +337,17 @@ class RowMapper:
             )
             groups.append(index)
         record = PersonRecord(
-            record_id=_str(values.get("record_id")),
-            version=_int(values.get("version"), 1),
-            id_number=_str(values.get("id_number")),
-            name=_str(values.get("name")),
-            gender=_int(values.get("gender")),
-            birth_date=_date(values.get("birth_date")),
-            hukou_division=_str(values.get("hukou_division")),
-            residence_division=_str(values.get("residence_division")),
-            household_id=_str(values.get("household_id")),
+            record_id=_str(rid),
+            version=_int(version, 1),
+            id_number=_str(idn),
+            name=_str(name),
+            gender=_int(gender),
+            birth_date=_date(birth),
+            hukou_division=_str(hukou),
+            residence_division=_str(residence),
+            household_id=_str(household),
             enrollments=tuple(enrollments),
-            updated_at_us=_int(values.get("updated_at")),
+            updated_at_us=_int(updated),
         )
         checked = check_record(record, self.profile.province, today=self._today, now_us=time.time_ns() // 1000)
         if checked.errors:
