@@ -293,7 +293,7 @@ def _format_options(fmt: str, options: Mapping[str, Any]) -> dict[str, Any]:
         "fixed-width": {"record_type", "data", "header", "trailer", "trailer_count"},
         "xml": {"record_path", "namespaces"},
         "dbf": set(),
-        "xlsx": {"sheet", "header_rows", "total_pattern"},
+        "xlsx": {"sheet", "title_rows", "header_rows", "total_pattern"},
         "jsonl": set(),
     }
     _unknown(options, allowed[fmt], where)
@@ -314,6 +314,9 @@ def _format_options(fmt: str, options: Mapping[str, Any]) -> dict[str, Any]:
         out["header_rows"] = options.get("header_rows", 1)
         if not isinstance(out["header_rows"], int) or isinstance(out["header_rows"], bool) or out["header_rows"] < 1:
             raise _fail("format.header_rows", "must be an integer of at least 1")
+        out["title_rows"] = options.get("title_rows", 0)
+        if not isinstance(out["title_rows"], int) or isinstance(out["title_rows"], bool) or out["title_rows"] < 0:
+            raise _fail("format.title_rows", "must be an integer, 0 or more")
     if fmt in ("csv", "tsv", "xlsx"):
         pattern = options.get("total_pattern")
         if pattern is not None:

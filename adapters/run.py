@@ -153,7 +153,13 @@ def read_rows(profile: Profile, path: Path) -> Iterator[SourceRow]:
         return read_dbf(path, encoding=profile.encoding)
     from adapters.xlsx_reader import read_xlsx
 
-    return read_xlsx(path, sheet=o["sheet"], header_rows=o["header_rows"], total_pattern=o["total_pattern"])
+    return read_xlsx(
+        path,
+        sheet=o["sheet"],
+        header_rows=o["header_rows"],
+        total_pattern=o["total_pattern"],
+        title_rows=o["title_rows"],
+    )
 
 
 #: Formats whose every row has the same fields: a mapped field missing from the first row is

@@ -91,8 +91,12 @@ def read_xlsx(
     sheet: str | None = None,
     header_rows: int = 1,
     total_pattern: str | None = None,
+    title_rows: int = 0,
 ) -> Iterator[SourceRow]:
-    """Yield the header rows, then every row of ``sheet`` (the first worksheet when None).
+    """Yield the title and header rows, then every row of ``sheet`` (the first worksheet when None).
+
+    ``title_rows`` rows above the header (a roster's title, often merged across the sheet) are
+    yielded as ``header`` rows and take no part in the field names.
 
     Bad options raise :class:`ConfigError` at once; a file that cannot be read raises
     :class:`SourceError` when iterated (after the rows before the fault, for a file broken midway).
@@ -103,6 +107,12 @@ def read_xlsx(
             reason="SOURCE_OPTION_INVALID",
             metadata={"option": "header_rows"},
         )
+    if isinstance(title_rows, bool) or not isinstance(title_rows, int) or title_rows < 0:
+        raise ConfigError(
+            "title_rows must be a whole number, 0 or more",
+            reason="SOURCE_OPTION_INVALID",
+            metadata={"option": "title_rows"},
+        )
     try:
         total = re.compile(total_pattern) if total_pattern is not None else None
     except re.error as exc:
@@ -111,10 +121,12 @@ def read_xlsx(
             reason="SOURCE_OPTION_INVALID",
             metadata={"option": "total_pattern"},
         ) from None
-    return _rows(path, sheet, header_rows, total)
+    return _rows(path, sheet, header_rows, total, title_rows)
 
 
-def _rows(path: Path, sheet: str | None, header_rows: int, total: re.Pattern[str] | None) -> Iterator[SourceRow]:
+def _rows(
+    path: Path, sheet: str | None, header_rows: int, total: re.Pattern[str] | None, title_rows: int = 0
+) -> Iterator[SourceRow]:
     where = str(path)
     try:
         workbook = load_workbook(where, read_only=True, data_only=True)
@@ -126,21 +138,32 @@ def _rows(path: Path, sheet: str | None, header_rows: int, total: re.Pattern[str
         # The <dimension> a program wrote may be wrong; without it every cell is read.
         worksheet.reset_dimensions()
         rows = enumerate(worksheet.iter_rows(values_only=True), start=1)
-        header: list[list[str]] = []
+        last_header = title_rows + header_rows
+        top: list[list[str]] = []
         for number, values in _guarded(rows, where, 0):
-            header.append([_text(value) for value in values])
-            if number == header_rows:
+            top.append([_text(value) for value in values])
+            if number == last_header:
                 break
-        if len(header) < header_rows:
-            raise SourceError(f"the sheet ends before its {header_rows} header rows", field=where)
-        names = _field_names(header, [m for m in merged if m.min_row <= header_rows], where)
-        for number, texts in enumerate(header, start=1):
+        if len(top) < last_header:
+            raise SourceError(
+                f"the sheet ends before its {header_rows} header rows"
+                + (f" (after {title_rows} title rows)" if title_rows else ""),
+                field=where,
+            )
+        # Merges within the header, counted from the header's first row; a title's merges are its own.
+        in_header = [
+            m._replace(min_row=m.min_row - title_rows, max_row=m.max_row - title_rows)
+            for m in merged
+            if title_rows < m.min_row <= last_header
+        ]
+        names = _field_names(top[title_rows:], in_header, where)
+        for number, texts in enumerate(top, start=1):
             yield SourceRow(f"row {number}", _joined(texts), None, None, HEADER)
         spans: dict[int, list[_Range]] = {}
         for m in merged:
-            if m.min_row > header_rows:
+            if m.min_row > last_header:
                 spans.setdefault(m.min_row, []).append(m)
-        yield from _body(_guarded(rows, where, header_rows), names, spans, total)
+        yield from _body(_guarded(rows, where, last_header), names, spans, total)
     finally:
         workbook.close()
 
