@@ -77,6 +77,16 @@ def adapt_command(
             elif len(kept_rejects) < 20:
                 kept_rejects.append(reject)
 
+        seen = 0
+
+        def on_row() -> None:
+            # The bar moves every 1,000 rows: a redraw check per row would cost more than reading it.
+            nonlocal seen
+            seen += 1
+            if seen == 1000:
+                progress.advance(task, seen)
+                seen = 0
+
         def on_household(household: Household) -> None:
             if household_out is not None:
                 household_out.write(household_to_json(household) + "\n")
@@ -87,7 +97,7 @@ def adapt_command(
             on_record=on_record,
             on_reject=on_reject,
             on_household=on_household if household_out is not None else None,
-            on_row=lambda: progress.advance(task),
+            on_row=on_row,
         )
     _print_summary(console, summary, kept_rejects if reject_out is None else [])
     return 0 if not summary.rejected and not summary.failed_files else EXIT_REJECTS
