@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import stat
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from gateway.audit.binding import bind_key
 from gateway.domain.protection import suite_hash
 from gateway.errors import ConfigError, HutongError
 from gateway.hub.interceptors import CallInfo
+from gateway.hub.keys import KEYS_FILE, load_or_create_keys, require_private
 from gateway.store.base import BatchAck, Store
 from gateway.store.sqlite_audit import SqliteAuditSource
 from pki import TlsMaterial
@@ -120,11 +120,7 @@ class AuditKey:
             write_secret_file(path, (text + "\n").encode(), field="audit_key_file")
             log.info("audit_key_created", origin=name, verifier_key=key.verifier_key)
             return key
-        if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise ConfigError(
-                f"{path} is readable by others; run: chmod 600 {path}", reason="KEY_PERMISSIONS_TOO_OPEN",
-                field=str(path),
-            )  # fmt: skip
+        require_private(path)
         try:
             name, private_key = parse_signer_key(path.read_text(encoding="utf-8").strip())
         except (KeyInvalid, ValueError) as exc:
@@ -154,8 +150,7 @@ class AuditKey:
 
 def open_audit_source(data_dir: Path) -> SqliteAuditSource:
     """The exchange log in a hub's data directory, read-only, for ``hutong audit export``."""
-    from gateway.hub.keys import KEYS_FILE, load_or_create_keys
-    from gateway.hub.server import DATABASE_FILE
+    from gateway.hub.server import DATABASE_FILE  # the server module imports this one
 
     for name in (KEYS_FILE, AUDIT_KEY_FILE, DATABASE_FILE):
         if not (data_dir / name).exists():

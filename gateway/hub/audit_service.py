@@ -6,7 +6,6 @@ gets can be checked against a signature; a caller may name any size up to the co
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 
@@ -15,7 +14,7 @@ import grpc
 from gateway import errors
 from gateway.audit import parse_checkpoint
 from gateway.hub.audit import AuditRecorder, hash_name
-from gateway.hub.convert import timestamp_from_us
+from gateway.hub.convert import decode_page_token, encode_page_token, timestamp_from_us
 from gateway.hub.interceptors import current_call
 from gateway.store.base import AuditFilter, Store
 from hutong.v1 import audit_pb2, audit_pb2_grpc
@@ -114,19 +113,21 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         fingerprint = json.dumps(
             [filt.since_us, filt.until_us, filt.province, filt.method, filt.purpose, filt.person_key.hex()]
         )
-        # A listing keeps the tree size it started with: new checkpoints do not end a walk.
-        after, size = _decode_token(request.page_token, fingerprint)
-        if size is None or (request.tree_size and request.tree_size != size):
-            if request.page_token:
-                raise _bad_token()
-            size = await self._bound(request.tree_size, "tree_size")
+        # A listing keeps the tree size it started with (in its token): new checkpoints do not end a walk.
+        if request.tree_size:
+            fingerprint += f"/{request.tree_size}"
+        position = decode_page_token(request.page_token, fingerprint, ("i", "s"))
+        if position is None:
+            after, size = 0, await self._bound(request.tree_size, "tree_size")
+        else:
+            after, size = position["i"], position["s"]
         page = request.page_size or _DEFAULT_PAGE
         rows = await self._store.audit_entries(filt, after=after, limit=page + 1, size=size)
         response = audit_pb2.ListAuditEntriesResponse(
             entries=[audit_pb2.AuditLogEntry(index=i, entry=data) for i, data in rows[:page]], tree_size=size
         )
         if len(rows) > page:
-            response.next_page_token = _encode_token(rows[page][0], size, fingerprint)
+            response.next_page_token = encode_page_token({"i": rows[page][0], "s": size}, fingerprint)
         call.counts.update(entries=len(response.entries))
         return response
 
@@ -175,29 +176,3 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
             hashes=await self._store.consistency_proof(first, second),
             checkpoint=await self._store.checkpoint_at(second) or "",
         )
-
-
-def _encode_token(index: int, size: int, fingerprint: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps({"i": index, "s": size, "f": fingerprint}).encode()).decode()
-
-
-def _bad_token() -> errors.InvalidArgument:
-    return errors.InvalidArgument(
-        "page_token does not belong to this listing; start again without it",
-        reason="PAGE_TOKEN_INVALID",
-        field="page_token",
-    )
-
-
-def _decode_token(token: str, fingerprint: str) -> tuple[int, int | None]:
-    """The index a page token continues from and the tree size it lists; valid only for the same filters."""
-    if not token:
-        return 0, None
-    try:
-        data = json.loads(base64.urlsafe_b64decode(token.encode()))
-        index, size = data["i"], data["s"]
-        if data["f"] != fingerprint or not all(isinstance(v, int) and v >= 0 for v in (index, size)):
-            raise ValueError
-    except (ValueError, KeyError, TypeError):
-        raise _bad_token() from None
-    return index, size

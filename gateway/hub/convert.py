@@ -6,12 +6,15 @@ check done here, because a ``datetime.date`` cannot hold them.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
-from collections.abc import Iterable
+import json
+from collections.abc import Iterable, Mapping, Sequence
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from gateway import errors
 from gateway.domain.model import Enrollment, Household, HouseholdMember, PersonRecord
 from gateway.domain.records import Rejection
 from gateway.errors import InvalidRecord
@@ -21,6 +24,8 @@ from hutong.v1 import person_pb2
 __all__ = [
     "content_hash",
     "date_from_proto",
+    "decode_page_token",
+    "encode_page_token",
     "household_from_proto",
     "record_from_proto",
     "rejection_to_proto",
@@ -118,3 +123,32 @@ def rejection_to_proto(r: Rejection) -> person_pb2.Rejection:
 def rejections_to_proto(items: Iterable[Rejection]) -> list[person_pb2.Rejection]:
     """The wire form of several rejections."""
     return [rejection_to_proto(r) for r in items]
+
+
+def encode_page_token(position: Mapping[str, int], binding: str) -> str:
+    """An opaque page token: where the next page starts, bound to the query it continues."""
+    return base64.urlsafe_b64encode(json.dumps({**position, "_": binding}).encode()).decode()
+
+
+def decode_page_token(token: str, binding: str, keys: Sequence[str]) -> dict[str, int] | None:
+    """The position a page token holds (None for no token); INVALID_ARGUMENT if it is not one of ours.
+
+    ``binding`` is what the token was issued for (the person and purpose, the filters): a
+    token cannot continue another query.
+    """
+    if not token:
+        return None
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token.encode()))
+        position = {key: data[key] for key in keys}
+        if data["_"] != binding or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in position.values()
+        ):
+            raise ValueError
+    except (ValueError, KeyError, TypeError):
+        raise errors.InvalidArgument(
+            "page_token does not belong to this query; start again without it",
+            reason="PAGE_TOKEN_INVALID",
+            field="page_token",
+        ) from None
+    return position

@@ -23,13 +23,21 @@ from gateway.domain.protection import CryptoSuite, KeyMaterial, generate_key_mat
 from gateway.errors import ConfigError
 from pki.operator import write_secret_file
 
-__all__ = ["KEYS_FILE", "load_or_create_keys"]
+__all__ = ["KEYS_FILE", "load_or_create_keys", "require_private"]
 
 KEYS_FILE = "keys.json"
 
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
+
+
+def require_private(path: Path) -> None:
+    """Refuse a key file that group or others may read (ConfigError KEY_PERMISSIONS_TOO_OPEN)."""
+    if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(
+            f"{path} is readable by others; run: chmod 600 {path}", reason="KEY_PERMISSIONS_TOO_OPEN", field=str(path)
+        )
 
 
 def load_or_create_keys(data_dir: Path, *, suite: str | None = None) -> KeyMaterial:
@@ -51,11 +59,7 @@ def load_or_create_keys(data_dir: Path, *, suite: str | None = None) -> KeyMater
         data_dir.mkdir(parents=True, exist_ok=True)
         write_secret_file(path, json.dumps(body, indent=2).encode(), field="keys_file")
         return keys
-    mode = path.stat().st_mode
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(
-            f"{path} is readable by others; run: chmod 600 {path}", reason="KEY_PERMISSIONS_TOO_OPEN", field=str(path)
-        )
+    require_private(path)
     try:
         body = json.loads(path.read_text(encoding="utf-8"))
         held = body.get("suite", CryptoSuite.INTL.value)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import json
 from collections.abc import Iterable, Sequence
 
 import grpc
@@ -16,7 +14,13 @@ from gateway.domain.model import ALL_PROGRAMS, Program, Purpose
 from gateway.domain.policy import disclosed_fields, require_purpose
 from gateway.domain.protection import PersonKeyer
 from gateway.domain.records import decode_enrollments, rejection_from_error
-from gateway.hub.convert import rejection_to_proto, set_date, timestamp_from_us
+from gateway.hub.convert import (
+    decode_page_token,
+    encode_page_token,
+    rejection_to_proto,
+    set_date,
+    timestamp_from_us,
+)
 from gateway.hub.interceptors import current_call
 from gateway.store.base import HeldEnrollments, Store
 from hutong.v1 import person_pb2, query_pb2, query_pb2_grpc
@@ -136,7 +140,7 @@ class AssistanceQueryServicer(query_pb2_grpc.AssistanceQueryServiceServicer):
         key = self._person_key(request.id_number)
         current_call().person_keys.add(key)
         binding = hashlib.sha256(key + bytes([purpose])).hexdigest()[:16]
-        offset = _decode_token(request.page_token, binding)
+        offset = (decode_page_token(request.page_token, binding, ("o",)) or {"o": 0})["o"]
         allowed = disclosed_fields(purpose)
         held = (await self._store.enrollments_of([key])).get(key, [])
         entries: list[query_pb2.ProvinceEnrollment] = []
@@ -162,7 +166,7 @@ class AssistanceQueryServicer(query_pb2_grpc.AssistanceQueryServiceServicer):
         page = entries[offset : offset + page_size]
         response = query_pb2.LookupPersonResponse(enrollments=page, disclosed_fields=sorted(allowed))
         if offset + page_size < len(entries):
-            response.next_page_token = _encode_token(offset + page_size, binding)
+            response.next_page_token = encode_page_token({"o": offset + page_size}, binding)
         if offset == 0:
             for f in await self._store.findings_of(key):
                 finding = response.findings.add(
@@ -176,25 +180,3 @@ class AssistanceQueryServicer(query_pb2_grpc.AssistanceQueryServiceServicer):
                     finding.resolved_at.CopyFrom(timestamp_from_us(f.resolved_at_us))
         current_call().counts.update(enrollments=len(page))
         return response
-
-
-def _encode_token(offset: int, binding: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps({"o": offset, "b": binding}).encode()).decode()
-
-
-def _decode_token(token: str, binding: str) -> int:
-    """The offset a page token stands for; tokens are bound to the person and purpose."""
-    if not token:
-        return 0
-    try:
-        data = json.loads(base64.urlsafe_b64decode(token.encode()))
-        offset = data["o"]
-        if data["b"] != binding or not isinstance(offset, int) or offset < 0:
-            raise ValueError
-    except (ValueError, KeyError, TypeError):
-        raise errors.InvalidArgument(
-            "page_token does not belong to this query; start again without it",
-            reason="PAGE_TOKEN_INVALID",
-            field="page_token",
-        ) from None
-    return offset

@@ -17,7 +17,6 @@ import base64
 import hashlib
 import json
 import secrets
-import stat
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -30,6 +29,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway import errors
+from gateway.hub.keys import require_private
 from pki.operator import write_secret_file
 
 __all__ = ["TOKEN_KEYS_FILE", "TokenClaims", "TokenKeys", "TokenService", "certificate_thumbprint"]
@@ -89,12 +89,7 @@ class TokenKeys:
             keys = cls([(_new_kid(), ec.generate_private_key(ec.SECP256R1()))])
             keys.save(path, create=True)
             return keys
-        if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise errors.ConfigError(
-                f"{path} is readable by others; run: chmod 600 {path}",
-                reason="KEY_PERMISSIONS_TOO_OPEN",
-                field=str(path),
-            )
+        require_private(path)
         try:
             body = json.loads(path.read_text(encoding="utf-8"))
             loaded = []

@@ -224,9 +224,6 @@ class Store(Protocol):
     async def checkpoint_at(self, size: int) -> str | None:
         """The signed checkpoint of exactly ``size`` entries, if there is one."""
 
-    async def audit_checkpoints(self, *, max_size: int | None = None) -> list[tuple[int, int, str]]:
-        """(size, time_us, note) of every checkpoint, ascending."""
-
     async def audit_entries(self, filt: AuditFilter, *, after: int, limit: int, size: int) -> list[tuple[int, bytes]]:
         """Up to ``limit`` (index, entry bytes) matching ``filt``, from index ``after``, below ``size``."""
 

@@ -53,9 +53,9 @@ from gateway.store.base import (
 from gateway.store.sqlite_audit import (
     AuditLedger,
     list_entries,
-    read_checkpoints,
     read_entries,
     register_functions,
+    stored_tree,
     subtree_hash,
 )
 
@@ -775,19 +775,12 @@ class SqliteStore:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._audit_executor, fn, self._audit_reader, *args)
 
-    def _committed_tree(self, con: sqlite3.Connection) -> MerkleAccumulator:
-        size, peaks = con.execute("SELECT size, peaks FROM audit_tree WHERE id=1").fetchone()
-        width = len(self._ledger.hash_fn(b""))
-        return MerkleAccumulator(
-            self._ledger.hash_fn, size=size, peaks=[bytes(peaks[i : i + width]) for i in range(0, len(peaks), width)]
-        )
-
     async def audit_tree(self) -> tuple[int, bytes]:
         """Size and root hash of the committed log."""
 
         def read(con: sqlite3.Connection) -> tuple[int, bytes]:
-            tree = self._committed_tree(con)
-            return tree.size, tree.root()
+            size, peaks = stored_tree(con, self._ledger.hash_fn)
+            return size, MerkleAccumulator(self._ledger.hash_fn, size=size, peaks=peaks).root()
 
         return await self._audit_read(read)
 
@@ -818,7 +811,7 @@ class SqliteStore:
         return await self._audit_read(lambda con: next(read_entries(con, index, index + 1), None))
 
     def _check_committed(self, con: sqlite3.Connection, size: int) -> None:
-        committed = con.execute("SELECT size FROM audit_tree WHERE id=1").fetchone()[0]
+        committed, _ = stored_tree(con, self._ledger.hash_fn)
         if not 0 <= size <= committed:
             raise TreeRangeInvalid(
                 f"tree size {size} is beyond the log, which holds {committed} entries",
@@ -844,7 +837,3 @@ class SqliteStore:
             return consistency_path(old_size, new_size, lambda a, b: subtree_hash(con, a, b, hash_fn))
 
         return await self._audit_read(prove)
-
-    async def audit_checkpoints(self, *, max_size: int | None = None) -> list[tuple[int, int, str]]:
-        """(size, time_us, note) of every stored checkpoint, ascending."""
-        return await self._audit_read(lambda con: read_checkpoints(con, max_size=max_size))

@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from gateway.audit import AuditEntry, HashFn, MerkleAccumulator, TreeRangeInvalid, node_hash
+from gateway.audit.archive import hash_function
 from gateway.errors import StoreError
 from gateway.store.base import AuditFilter
 
@@ -34,6 +35,7 @@ __all__ = [
     "read_entries",
     "register_functions",
     "short_method",
+    "stored_tree",
     "subtree_hash",
 ]
 
@@ -101,18 +103,7 @@ class AuditLedger:
         The size must match the entries table and every peak the hashes the entries give for its
         subtree (O(log n) reads): a tampered or torn tree state is refused, never signed.
         """
-        row = con.execute("SELECT size, peaks FROM audit_tree WHERE id=1").fetchone()
-        if row is None:
-            raise StoreError("audit tree state is missing", reason="AUDIT_STATE_CORRUPT")
-        size, peaks = row
-        width = len(self.hash_fn(b""))
-        if len(peaks) != width * size.bit_count():
-            raise StoreError(
-                f"audit tree state holds {len(peaks)} bytes of peaks; a tree of {size} entries has"
-                f" {size.bit_count()} peaks of {width} bytes",
-                reason="AUDIT_STATE_CORRUPT",
-            )
-        hashes = [bytes(peaks[i : i + width]) for i in range(0, len(peaks), width)]
+        size, hashes = stored_tree(con, self.hash_fn)
         count, last = con.execute("SELECT count(*), coalesce(max(seq), -1) FROM audit_entries").fetchone()
         if count != size or last != size - 1:
             raise StoreError(
@@ -203,6 +194,22 @@ class AuditLedger:
 
 
 # -- reads ---------------------------------------------------------------------------------
+
+
+def stored_tree(con: sqlite3.Connection, hash_fn: HashFn) -> tuple[int, list[bytes]]:
+    """The committed tree's size and compact range (peaks, leftmost first), as stored."""
+    row = con.execute("SELECT size, peaks FROM audit_tree WHERE id=1").fetchone()
+    if row is None:
+        raise StoreError("audit tree state is missing", reason="AUDIT_STATE_CORRUPT")
+    size, peaks = row
+    width = len(hash_fn(b""))
+    if len(peaks) != width * size.bit_count():
+        raise StoreError(
+            f"audit tree state holds {len(peaks)} bytes of peaks; a tree of {size} entries has"
+            f" {size.bit_count()} peaks of {width} bytes",
+            reason="AUDIT_STATE_CORRUPT",
+        )
+    return size, [bytes(peaks[i : i + width]) for i in range(0, len(peaks), width)]
 
 
 def read_entries(con: sqlite3.Connection, start: int, end: int) -> Iterator[tuple[bytes, bytes]]:
@@ -333,7 +340,7 @@ class SqliteAuditSource:
 
     def tree_size(self) -> int:
         """Committed entries."""
-        return int(self._con.execute("SELECT size FROM audit_tree WHERE id=1").fetchone()[0])
+        return stored_tree(self._con, hash_function(self.hash_name))[0]
 
     def read_entries(self, start: int, end: int) -> Iterator[tuple[bytes, bytes]]:
         """(entry bytes, leaf hash) of entries ``start .. end-1``."""

@@ -1,23 +1,36 @@
 """Every RPC of the contract is implemented by the hub's servicers.
 
-The generated servicer base classes answer UNIMPLEMENTED (they raise NotImplementedError); a
-hub servicer that forgot to override one would serve that RPC as unimplemented.
+The generated servicer base classes (hutong/v1/*_pb2_grpc.py, written by grpc_tools and never
+edited) answer UNIMPLEMENTED: their methods raise NotImplementedError until a subclass overrides
+them. This test proves every hub servicer overrides every RPC of its service, so none is served
+as unimplemented, and that every RPC is mapped to a scope.
 """
 
 from __future__ import annotations
 
 import pytest
 
+from gateway.hub.audit_service import AuditServicer
 from gateway.hub.auth_service import AuthServicer
 from gateway.hub.query_service import AssistanceQueryServicer
 from gateway.hub.records_service import RecordExchangeServicer
 from gateway.hub.server import SCOPES_BY_METHOD
-from hutong.v1 import auth_pb2, auth_pb2_grpc, query_pb2, query_pb2_grpc, records_pb2, records_pb2_grpc
+from hutong.v1 import (
+    audit_pb2,
+    audit_pb2_grpc,
+    auth_pb2,
+    auth_pb2_grpc,
+    query_pb2,
+    query_pb2_grpc,
+    records_pb2,
+    records_pb2_grpc,
+)
 
 CASES = [
     (AuthServicer, auth_pb2_grpc.AuthServiceServicer, auth_pb2, "AuthService"),
     (RecordExchangeServicer, records_pb2_grpc.RecordExchangeServiceServicer, records_pb2, "RecordExchangeService"),
     (AssistanceQueryServicer, query_pb2_grpc.AssistanceQueryServiceServicer, query_pb2, "AssistanceQueryService"),
+    (AuditServicer, audit_pb2_grpc.AuditServiceServicer, audit_pb2, "AuditService"),
 ]
 
 
