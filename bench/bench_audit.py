@@ -34,7 +34,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway.audit import AuditEntry, NoteVerifier, sha256, verify_inclusion
+from gateway.audit import AuditEntry, NoteVerifier, verify_inclusion
 from gateway.audit.archive import export_log, verify_export
 from gateway.hub.audit import AuditKey, AuditRecorder
 from gateway.store.sqlite import SqliteStore
@@ -130,7 +130,7 @@ async def run(entries_total: int, seed: int, keep: bool) -> None:
         store = SqliteStore(work / "hub.sqlite3")
         await store.open()
         key = AuditKey(ORIGIN, Ed25519PrivateKey.generate())
-        recorder = AuditRecorder(store, key, sha256, checkpoint_seconds=3600)
+        recorder = AuditRecorder(store, key, "sha256", checkpoint_seconds=3600)
         # Checkpoints along the way, as the hub's cadence would sign them.
         batched = 0.0
         step = max(BATCH, entries_total // 8)

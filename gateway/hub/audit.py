@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -37,8 +36,9 @@ from gateway.audit import (
     parse_signer_key,
     sign_checkpoint,
 )
+from gateway.audit.archive import hash_function
 from gateway.audit.binding import bind_key
-from gateway.domain.protection import suite_hash
+from gateway.domain.protection import CryptoSuite
 from gateway.errors import ConfigError, HutongError
 from gateway.hub.interceptors import CallInfo
 from gateway.hub.keys import KEYS_FILE, load_or_create_keys, require_private
@@ -53,7 +53,7 @@ __all__ = [
     "AuditKey",
     "AuditRecorder",
     "default_origin",
-    "hash_name",
+    "log_hash_name",
     "open_audit_source",
     "payload_digest",
 ]
@@ -165,7 +165,7 @@ def open_audit_source(data_dir: Path) -> SqliteAuditSource:
     return SqliteAuditSource(
         data_dir / DATABASE_FILE,
         origin=key.origin,
-        hash_name=hash_name(suite_hash(suite.value)),
+        hash_name=log_hash_name(suite),
         verifier_key=key.verifier_key,
         key_binding=binding_path.read_bytes() if binding_path.exists() else None,
     )
@@ -188,10 +188,12 @@ def payload_digest(hash_fn: HashFn, request: Any, response: Any) -> bytes:
 class AuditRecorder:
     """Appends the audit entries of the hub's calls and signs checkpoints."""
 
-    def __init__(self, store: Store, key: AuditKey, hash_fn: HashFn, *, checkpoint_seconds: float) -> None:
+    def __init__(self, store: Store, key: AuditKey, hash_name: str, *, checkpoint_seconds: float) -> None:
         self._store = store
         self.key = key
-        self.hash_fn = hash_fn
+        #: ``sha256`` or ``sm3``: the tree hash, also used for payload digests.
+        self.hash_name = hash_name
+        self.hash_fn = hash_function(hash_name)
         self._checkpoint_seconds = checkpoint_seconds
         self._pending: list[tuple[AuditEntry, asyncio.Future[int]]] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -324,6 +326,6 @@ class AuditRecorder:
         await self.checkpoint()
 
 
-def hash_name(hash_fn: HashFn) -> str:
-    """``sha256`` or ``sm3``: the name of a tree hash, told apart by its output on the empty string."""
-    return "sha256" if hash_fn(b"") == hashlib.sha256(b"").digest() else "sm3"
+def log_hash_name(suite: CryptoSuite) -> str:
+    """The exchange log's tree hash for a crypto suite: ``sha256`` (intl) or ``sm3`` (sm)."""
+    return "sha256" if suite is CryptoSuite.INTL else "sm3"

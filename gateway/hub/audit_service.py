@@ -13,7 +13,7 @@ import grpc
 
 from gateway import errors
 from gateway.audit import parse_checkpoint
-from gateway.hub.audit import AuditRecorder, hash_name
+from gateway.hub.audit import AuditRecorder
 from gateway.hub.convert import decode_page_token, encode_page_token, timestamp_from_us
 from gateway.hub.interceptors import current_call
 from gateway.store.base import AuditFilter, Store
@@ -74,7 +74,7 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
             root_hash=checkpoint.root_hash,
             verifier_key=self._recorder.key.verifier_key,
             key_binding=self._binding,
-            hash_algorithm=hash_name(self._recorder.hash_fn),
+            hash_algorithm=self._recorder.hash_name,
         )
         if checkpoint.time_us is not None:
             response.signed_at.CopyFrom(timestamp_from_us(checkpoint.time_us))

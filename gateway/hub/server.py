@@ -25,11 +25,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from gateway.audit import sha256
+from gateway.audit.archive import hash_function
 from gateway.domain.access import AccessPolicy
-from gateway.domain.protection import CryptoSuite, PersonKeyer, suite_hash
+from gateway.domain.protection import PersonKeyer
 from gateway.errors import ConfigError
-from gateway.hub.audit import AuditKey, AuditRecorder, default_origin
+from gateway.hub.audit import AuditKey, AuditRecorder, default_origin, log_hash_name
 from gateway.hub.audit_service import AuditServicer
 from gateway.hub.auth_service import AuthServicer
 from gateway.hub.interceptors import Authenticator, Authorizer, HubInterceptor, LogContext
@@ -178,8 +178,10 @@ class HubServer:
         s = self.settings
         keys = load_or_create_keys(s.data_dir, suite=s.crypto_suite)
         # The log's tree hash follows the crypto suite (SHA-256, or SM3 under sm), fixed with the keys.
-        tree_hash = sha256 if keys.suite is CryptoSuite.INTL else suite_hash(keys.suite.value)
-        self.store = SqliteStore(s.data_dir / DATABASE_FILE, synchronous=s.sqlite_synchronous, audit_hash=tree_hash)
+        tree_hash = log_hash_name(keys.suite)
+        self.store = SqliteStore(
+            s.data_dir / DATABASE_FILE, synchronous=s.sqlite_synchronous, audit_hash=hash_function(tree_hash)
+        )
         audit_key = AuditKey.load_or_create(s.data_dir, origin=s.audit_origin, default_origin=default_origin(s.tls))
         binding = audit_key.write_binding(s.data_dir, s.tls) if s.tls is not None else b""
         await self.store.open()
