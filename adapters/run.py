@@ -247,13 +247,17 @@ def adapt(
     profile: Profile,
     paths: Iterable[Path],
     *,
-    on_record: Callable[[PersonRecord], None],
+    on_record: Callable[..., None],
     on_reject: Callable[[Reject], None],
     on_household: Callable[[Household], None] | None = None,
     on_row: Callable[[], None] | None = None,
     today: dt.date | None = None,
+    with_location: bool = False,
 ) -> Summary:
     """Run ``profile`` over ``paths``; every data row goes to ``on_record`` or ``on_reject``.
+
+    With ``with_location``, ``on_record`` is called as ``on_record(record, file, location)``: the
+    caller keeps where each record was read from.
 
     With a ``[household]`` profile and ``on_household``, the members of the records produced are
     grouped, across all the files, into households given to ``on_household`` at the end.
@@ -262,7 +266,7 @@ def adapt(
     summary = Summary()
     grouper = HouseholdGrouper() if profile.household and on_household is not None else None
     try:
-        _adapt_files(profile, paths, mapper, summary, grouper, on_record, on_reject, on_row)
+        _adapt_files(profile, paths, mapper, summary, grouper, on_record, on_reject, on_row, with_location)
         if grouper is not None and on_household is not None:
             for household in grouper.households():
                 summary.households += 1
@@ -279,9 +283,10 @@ def _adapt_files(
     mapper: RowMapper,
     summary: Summary,
     grouper: HouseholdGrouper | None,
-    on_record: Callable[[PersonRecord], None],
+    on_record: Callable[..., None],
     on_reject: Callable[[Reject], None],
     on_row: Callable[[], None] | None,
+    with_location: bool,
 ) -> None:
     for path in map(Path, paths):
         file = FileSummary(str(path))
@@ -327,7 +332,10 @@ def _adapt_files(
                     _reject(summary, file, on_reject, Reject(str(path), row.location, row.raw, tuple(problems), rid))
                     continue
                 file.produced += 1
-                on_record(record)
+                if with_location:
+                    on_record(record, file.path, row.location)
+                else:
+                    on_record(record)
                 if grouper is not None and member is not None:
                     grouper.add(member)
         except SourceError as exc:

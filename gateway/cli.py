@@ -91,7 +91,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Serves AuthService, RecordExchangeService and AssistanceQueryService, gRPC health and "
         "reflection. Client certificates must chain to --ca and carry a hutong://province/<code>/node/<name> URI; "
         "every call but AuthService.IssueToken needs an access token bound to that certificate. "
-        "SIGTERM or SIGINT drains open streams and stops.",
+        "With --node-directory the hub answers FetchRecordDetail by asking the province nodes listed there "
+        "(mTLS with the hub's own certificate). SIGTERM or SIGINT drains open streams and stops.",
     )
     serve.add_argument("--data-dir", type=Path, required=True, help="directory of the SQLite database and key file")
     serve.add_argument(
@@ -129,6 +130,12 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds between signed checkpoints of the exchange log while it grows (default 10)",
     )
     serve.add_argument("--grace", type=float, default=10.0, help="seconds open calls get on shutdown (default 10)")
+    serve.add_argument(
+        "--node-directory",
+        type=Path,
+        metavar="FILE",
+        help="federation directory (TOML): each province node's address, for FetchRecordDetail; see deploy/README.md",
+    )
 
     jwks = hub.add_parser(
         "jwks",
@@ -151,10 +158,16 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in (
         ("check", "is this person enrolled anywhere? (yes/no per programme, holding provinces)"),
         ("lookup", "the person's enrollments across provinces, fields filtered by purpose"),
+        ("detail", "the person's full records, fetched live from the holding provinces' nodes (scope query:detail)"),
     ):
         q = query.add_parser(name, help=text, description=text)
         q.add_argument("--hub", required=True, help="HOST:PORT of the hub")
-        q.add_argument("--id", dest="id_number", required=True, help="citizen ID number (18 or 15 characters)")
+        if name == "detail":
+            q.add_argument("id_number", metavar="ID", help="citizen ID number (18 or 15 characters)")
+            q.add_argument("--province", default="", help="ask only this province (6-digit code); default: every one")
+            q.add_argument("--json", action="store_true", help="print the hub's answer as JSON")
+        else:
+            q.add_argument("--id", dest="id_number", required=True, help="citizen ID number (18 or 15 characters)")
         q.add_argument("--purpose", required=True, choices=sorted(_PURPOSES), help="why you ask (recorded)")
         if name == "check":
             q.add_argument("--program", action="append", choices=sorted(_PROGRAMS), help="repeatable; default all")
@@ -178,6 +191,48 @@ def _parser() -> argparse.ArgumentParser:
         "--households", type=Path, help="households file (JSON Lines of hutong.v1.Household; profiles with [household])"
     )
     adapt.add_argument("--check", action="store_true", help="validate only: read everything, write nothing")
+
+    node = sub.add_parser(
+        "node",
+        help="run a province node: sync exports to the hub, serve record details",
+        description="A province node reads its exports with the province's adapter profile, keeps every record in a "
+        "local outbox (SQLite) and streams changes to the hub; it serves the details the ministry does not store. "
+        "Its settings are one TOML file: deploy/README.md documents every key, with an example per province.",
+    ).add_subparsers(dest="node_command", required=True, metavar="NODE_COMMAND")
+    node_sync = node.add_parser(
+        "sync",
+        help="adapt export files into the outbox and send what changed to the hub",
+        description="Each FILE is read with the node's profile; every record goes into the outbox before anything is "
+        "sent, and is marked sent only on the hub's acknowledgement, so a node or hub killed at any moment resumes "
+        "where it stopped when the command runs again. A re-export sends only the records whose content changed; "
+        "with sync.mode = \"snapshot\" the records the export no longer holds are retired at the hub. Without FILEs "
+        "the command sends what the outbox still holds (resuming an interrupted run). Exit 0 when everything was "
+        "acknowledged and nothing rejected, 4 when rows or records were rejected, 5 when the hub stayed unreachable "
+        "past sync.retry_deadline_seconds (run it again to resume), 3 on a configuration error.",
+    )
+    node_sync.add_argument("files", nargs="*", metavar="FILE", help="export files making up this run")
+    node_sync.add_argument("--watch", action="store_true", help="keep taking new files from sync.drop_dir")
+    node_sync.add_argument(
+        "--allow-mass-retire",
+        action="store_true",
+        help="retire records even when a snapshot drops more than sync.max_retire_fraction of them",
+    )
+    node_status = node.add_parser(
+        "status",
+        help="outbox depth, last acknowledgement, last error, certificate expiry",
+        description="Reads the outbox and the node certificate; with --hub also asks the hub what it holds.",
+    )
+    node_status.add_argument("--hub", action="store_true", help="also ask the hub (GetSyncState)")
+    node_status.add_argument("--json", action="store_true", help="print one JSON object")
+    node_serve = node.add_parser(
+        "serve",
+        help="serve the hub's federated detail requests (ProvinceNodeService)",
+        description="A gRPC server over mTLS that only the hub may call: FetchRecordDetail answers from the node's "
+        "outbox, filtered by the stated purpose, and every call is appended to the node's own audit log.",
+    )
+    node_serve.add_argument("--port-file", type=Path, help="write the bound port here once serving")
+    for p in (node_sync, node_status, node_serve):
+        p.add_argument("--config", type=Path, required=True, help="the node's node.toml")
 
     audit = sub.add_parser(
         "audit",
@@ -319,6 +374,12 @@ def _parser() -> argparse.ArgumentParser:
     csr.add_argument("--province", required=True, help="6-digit GB/T 2260 province code, e.g. 440000")
     csr.add_argument("--name", required=True, help="node name within the province, e.g. gz-01")
     csr.add_argument("--out", type=Path, required=True, help="directory to write the key and CSR into")
+    csr.add_argument(
+        "--dns", action="append", metavar="NAME", help="DNS name the hub reaches `hutong node serve` by; repeatable"
+    )
+    csr.add_argument(
+        "--ip", action="append", metavar="ADDRESS", help="IP address the hub reaches `hutong node serve` at; repeatable"
+    )
 
     issue = pki.add_parser(
         "issue",
@@ -330,6 +391,12 @@ def _parser() -> argparse.ArgumentParser:
     ca_dir_arg(issue)
     issue.add_argument("--days", type=int, default=90, help="validity in days (default 90)")
     issue.add_argument("--out", type=Path, help="certificate chain file (default: CSR_FILE with .pem)")
+    issue.add_argument(
+        "--server-names",
+        action="store_true",
+        help="also certify the DNS names and IP addresses the CSR asks for (a node serving the hub's detail "
+        "requests); a CSR asking for names is refused without it",
+    )
     intermediate_passphrase_arg(issue)
 
     hub_cert = pki.add_parser(
@@ -483,10 +550,20 @@ def _dispatch(args: argparse.Namespace) -> int:
                 programs=[_PROGRAMS[p] for p in args.program or ()] if args.query_command == "check" else [],
                 tls=_tls(args),
                 server_name=args.server_name,
+                province_code=getattr(args, "province", ""),
+                as_json=getattr(args, "json", False),
             )
         )
     if args.command == "audit":
         return _audit(args)
+    if args.command == "node":
+        if args.node_command == "serve":
+            from gateway.node.serve import serve_command
+
+            return serve_command(args.config, port_file=args.port_file)
+        from gateway.node.commands import run_node
+
+        return run_node(args)
     if args.command == "adapt":
         from adapters.commands import adapt_command, profile_lint
 
@@ -573,6 +650,7 @@ def _tls(args: argparse.Namespace) -> TlsMaterial:
 
 
 def _hub_serve(args: argparse.Namespace) -> int:
+    from gateway.hub.federation import load_node_directory
     from gateway.hub.server import HubSettings, load_policy, serve_forever
 
     host, port = args.listen
@@ -590,6 +668,7 @@ def _hub_serve(args: argparse.Namespace) -> int:
         grace_seconds=args.grace,
         audit_origin=args.audit_origin,
         checkpoint_seconds=args.checkpoint_seconds,
+        node_directory=load_node_directory(args.node_directory) if args.node_directory else None,
     )
     asyncio.run(serve_forever(settings, port_file=args.port_file))
     return EXIT_OK

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -25,11 +25,15 @@ from hutong.v1 import (
     audit_pb2_grpc,
     auth_pb2,
     auth_pb2_grpc,
+    notification_pb2,
+    notification_pb2_grpc,
     person_pb2,
     query_pb2,
     query_pb2_grpc,
     records_pb2,
     records_pb2_grpc,
+    signal_pb2,
+    signal_pb2_grpc,
 )
 from pki import TlsMaterial
 
@@ -97,6 +101,11 @@ class HubClient:
         )
         self._retry = retry
         self.records = records_pb2_grpc.RecordExchangeServiceStub(self._channel)
+        self._sync_serialized = self._channel.stream_stream(
+            "/hutong.v1.RecordExchangeService/SyncRecords",
+            request_serializer=None,  # the requests are bytes already
+            response_deserializer=records_pb2.SyncRecordsResponse.FromString,
+        )
         self.auth = auth_pb2_grpc.AuthServiceStub(self._channel)
         self._scopes = list(scopes)
         self._token: str | None = None
@@ -104,6 +113,8 @@ class HubClient:
         self._token_lock = asyncio.Lock()
         self.queries = query_pb2_grpc.AssistanceQueryServiceStub(self._channel)
         self.audit = audit_pb2_grpc.AuditServiceStub(self._channel)
+        self.notifications = notification_pb2_grpc.NotificationServiceStub(self._channel)
+        self.signals = signal_pb2_grpc.SignalServiceStub(self._channel)
 
     async def __aenter__(self) -> HubClient:
         return self
@@ -196,6 +207,21 @@ class HubClient:
             lambda md: self.queries.LookupPerson(request, timeout=self._retry.attempt_timeout, metadata=md)
         )
 
+    async def fetch_record_detail(
+        self, id_number: str, purpose: Purpose, *, province_code: str = ""
+    ) -> query_pb2.FetchRecordDetailResponse:
+        """A person's full records from the holding provinces' nodes (scope query:detail), filtered by purpose.
+
+        A province whose node did not answer is a ``failures`` entry of the response, not an error.
+        The call's deadline (``attempt_timeout``) is the time the hub gives the nodes.
+        """
+        request = query_pb2.FetchRecordDetailRequest(
+            id_number=id_number, purpose=_purpose(purpose), province_code=province_code
+        )
+        return await self._idempotent(
+            lambda md: self.queries.FetchRecordDetail(request, timeout=self._retry.attempt_timeout, metadata=md)
+        )
+
     # -- audit log ---------------------------------------------------------------------------
 
     async def get_checkpoint(self) -> audit_pb2.GetCheckpointResponse:
@@ -225,6 +251,59 @@ class HubClient:
         request = audit_pb2.GetConsistencyProofRequest(first_tree_size=first, second_tree_size=second)
         return await self._idempotent(
             lambda md: self.audit.GetConsistencyProof(request, timeout=self._retry.attempt_timeout, metadata=md)
+        )
+
+    # -- the closed loop ---------------------------------------------------------------------
+
+    async def subscribe(self, cursor: str = "") -> AsyncGenerator[notification_pb2.Event, None]:
+        """The province's events after ``cursor`` (empty: after the last acknowledged), then new ones.
+
+        Runs until the caller stops iterating; a broken stream raises a HutongError (subscribe again
+        from the last event handled).
+        """
+        try:
+            metadata = await self._md()
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc) from exc
+        call = self.notifications.Subscribe(notification_pb2.SubscribeRequest(cursor=cursor), metadata=metadata)
+        try:
+            async for response in call:
+                yield response.event
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc) from exc
+        finally:
+            call.cancel()
+
+    async def acknowledge_events(self, event_ids: Sequence[str]) -> notification_pb2.AcknowledgeEventsResponse:
+        """Tell the hub these events were delivered to the province's system."""
+        request = notification_pb2.AcknowledgeEventsRequest(event_ids=list(event_ids))
+        return await self._idempotent(
+            lambda md: self.notifications.AcknowledgeEvents(request, timeout=self._retry.attempt_timeout, metadata=md)
+        )
+
+    async def report_outcome(
+        self, request_id: str, event_id: str, outcome: int, reason: str = ""
+    ) -> notification_pb2.ReportOutcomeResponse:
+        """Report what the province did about an event; safe to retry with the same request_id."""
+        request = notification_pb2.ReportOutcomeRequest(
+            request_id=request_id,
+            event_id=event_id,
+            outcome=notification_pb2.EventOutcome.ValueType(outcome),
+            reason=reason,
+        )
+        return await self._idempotent(
+            lambda md: self.notifications.ReportOutcome(request, timeout=self._retry.attempt_timeout, metadata=md),
+            request_id,
+        )
+
+    async def submit_signals(
+        self, request_id: str, signals: Iterable[signal_pb2.Signal]
+    ) -> signal_pb2.SubmitSignalsResponse:
+        """Submit a department's risk signals (scope signals:write); safe to retry with the same request_id."""
+        request = signal_pb2.SubmitSignalsRequest(request_id=request_id, signals=list(signals))
+        return await self._idempotent(
+            lambda md: self.signals.SubmitSignals(request, timeout=self._retry.attempt_timeout, metadata=md),
+            request_id,
         )
 
     # -- records -----------------------------------------------------------------------------
@@ -261,24 +340,34 @@ class HubClient:
             raise errors.InvalidArgument("window must be at least 1", field="window")
         credits = asyncio.Semaphore(window)
 
-        async def requests() -> AsyncIterator[records_pb2.SyncRecordsRequest]:
+        async def requests() -> AsyncIterator[bytes]:
             if isinstance(batches, AsyncIterable):
                 async for batch in batches:
                     await credits.acquire()
-                    yield batch
+                    yield batch.SerializeToString()
             else:
                 for batch in batches:
                     await credits.acquire()
-                    yield batch
+                    yield batch.SerializeToString()
 
+        async for response in self.sync_serialized(requests()):
+            credits.release()
+            yield response
+
+    async def sync_serialized(
+        self, requests: AsyncIterable[bytes]
+    ) -> AsyncGenerator[records_pb2.SyncRecordsResponse, None]:
+        """SyncRecords over requests already serialized, acknowledgements in order; the caller paces the stream.
+
+        The node's outbox keeps each batch as the bytes it sends, so a resend is the same batch byte for byte.
+        """
         try:
             metadata = await self._md()
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc) from exc
-        call = self.records.SyncRecords(requests(), metadata=metadata)
+        call = self._sync_serialized(requests, metadata=metadata)
         try:
             async for response in call:
-                credits.release()
                 yield response
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc) from exc

@@ -6,7 +6,9 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from google.protobuf import json_format
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from gateway.client import HubClient
@@ -15,7 +17,7 @@ from gateway.domain.divisions import PROVINCE_CODES
 from gateway.domain.model import Program, Purpose
 from gateway.errors import ConfigError, HutongError
 from gateway.hub.tokens import TOKEN_KEYS_FILE, TokenKeys
-from hutong.v1 import person_pb2, query_pb2
+from hutong.v1 import node_pb2, person_pb2, query_pb2
 from pki import TlsMaterial, write_demo_pki
 
 __all__ = ["id_check", "pki_quickstart", "print_jwks", "rotate_token_key", "run_query"]
@@ -34,10 +36,20 @@ async def run_query(
     programs: Sequence[int],
     tls: TlsMaterial,
     server_name: str | None,
+    province_code: str = "",
+    as_json: bool = False,
 ) -> int:
-    """``hutong query check|lookup``: print the hub's answer."""
+    """``hutong query check|lookup|detail``: print the hub's answer."""
     console = Console()
     async with HubClient(hub, tls=tls, server_name=server_name) as client:
+        if kind == "detail":
+            details = await client.fetch_record_detail(id_number, Purpose(purpose), province_code=province_code)
+            if as_json:
+                print(json_format.MessageToJson(details, indent=2, ensure_ascii=False))
+            else:
+                _print_details(console, details, Purpose(purpose))
+            # A partial answer is an answer (exit 0); when no province's node answered, exit 5 (unreachable).
+            return 0 if details.details or not details.failures else 5
         if kind == "check":
             answer = await client.check_enrollment(id_number, Purpose(purpose), [Program(p) for p in programs])
             table = Table(title="CheckEnrollment")
@@ -90,6 +102,63 @@ async def run_query(
 
 def _date(d: person_pb2.Date) -> str:
     return f"{d.year:04d}-{d.month:02d}-{d.day:02d}"
+
+
+_STATUSES = ("active", "suspended", "exited", "deceased")
+_FAILURES = {
+    query_pb2.DETAIL_FAILURE_REASON_NODE_UNAVAILABLE: "node unavailable",
+    query_pb2.DETAIL_FAILURE_REASON_DEADLINE_EXCEEDED: "deadline exceeded",
+    query_pb2.DETAIL_FAILURE_REASON_NODE_REFUSED: "node refused",
+    query_pb2.DETAIL_FAILURE_REASON_NODE_NOT_REGISTERED: "no node registered",
+    query_pb2.DETAIL_FAILURE_REASON_RECORD_NOT_FOUND: "record not found at the node",
+}
+
+
+def _detail_table(detail: node_pb2.RecordDetail) -> Table:
+    """One record detail as a two-column table of the fields disclosed."""
+    r = detail.record
+    table = Table(title=f"{_province(detail.province_code)} — {detail.node_uri}", show_header=False)
+    table.add_column("field")
+    table.add_column("value", overflow="fold")
+    shown = set(detail.disclosed_fields)
+    for name, value in (
+        ("record_id", r.record_id),
+        ("version", str(r.version) if r.version else ""),
+        ("id_number", r.id_number),
+        ("name", r.name),
+        ("gender", ("", "male", "female")[r.gender] if r.gender in (0, 1, 2) else str(r.gender)),
+        ("birth_date", _date(r.birth_date) if r.HasField("birth_date") else ""),
+        ("hukou_division", r.hukou_division),
+        ("residence_division", r.residence_division),
+        ("household_id", r.household_id),
+        ("updated_at", r.updated_at.ToJsonString() if r.HasField("updated_at") else ""),
+        ("source", f"{detail.source.file} {detail.source.location}" if detail.HasField("source") else ""),
+        ("exported_at", detail.exported_at.ToJsonString() if detail.HasField("exported_at") else ""),
+    ):
+        if name in shown and value:
+            table.add_row(name, value)
+    for e in r.enrollments:
+        parts = [Program(e.program).name.lower(), _STATUSES[e.status - 1] if e.status else ""]
+        if e.HasField("start_date"):
+            parts.append("since " + _date(e.start_date))
+        if e.HasField("end_date"):
+            parts.append("until " + _date(e.end_date))
+        if "enrollments.monthly_amount_fen" in shown:
+            parts.append(f"{e.monthly_amount_fen / 100:.2f} yuan/month")
+        table.add_row("enrollment", " ".join(p for p in parts if p) + f" ({e.granting_division})")
+    for key in sorted(detail.attributes):
+        table.add_row(key, detail.attributes[key])
+    return table
+
+
+def _print_details(console: Console, answer: query_pb2.FetchRecordDetailResponse, purpose: Purpose) -> None:
+    console.print(f"FetchRecordDetail (purpose: {purpose.name.lower()})")
+    for detail in answer.details:
+        console.print(_detail_table(detail))
+    for f in answer.failures:
+        console.print(
+            f"[bold red]{_province(f.province_code)}[/]: {_FAILURES.get(f.reason, 'failed')} — {escape(f.message)}"
+        )
 
 
 def pki_quickstart(directory: Path, nodes: Sequence[str]) -> int:

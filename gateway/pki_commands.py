@@ -37,6 +37,7 @@ from pki.operator import (
     IssuedCertificate,
     Passphrase,
     RevocationReason,
+    csr_server_names,
     ensure_absent,
     inspect_file,
     make_private_dir,
@@ -91,7 +92,13 @@ def run_pki(args: argparse.Namespace) -> int:
             intermediate_days=args.intermediate_days,
         )
     if command == "csr":
-        return pki_csr(province=args.province, name=args.name, out=args.out)
+        return pki_csr(
+            province=args.province,
+            name=args.name,
+            out=args.out,
+            dns_names=args.dns or [],
+            ip_addresses=args.ip or [],
+        )
     if command == "issue":
         return pki_issue(
             args.csr_file,
@@ -99,6 +106,7 @@ def run_pki(args: argparse.Namespace) -> int:
             days=args.days,
             out=args.out,
             passphrase_file=args.intermediate_passphrase_file,
+            server_names=args.server_names,
         )
     if command == "issue-hub":
         return pki_issue_hub(
@@ -293,12 +301,19 @@ def pki_init(
     return 0
 
 
-def pki_csr(*, province: str, name: str, out: Path) -> int:
+def pki_csr(
+    *, province: str, name: str, out: Path, dns_names: Sequence[str] = (), ip_addresses: Sequence[str] = ()
+) -> int:
     """``hutong pki csr``: at the province, a node key (kept) and its CSR (sent to the ministry)."""
     identity = NodeIdentity(province_code=province, node_name=name)
-    request = write_node_request(out, identity)
+    request = write_node_request(out, identity, dns_names=dns_names, ip_addresses=ip_addresses)
     console = _out()
     console.print(f"node identity: [bold]{identity.uri}[/]")
+    if dns_names or ip_addresses:
+        console.print(
+            f"  asks to serve as: {escape(', '.join([*dns_names, *ip_addresses]))}"
+            " (the ministry certifies them with `hutong pki issue --server-names`)"
+        )
     console.print(f"  key (stays here, mode 0600): {escape(str(request.key_path))}")
     console.print(f"  CSR (send to the ministry):  {escape(str(request.csr_path))}")
     console.print(
@@ -308,13 +323,32 @@ def pki_csr(*, province: str, name: str, out: Path) -> int:
     return 0
 
 
-def pki_issue(csr_file: Path, *, ca_dir: Path, days: int, out: Path | None, passphrase_file: Path | None) -> int:
+def pki_issue(
+    csr_file: Path,
+    *,
+    ca_dir: Path,
+    days: int,
+    out: Path | None,
+    passphrase_file: Path | None,
+    server_names: bool = False,
+) -> int:
     """``hutong pki issue CSR``: a node certificate from a CSR, written with the intermediate."""
     ca = CaDirectory.open(ca_dir)
     out = out if out is not None else csr_file.with_suffix(".pem")
     ensure_absent(out, field="out")
     csr = _read_csr(csr_file)
-    issued = ca.issue_node(csr, passphrase=_intermediate_passphrase(ca, passphrase_file), valid_days=days)
+    dns_names, ip_addresses = csr_server_names(csr)
+    if (dns_names or ip_addresses) and not server_names:
+        # Names in a node certificate let it serve TLS under them: the operator confirms them, never by default.
+        raise PkiError(
+            f"the CSR also asks for the names {', '.join([*dns_names, *ip_addresses])}; check them "
+            "(`hutong pki inspect`) and pass --server-names to certify them with the node's identity",
+            reason="SERVER_NAMES_UNCONFIRMED",
+            field="server_names",
+        )
+    issued = ca.issue_node(
+        csr, passphrase=_intermediate_passphrase(ca, passphrase_file), valid_days=days, server_names=server_names
+    )
     write_public_pem(out, issued.chain_pem, field="out")
     _print_issued(issued, ca, [out])
     return 0

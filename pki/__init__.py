@@ -1,7 +1,8 @@
 """Hutong PKI: node identities, the certificate authority, and PEM/TLS files.
 
 Every certificate is ECDSA P-256 with SHA-256. A node's identity is the single
-``hutong://province/<code>/node/<name>`` URI in its certificate's SAN. Failures
+``hutong://province/<code>/node/<name>`` URI in its certificate's SAN; a hub certificate
+carries no such URI, only DNS names and IP addresses. Failures
 raise :class:`gateway.errors.PkiError` with an UPPER_SNAKE ``reason``.
 """
 
@@ -19,7 +20,7 @@ from pki._files import (
     write_pem_certificate,
     write_pem_private_key,
 )
-from pki._identity import NodeIdentity, identity_from_certificate
+from pki._identity import NodeIdentity, hub_names_from_certificate, identity_from_certificate
 
 __all__ = [
     "CertificateAuthority",
@@ -28,6 +29,7 @@ __all__ = [
     "NodeIdentity",
     "TlsMaterial",
     "generate_key",
+    "hub_names_from_certificate",
     "identity_from_certificate",
     "load_certificate",
     "load_private_key",

@@ -37,6 +37,7 @@ IDENTITY_MISMATCH          a renewal CSR names another node or other hub names
 RENEW_UNSUPPORTED          renewing a CA certificate
 ROOT_NOT_REVOCABLE         revoking the root (distrust it instead)
 ROOT_KEY_MISSING           the offline root key is not where it was looked for
+SERVER_NAME_RESERVED       a node CSR asks for a DNS name or IP address of a hub certificate
 =========================  ====================================================
 """
 
@@ -65,6 +66,7 @@ from pki._ca import (
     CertificateAuthority,
     RevokedEntry,
     check_node_csr,
+    csr_server_names,
     generate_key,
     make_csr,
 )
@@ -188,11 +190,18 @@ class NodeRequest:
     csr: x509.CertificateSigningRequest
 
 
-def write_node_request(directory: StrPath, identity: NodeIdentity) -> NodeRequest:
+def write_node_request(
+    directory: StrPath,
+    identity: NodeIdentity,
+    *,
+    dns_names: Sequence[str] = (),
+    ip_addresses: Sequence[str] = (),
+) -> NodeRequest:
     """Generate a node key and CSR: ``<province>-<name>.key`` (0600) and ``.csr`` in ``directory``.
 
     The key is unencrypted because gRPC reads it as is; it never leaves the province,
-    only the CSR travels to the ministry.
+    only the CSR travels to the ministry. ``dns_names`` and ``ip_addresses`` ask for the names
+    the hub will reach the node's federation server by (``hutong node serve``).
     """
     directory = Path(directory)
     stem = node_file_stem(identity)
@@ -201,7 +210,7 @@ def write_node_request(directory: StrPath, identity: NodeIdentity) -> NodeReques
     ensure_absent(key_path, field="out")
     ensure_absent(csr_path, field="out")
     key = generate_key()
-    csr = make_csr(key, identity)
+    csr = make_csr(key, identity, dns_names=dns_names, ip_addresses=ip_addresses)
     write_pem_private_key(key_path, key)
     write_public_pem(csr_path, csr.public_bytes(_PEM), field="out")
     return NodeRequest(identity=identity, key_path=key_path, csr_path=csr_path, csr=csr)
@@ -475,19 +484,45 @@ class CaDirectory:
         *,
         passphrase: Passphrase = None,
         valid_days: int = 90,
+        server_names: bool = False,
         now: dt.datetime | None = None,
     ) -> IssuedCertificate:
         """Sign a node's CSR with the intermediate and register the certificate.
 
         The CSR is checked first (signature, exactly one ``hutong://`` URI naming a known
         province: ``CSR_INVALID``/``CSR_SIGNATURE_INVALID``), then the issuer, and only then
-        is the passphrase asked for.
+        is the passphrase asked for. With ``server_names`` the DNS names and IP addresses the
+        CSR asks for are certified too (the operator has checked them), except a name a hub
+        certificate of this CA holds (``SERVER_NAME_RESERVED``): a node certificate carrying the
+        hub's name could pass, to other nodes, for the hub.
         """
         identity, public_key = check_node_csr(csr)
         now = _now(now)
+        dns_names, ip_addresses = csr_server_names(csr) if server_names else ((), ())
+        if dns_names or ip_addresses:
+            self._check_not_hub_names([*dns_names, *ip_addresses], now=now)
         issuer = self._issuer(passphrase, now)
-        cert = issuer.issue_node_certificate(identity, public_key, valid_days=valid_days, now=now)
+        cert = issuer.issue_node_certificate(
+            identity, public_key, dns_names=dns_names, ip_addresses=ip_addresses, valid_days=valid_days, now=now
+        )
         return self._register(cert, issuer, now=now)
+
+    def _check_not_hub_names(self, names: Sequence[str], *, now: dt.datetime) -> None:
+        held = {
+            name: record.serial
+            for record in self.registry.find(kinds=[CertificateKind.HUB], status=CertificateStatus.ISSUED)
+            if record.state(now) == "valid"
+            for name in record.hub_names
+        }
+        for name in names:
+            if name in held:
+                raise PkiError(
+                    f"the CSR asks for {name}, a name of the hub certificate {held[name]}; a node certificate "
+                    "never carries the hub's names",
+                    reason="SERVER_NAME_RESERVED",
+                    field="csr.san",
+                    metadata={"name": name, "serial": held[name]},
+                )
 
     def issue_hub(
         self,
@@ -543,6 +578,8 @@ class CaDirectory:
         if old.kind is CertificateKind.NODE:
             assert old.node_uri is not None
             expected = NodeIdentity.parse_uri(old.node_uri)
+            # The names certified with the identity carry over; changing them takes a new issue.
+            dns_names, ip_addresses = _server_names_of(cert)
             if csr is None:
                 public_key = _p256_public_key(cert)
             else:
@@ -555,7 +592,14 @@ class CaDirectory:
                         metadata={"uri": identity.uri, "expected_uri": expected.uri, "serial": old.serial},
                     )
             issuer = self._issuer(passphrase, now)
-            new = issuer.issue_node_certificate(expected, public_key, valid_days=valid_days, now=now)
+            new = issuer.issue_node_certificate(
+                expected,
+                public_key,
+                dns_names=dns_names,
+                ip_addresses=ip_addresses,
+                valid_days=valid_days,
+                now=now,
+            )
         else:
             dns_names, ip_addresses = _server_names_of(cert)
             public_key = _p256_public_key(cert) if csr is None else _hub_csr_key(csr, dns_names, ip_addresses, old)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,12 +35,15 @@ from pki._files import (
 )
 from pki._identity import NodeIdentity, hutong_uris, single_identity
 
-__all__ = ["CertificateAuthority", "RevokedEntry", "check_node_csr", "generate_key", "make_csr"]
+__all__ = ["CertificateAuthority", "RevokedEntry", "check_node_csr", "csr_server_names", "generate_key", "make_csr"]
 
 ORGANIZATION = "Hutong"
 DEFAULT_CA_NAME = "Hutong Ministry Root CA"
 DEFAULT_INTERMEDIATE_NAME = "Hutong Ministry Issuing CA"
 DEFAULT_HUB_NAME = "hutong-hub"
+# A host name of ASCII (A-label) labels; wildcards are never certified for a node.
+_DNS_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_DNS_NAME = re.compile(rf"(?=.{{1,253}}$){_DNS_LABEL}(?:\.{_DNS_LABEL})*")
 # Backdate notBefore a little: a node whose clock runs slightly behind the CA's
 # must not reject a certificate issued a second ago.
 _CLOCK_SKEW = dt.timedelta(minutes=5)
@@ -103,16 +107,50 @@ def _node_subject(identity: NodeIdentity) -> x509.Name:
     )
 
 
-def _node_san(identity: NodeIdentity) -> x509.SubjectAlternativeName:
-    return x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity.uri)])
+def _node_san(
+    identity: NodeIdentity, dns_names: Sequence[str] = (), ip_addresses: Sequence[str] = ()
+) -> x509.SubjectAlternativeName:
+    # The URI is the identity; DNS names and IP addresses only let the hub verify the node as a
+    # TLS server (hutong node serve) by host name.
+    names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(identity.uri)]
+    if dns_names or ip_addresses:
+        names.extend(_server_names(dns_names, ip_addresses))
+    return x509.SubjectAlternativeName(names)
+
+
+def csr_server_names(csr: x509.CertificateSigningRequest) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The DNS names and IP addresses a node's CSR asks for besides its identity URI (both may be empty)."""
+    try:
+        san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return (), ()
+    except ValueError as exc:
+        raise PkiError(
+            f"the CSR's extensions cannot be parsed: {exc}", reason="CSR_INVALID", field="csr.extensions"
+        ) from exc
+    dns_names = tuple(san.get_values_for_type(x509.DNSName))
+    ip_addresses = tuple(str(ip) for ip in san.get_values_for_type(x509.IPAddress))
+    for dns_name in dns_names:
+        if not _DNS_NAME.fullmatch(dns_name):
+            raise PkiError(
+                f"the CSR asks for DNS name {dns_name[:200]!r}, which is not a host name (ASCII labels, no wildcard)",
+                reason="CSR_INVALID",
+                field="csr.san_dns",
+                metadata={"dns_name": dns_name[:200], "cause_reason": "DNS_NAME_INVALID"},
+            )
+    return dns_names, ip_addresses
 
 
 def check_node_csr(csr: x509.CertificateSigningRequest) -> tuple[NodeIdentity, ec.EllipticCurvePublicKey]:
     """The node identity and public key a CSR asks for, after checking its signature and single SAN URI.
 
+    DNS names and IP addresses beside the URI are accepted (a node serving the hub's detail
+    requests needs them) when they are well formed; :func:`csr_server_names` reads them, and
+    the CA certifies them only when told to.
+
     Errors: ``CSR_SIGNATURE_INVALID`` (field ``csr.signature``), ``KEY_TYPE_UNSUPPORTED``
-    (``csr.public_key``), ``CSR_INVALID`` (``csr.san_uri`` or ``csr.extensions``; the
-    underlying identity reason, e.g. ``PROVINCE_UNKNOWN``, in ``metadata["cause_reason"]``).
+    (``csr.public_key``), ``CSR_INVALID`` (``csr.san_uri``, ``csr.san_dns`` or ``csr.extensions``;
+    the underlying identity reason, e.g. ``PROVINCE_UNKNOWN``, in ``metadata["cause_reason"]``).
     """
     if not csr.is_signature_valid:
         raise PkiError(
@@ -142,6 +180,7 @@ def check_node_csr(csr: x509.CertificateSigningRequest) -> tuple[NodeIdentity, e
             field="csr.san_uri",
             metadata={**exc.metadata, "cause_reason": exc.reason},
         ) from exc
+    csr_server_names(csr)
     return identity, public_key
 
 
@@ -155,13 +194,23 @@ class RevokedEntry:
     reason: x509.ReasonFlags | None = None
 
 
-def make_csr(key: ec.EllipticCurvePrivateKey, identity: NodeIdentity) -> x509.CertificateSigningRequest:
-    """A certificate signing request for ``identity``, signed with ``key`` (done on the node)."""
+def make_csr(
+    key: ec.EllipticCurvePrivateKey,
+    identity: NodeIdentity,
+    *,
+    dns_names: Sequence[str] = (),
+    ip_addresses: Sequence[str] = (),
+) -> x509.CertificateSigningRequest:
+    """A certificate signing request for ``identity``, signed with ``key`` (done on the node).
+
+    ``dns_names`` and ``ip_addresses`` ask for names the hub can verify when it calls the node
+    (``hutong node serve``); the identity is still the URI alone.
+    """
     _require_p256(key.public_key(), field="key")
     return (
         x509.CertificateSigningRequestBuilder()
         .subject_name(_node_subject(identity))
-        .add_extension(_node_san(identity), critical=False)
+        .add_extension(_node_san(identity, dns_names, ip_addresses), critical=False)
         .sign(key, _signature_hash())
     )
 
@@ -302,14 +351,16 @@ class CertificateAuthority:
         identity: NodeIdentity,
         public_key: ec.EllipticCurvePublicKey,
         *,
+        dns_names: Sequence[str] = (),
+        ip_addresses: Sequence[str] = (),
         valid_days: int = 90,
         now: dt.datetime | None = None,
     ) -> x509.Certificate:
-        """A node's mTLS certificate: SAN URI identity, client and server auth."""
+        """A node's mTLS certificate: SAN URI identity (plus any DNS/IP names to serve on), client and server auth."""
         builder = (
             self._leaf_builder(_require_p256(public_key, field="public_key"), valid_days, now)
             .subject_name(_node_subject(identity))
-            .add_extension(_node_san(identity), critical=False)
+            .add_extension(_node_san(identity, dns_names, ip_addresses), critical=False)
             # serverAuth too: the hub will call nodes back for federated queries.
             .add_extension(
                 x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]),
@@ -354,15 +405,18 @@ class CertificateAuthority:
         *,
         valid_days: int = 90,
         expected: NodeIdentity | None = None,
+        server_names: bool = False,
         now: dt.datetime | None = None,
     ) -> x509.Certificate:
         """A node certificate for a CSR, after checking it with :func:`check_node_csr`.
 
-        Only the identity and the public key are taken from the CSR; every other
-        requested name or extension is ignored, as the CA decides what it signs.
-        Give ``expected`` to refuse a CSR naming any other node.
+        Only the identity and the public key are taken from the CSR, and with ``server_names``
+        also the DNS names and IP addresses it asks for; every other requested name or
+        extension is ignored, as the CA decides what it signs. Give ``expected`` to refuse a
+        CSR naming any other node.
         """
         identity, public_key = check_node_csr(csr)
+        dns_names, ip_addresses = csr_server_names(csr) if server_names else ((), ())
         if expected is not None and identity != expected:
             raise PkiError(
                 f"the CSR names {identity.uri}, not the expected {expected.uri}",
@@ -370,7 +424,9 @@ class CertificateAuthority:
                 field="csr.san_uri",
                 metadata={"uri": identity.uri, "expected_uri": expected.uri},
             )
-        return self.issue_node_certificate(identity, public_key, valid_days=valid_days, now=now)
+        return self.issue_node_certificate(
+            identity, public_key, dns_names=dns_names, ip_addresses=ip_addresses, valid_days=valid_days, now=now
+        )
 
     # ----------------------------------------------------------------- internals
 

@@ -466,8 +466,14 @@ def write_node_credentials(
     *,
     valid_days: int = 90,
     passphrase: bytes | None = None,
+    dns_names: Sequence[str] = (),
+    ip_addresses: Sequence[str] = (),
 ) -> NodeCredentials:
-    """Generate a key, issue a node certificate, write ``<province>-<name>.pem/.key`` in ``directory``."""
+    """Generate a key, issue a node certificate, write ``<province>-<name>.pem/.key`` in ``directory``.
+
+    ``dns_names`` and ``ip_addresses`` are certified beside the identity URI, for a node that
+    serves the hub's detail requests (``hutong node serve``).
+    """
     # Imported here: pki._ca builds on this module's file primitives, so a
     # module-level import would be circular.
     from pki._ca import generate_key
@@ -481,7 +487,9 @@ def write_node_credentials(
         if existing.exists() or existing.is_symlink():
             raise _os_error(FileExistsError(), existing, field="directory", action="write")
     key = generate_key()
-    cert = ca.issue_node_certificate(identity, key.public_key(), valid_days=valid_days)
+    cert = ca.issue_node_certificate(
+        identity, key.public_key(), dns_names=dns_names, ip_addresses=ip_addresses, valid_days=valid_days
+    )
     write_pem_private_key(key_path, key, passphrase=passphrase)
     write_pem_certificate(cert_path, cert)
     return NodeCredentials(
@@ -519,11 +527,13 @@ def write_demo_pki(
     provinces: Sequence[tuple[str, str]],
     hub_dns: Sequence[str] = ("localhost",),
     hub_ips: Sequence[str] = ("127.0.0.1", "::1"),
+    node_ips: Sequence[str] = ("127.0.0.1",),
 ) -> DemoPki:
     """Create a throwaway CA, a hub certificate and one certificate per ``(province_code, node_name)``.
 
     Layout under ``directory``: ``ca.pem ca.key hub.pem hub.key nodes/<province>-<name>.pem/.key``.
-    Keys are unencrypted (mode 0600); existing files are never overwritten.
+    Keys are unencrypted (mode 0600); existing files are never overwritten. Node certificates
+    also name ``node_ips``, so that a node can serve the hub's detail requests on loopback.
     """
     from pki._ca import CertificateAuthority, generate_key  # see write_node_credentials
 
@@ -553,7 +563,9 @@ def write_demo_pki(
     write_pem_certificate(hub_cert_path, hub_cert)
 
     nodes_dir = directory / NODES_DIR
-    nodes = {identity.uri: write_node_credentials(ca, nodes_dir, identity) for identity in identities}
+    nodes = {
+        identity.uri: write_node_credentials(ca, nodes_dir, identity, ip_addresses=node_ips) for identity in identities
+    }
     return DemoPki(
         directory=directory,
         ca=ca,

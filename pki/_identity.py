@@ -1,9 +1,16 @@
-"""Node identities and their ``hutong://`` SAN URIs.
+"""Node identities and their ``hutong://`` SAN URIs; what tells a hub certificate from a node's.
 
 A node's identity lives in exactly one place: the URI subject alternative name
 of its certificate, ``hutong://province/<code>/node/<name>``. The hub reads the
 province from the verified certificate only (DESIGN §5); the subject DN is
 informational.
+
+A certificate of the ministry CA is a **node** certificate when it carries a ``hutong://``
+SAN URI (it may also carry DNS names and IP addresses, so that a node can serve the hub's
+federated detail requests), and a **hub** certificate when it carries none but names at least
+one DNS name or IP address and allows client authentication. The CA registry and the node's
+federation server (``hutong node serve``, which only the hub may call) apply this one rule:
+:func:`hub_names_from_certificate`.
 """
 
 from __future__ import annotations
@@ -12,10 +19,11 @@ import re
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from gateway.errors import PkiError
 
-__all__ = ["NodeIdentity", "identity_from_certificate"]
+__all__ = ["NodeIdentity", "hub_names_from_certificate", "identity_from_certificate"]
 
 URI_SCHEME = "hutong"
 
@@ -148,16 +156,55 @@ def single_identity(uris: list[str], *, subject: str, field: str = "san_uri") ->
 
 def identity_from_certificate(cert: x509.Certificate) -> NodeIdentity:
     """The node identity carried by a certificate's single ``hutong://`` SAN URI."""
+    san = _san_of(cert)
+    return single_identity(hutong_uris(san) if san is not None else [], subject="certificate")
+
+
+def _san_of(cert: x509.Certificate) -> x509.SubjectAlternativeName | None:
     try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        return cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
-        uris: list[str] = []
+        return None
     except ValueError as exc:  # malformed or duplicated extensions
         raise PkiError(
             f"certificate extensions cannot be parsed: {exc}",
             reason="CERTIFICATE_INVALID",
             field="extensions",
         ) from exc
-    else:
-        uris = hutong_uris(san)
-    return single_identity(uris, subject="certificate")
+
+
+def hub_names_from_certificate(cert: x509.Certificate) -> tuple[str, ...]:
+    """The DNS names and IP addresses of a hub certificate; a node's (or a nameless) certificate is refused.
+
+    The chain is not checked here (TLS did that); only what kind of certificate of the CA this is.
+    Errors: ``NODE_CERTIFICATE`` (it carries a ``hutong://`` URI: a node, not the hub),
+    ``HUB_NAMES_MISSING`` (no DNS name or IP address), ``CLIENT_AUTH_NOT_ALLOWED`` (its extended
+    key usage does not allow TLS client authentication).
+    """
+    san = _san_of(cert)
+    if san is not None and hutong_uris(san):
+        raise PkiError(
+            "the certificate names a province node (it carries a hutong:// SAN URI), not the hub",
+            reason="NODE_CERTIFICATE",
+            field="san_uri",
+        )
+    names: list[str] = []
+    if san is not None:
+        names = [*san.get_values_for_type(x509.DNSName), *(str(ip) for ip in san.get_values_for_type(x509.IPAddress))]
+    if not names:
+        raise PkiError(
+            "the certificate carries no DNS name or IP address, so it names no hub",
+            reason="HUB_NAMES_MISSING",
+            field="san",
+        )
+    try:
+        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        usages = None
+    if usages is not None and ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
+        raise PkiError(
+            "the certificate's extended key usage does not allow TLS client authentication",
+            reason="CLIENT_AUTH_NOT_ALLOWED",
+            field="extended_key_usage",
+        )
+    return tuple(names)

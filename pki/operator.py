@@ -18,7 +18,7 @@ from pki._authority import (
     read_passphrase_file,
     write_node_request,
 )
-from pki._ca import RevokedEntry, check_node_csr
+from pki._ca import RevokedEntry, check_node_csr, csr_server_names
 from pki._files import (
     ensure_absent,
     key_file_is_encrypted,
@@ -59,6 +59,7 @@ __all__ = [
     "RevokedEntry",
     "check_new_passphrase",
     "check_node_csr",
+    "csr_server_names",
     "ensure_absent",
     "fingerprint_sha256",
     "format_serial",

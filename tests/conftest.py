@@ -67,11 +67,12 @@ async def hub_factory(demo_pki: DemoPki, tmp_path: Path, crypto_suite: str) -> A
         settings.setdefault("crypto_suite", crypto_suite)
         settings.setdefault("tls", None if settings.get("insecure") else demo_pki.hub_tls)
         settings.setdefault("host", "127.0.0.1")
+        settings.setdefault("port", 0)  # a restart may ask for the port its predecessor had
         # Batches are prepared inline unless a test asks for worker processes (spawning them
         # costs a second per hub); tests/integration/test_hub_workers.py covers the pool.
         settings.setdefault("prepare_workers", 0)
         # Each hub gets its own data directory unless the test means to share one (a restart).
-        hub = HubServer(HubSettings(data_dir=data_dir or tmp_path / f"hub-{len(started)}", port=0, **settings))
+        hub = HubServer(HubSettings(data_dir=data_dir or tmp_path / f"hub-{len(started)}", **settings))
         started.append(hub)
         await hub.start()
         return hub

@@ -9,6 +9,10 @@ if it cannot, the call fails closed with the recorder's error instead of answeri
 
 Health checking and reflection are not wrapped: they carry no personal data and must be
 reachable by load balancers that hold no node identity.
+
+A province node's federation server (:mod:`gateway.node.serve`) runs the same pipeline with its
+own first step (only the hub's certificate is let in) and its own exchange log; ``role`` names
+the server in the errors it sends.
 """
 
 from __future__ import annotations
@@ -327,9 +331,11 @@ class HubInterceptor:
     handler object on every call (measured: a third of CheckEnrollment's throughput).
     """
 
-    def __init__(self, steps: Sequence[CallStep], *, recorder: Recorder | None = None) -> None:
+    def __init__(self, steps: Sequence[CallStep], *, recorder: Recorder | None = None, role: str = "hub") -> None:
         self._steps = tuple(steps)
         self._recorder = recorder
+        #: What the server is ("hub", "node"), for the messages of the errors it sends.
+        self._role = role
 
     def register(
         self,
@@ -410,7 +416,7 @@ class HubInterceptor:
             except errors.HutongError as exc:
                 log.error("audit_append_failed", error=str(exc), reason=exc.reason)
                 failure = errors.Unavailable(
-                    "the exchange log cannot record this call, so the hub withholds its answer; retry later",
+                    f"the exchange log cannot record this call, so the {self._role} withholds its answer; retry later",
                     reason="AUDIT_UNAVAILABLE",
                 )
                 call.code = "UNAVAILABLE"
@@ -425,7 +431,9 @@ class HubInterceptor:
                 log.error("rpc_internal_error", error=repr(exc))
             await context.abort_with_status(to_grpc_status(exc))
         log.error("rpc_unexpected_error", exc_info=exc)
-        await context.abort(grpc.StatusCode.INTERNAL, "internal error; the hub logged it with this call's request id")
+        await context.abort(
+            grpc.StatusCode.INTERNAL, f"internal error; the {self._role} logged it with this call's request id"
+        )
 
     def _wrap_unary(self, method: str, full: str, behavior: Callable[..., Any], streaming: bool) -> Callable[..., Any]:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:

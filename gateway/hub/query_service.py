@@ -1,4 +1,8 @@
-"""``AssistanceQueryService``: cross-province questions with minimal disclosure."""
+"""``AssistanceQueryService``: cross-province questions with minimal disclosure.
+
+``FetchRecordDetail`` is federated: the hub finds the provinces holding a record of the person
+and hands the fan-out to their nodes to :class:`~gateway.hub.federation.DetailFetcher`.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import grpc
 from gateway import errors
 from gateway.domain import identity
 from gateway.domain.access import AccessPolicy, purpose_name
+from gateway.domain.divisions import PROVINCE_CODES
 from gateway.domain.model import ALL_PROGRAMS, Program, Purpose
 from gateway.domain.policy import disclosed_fields, require_purpose
 from gateway.domain.protection import PersonKeyer
@@ -21,7 +26,8 @@ from gateway.hub.convert import (
     set_date,
     timestamp_from_us,
 )
-from gateway.hub.interceptors import current_call
+from gateway.hub.federation import DetailFetcher
+from gateway.hub.interceptors import current_call, current_caller
 from gateway.store.base import HeldEnrollments, Store
 from hutong.v1 import person_pb2, query_pb2, query_pb2_grpc
 
@@ -62,15 +68,23 @@ def _answer(held: Iterable[HeldEnrollments], programs: Sequence[Program]) -> lis
 class AssistanceQueryServicer(query_pb2_grpc.AssistanceQueryServiceServicer):
     """Answers whether, and where, a person is already assisted."""
 
-    def __init__(self, store: Store, keyer: PersonKeyer, policy: AccessPolicy | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        keyer: PersonKeyer,
+        policy: AccessPolicy | None = None,
+        *,
+        details: DetailFetcher | None = None,
+    ) -> None:
         self._store = store
         self._keyer = keyer
         self._policy = policy or AccessPolicy.open_default()
+        self._details = details
 
-    def _purpose(self, value: int) -> Purpose:
+    def _purpose(self, value: int, scope: str = "query:enrollment") -> Purpose:
         purpose = require_purpose(value)
         current_call().purpose = purpose_name(purpose)
-        self._policy.require_purpose("query:enrollment", purpose)
+        self._policy.require_purpose(scope, purpose)
         return purpose
 
     def _person_key(self, id_number: str) -> bytes:
@@ -180,3 +194,44 @@ class AssistanceQueryServicer(query_pb2_grpc.AssistanceQueryServiceServicer):
                     finding.resolved_at.CopyFrom(timestamp_from_us(f.resolved_at_us))
         current_call().counts.update(enrollments=len(page))
         return response
+
+    async def FetchRecordDetail(
+        self, request: query_pb2.FetchRecordDetailRequest, context: grpc.aio.ServicerContext
+    ) -> query_pb2.FetchRecordDetailResponse:
+        """The person's full records from the holding provinces' nodes; a node that fails is one failure."""
+        purpose = self._purpose(request.purpose, "query:detail")
+        province = request.province_code
+        if province and province not in PROVINCE_CODES:
+            raise errors.InvalidArgument(
+                "province_code must be a 6-digit province-level code (e.g. 440000) or empty",
+                reason="PROVINCE_CODE_INVALID",
+                field="province_code",
+            )
+        key = self._person_key(request.id_number)
+        call = current_call()
+        call.person_keys.add(key)
+        held = sorted(
+            (h.province_code, h.record_id)
+            for h in (await self._store.enrollments_of([key])).get(key, [])
+            if not province or h.province_code == province
+        )
+        if not held:
+            where = f" in province {province}" if province else ""
+            raise errors.NotFound(
+                f"the hub holds no record of this person{where}",
+                reason="RECORD_NOT_FOUND",
+                field="province_code" if province else "id_number",
+            )
+        if self._details is None:
+            raise errors.FailedPrecondition(
+                "this hub runs without TLS and cannot call province nodes", reason="FEDERATION_DISABLED"
+            )
+        details, failures = await self._details.fetch(
+            held,
+            purpose=purpose,
+            requester=current_caller(),
+            request_id=call.request_id,
+            budget=self._details.budget(context.time_remaining()),
+        )
+        call.counts.update(records=len(held), details=len(details), failures=len(failures))
+        return query_pb2.FetchRecordDetailResponse(details=details, failures=failures)

@@ -15,7 +15,7 @@ import os
 import signal
 import time
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -27,13 +27,15 @@ from grpc_reflection.v1alpha import reflection
 
 from gateway.audit.archive import hash_function
 from gateway.domain.access import AccessPolicy
-from gateway.domain.protection import PersonKeyer
+from gateway.domain.protection import FieldSealer, PersonKeyer
 from gateway.errors import ConfigError
 from gateway.hub.audit import AuditKey, AuditRecorder, default_origin, log_hash_name
 from gateway.hub.audit_service import AuditServicer
 from gateway.hub.auth_service import AuthServicer
+from gateway.hub.federation import DetailFetcher, FederationSettings, NodeDirectory
 from gateway.hub.interceptors import Authenticator, Authorizer, HubInterceptor, LogContext
 from gateway.hub.keys import load_or_create_keys
+from gateway.hub.loop_service import NotificationServicer, SignalServicer
 from gateway.hub.preparation import BatchPreparer
 from gateway.hub.query_service import AssistanceQueryServicer
 from gateway.hub.records_service import MAX_BATCH_ITEMS, RecordExchangeServicer, raw_sync_handler
@@ -45,10 +47,14 @@ from hutong.v1 import (
     audit_pb2_grpc,
     auth_pb2,
     auth_pb2_grpc,
+    notification_pb2,
+    notification_pb2_grpc,
     query_pb2,
     query_pb2_grpc,
     records_pb2,
     records_pb2_grpc,
+    signal_pb2,
+    signal_pb2_grpc,
 )
 from pki import TlsMaterial
 
@@ -67,6 +73,8 @@ SCOPES_BY_METHOD = {
     "CheckEnrollment": "query:enrollment",
     "BatchCheckEnrollment": "query:enrollment",
     "LookupPerson": "query:enrollment",
+    # Forwarded to the province nodes holding the person's records (gateway.hub.federation).
+    "FetchRecordDetail": "query:detail",
     # Checkpoints and consistency proofs hold only sizes and hashes, signed to be checked by
     # anyone: every enrolled node may witness the log. Entries and inclusion proofs (which carry
     # an entry) need audit:read.
@@ -74,6 +82,12 @@ SCOPES_BY_METHOD = {
     "GetConsistencyProof": "",
     "ListAuditEntries": "audit:read",
     "GetInclusionProof": "audit:read",
+    # The closed loop: a province's node takes its events and reports back under its write scope;
+    # departments submit risk signals under their own.
+    "Subscribe": "records:write",
+    "AcknowledgeEvents": "records:write",
+    "ReportOutcome": "records:write",
+    "SubmitSignals": "signals:write",
 }
 _MAX_MESSAGE = 32 * 1024 * 1024
 _STATUS_FLUSH_SECONDS = 0.2
@@ -82,6 +96,8 @@ _SERVICES = (
     records_pb2.DESCRIPTOR.services_by_name["RecordExchangeService"].full_name,
     query_pb2.DESCRIPTOR.services_by_name["AssistanceQueryService"].full_name,
     audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
+    notification_pb2.DESCRIPTOR.services_by_name["NotificationService"].full_name,
+    signal_pb2.DESCRIPTOR.services_by_name["SignalService"].full_name,
 )
 
 
@@ -129,6 +145,13 @@ class HubSettings:
     audit_origin: str | None = None
     #: Seconds between signed checkpoints while the log grows (one is also signed at shutdown).
     checkpoint_seconds: float = 10.0
+    #: The province nodes FetchRecordDetail is forwarded to (``--node-directory``); None: no node is
+    #: known, and every province's detail is a NODE_NOT_REGISTERED failure.
+    node_directory: NodeDirectory | None = None
+    #: Deadlines and retries of the calls to province nodes.
+    federation: FederationSettings = field(default_factory=FederationSettings)
+    #: Seconds between looks for events past their respond_by time (escalated as OVERDUE).
+    escalate_seconds: float = 60.0
 
 
 def _is_loopback(host: str) -> bool:
@@ -157,6 +180,12 @@ class HubServer:
                 reason="TLS_MISSING",
                 field="tls",
             )
+        if settings.insecure and settings.node_directory is not None:
+            raise ConfigError(
+                "a node directory needs TLS: the hub calls province nodes with its own certificate",
+                reason="NODE_DIRECTORY_WITHOUT_TLS",
+                field="node_directory",
+            )
         if settings.checkpoint_seconds <= 0:
             raise ConfigError(
                 "checkpoint_seconds must be positive", reason="CHECKPOINT_INTERVAL_INVALID", field="checkpoint_seconds"
@@ -171,6 +200,9 @@ class HubServer:
         self.revocations: RevocationList | None = None
         self.tokens: TokenService | None = None
         self._crl_watch: asyncio.Task[None] | None = None
+        self.details: DetailFetcher | None = None
+        self._notifications: NotificationServicer | None = None
+        self._escalation: asyncio.Task[None] | None = None
         self.port = 0
 
     async def start(self) -> int:
@@ -233,10 +265,18 @@ class HubServer:
             self._records,
             overrides=raw_sync_handler(self._records),
         )
+        if s.tls is not None:
+            self.details = DetailFetcher(s.node_directory or NodeDirectory(), s.tls, s.federation)
         chain.register(
             server,
             query_pb2_grpc.add_AssistanceQueryServiceServicer_to_server,
-            AssistanceQueryServicer(self.store, keyer, policy),
+            AssistanceQueryServicer(self.store, keyer, policy, details=self.details),
+        )
+        sealer = FieldSealer(keys)
+        self._notifications = NotificationServicer(self.store, sealer)
+        chain.register(server, notification_pb2_grpc.add_NotificationServiceServicer_to_server, self._notifications)
+        chain.register(
+            server, signal_pb2_grpc.add_SignalServiceServicer_to_server, SignalServicer(self.store, keyer, sealer)
         )
         chain.register(server, auth_pb2_grpc.add_AuthServiceServicer_to_server, AuthServicer(self.tokens, policy))
         chain.register(
@@ -264,6 +304,7 @@ class HubServer:
             raise ConfigError(f"cannot listen on {address}", reason="LISTEN_FAILED", field="listen")
         await server.start()
         self._server = server
+        self._escalation = asyncio.create_task(self._escalate_overdue(s.escalate_seconds))
         # The hub allocates many short-lived objects per batch and holds few cycles: move
         # what start-up built out of the collector's way and collect young objects less often
         # (measured: the collector otherwise takes about 40 % of batch preparation time).
@@ -278,6 +319,7 @@ class HubServer:
             mtls=not s.insecure,
             data_dir=str(s.data_dir),
             crypto_suite=str(keys.suite),
+            federation_nodes=len(s.node_directory.nodes) if s.node_directory else 0,
         )
         return self.port
 
@@ -290,6 +332,10 @@ class HubServer:
         await self._health.enter_graceful_shutdown()
         if self._crl_watch is not None:
             self._crl_watch.cancel()
+        if self._escalation is not None:
+            self._escalation.cancel()
+        if self._notifications is not None:
+            self._notifications.begin_drain()
         started = time.monotonic()
         if self._records is not None:
             self._records.begin_drain()
@@ -302,6 +348,8 @@ class HubServer:
                     await asyncio.sleep(_STATUS_FLUSH_SECONDS)
         await self._server.stop(max(0.0, grace - (time.monotonic() - started)))
         self._server = None
+        if self.details is not None:
+            await self.details.close()
         if self._preparer is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._preparer.close)
         if self.audit is not None:
@@ -309,6 +357,19 @@ class HubServer:
         if self.store is not None:
             await self.store.close()
         log.info("hub_stopped")
+
+    async def _escalate_overdue(self, every: float) -> None:
+        """Now and then: events past their respond_by without an outcome become OVERDUE notices."""
+        assert self.store is not None
+        while True:
+            try:
+                overdue = await self.store.mark_overdue()
+            except Exception as exc:  # the next round tries again; the hub keeps serving
+                log.error("escalation_failed", error=str(exc))
+            else:
+                if overdue:
+                    log.info("events_overdue", escalated=overdue)
+            await asyncio.sleep(every)
 
     @property
     def preparer(self) -> BatchPreparer | None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import sqlite3
 import time
 from collections import defaultdict, deque
@@ -37,7 +38,7 @@ from gateway.audit import (
 from gateway.domain.model import Outcome, Program
 from gateway.domain.policy import EXCLUSIVE_PROGRAMS, duplicate_programs
 from gateway.domain.records import PreparedBatch, Rejection, Retirement, decide_outcome
-from gateway.errors import StoreError
+from gateway.errors import FailedPrecondition, StoreError
 from gateway.store.base import (
     AuditFilter,
     BatchAck,
@@ -58,6 +59,7 @@ from gateway.store.sqlite_audit import (
     stored_tree,
     subtree_hash,
 )
+from gateway.store.sqlite_loop import LoopEvent, LoopLedger, PreparedSignal, ProvinceLoop, ReportResult, SignalOutcome
 
 __all__ = ["SqliteStore"]
 
@@ -164,6 +166,7 @@ class SqliteStore:
     ) -> None:
         self.path = Path(path)
         self._ledger = AuditLedger(audit_hash)
+        self.loop = LoopLedger()
         self._audit_executor: ThreadPoolExecutor | None = None
         self._audit_reader: sqlite3.Connection | None = None
         self._synchronous = synchronous
@@ -374,6 +377,7 @@ class SqliteStore:
         created: list[tuple[Any, ...]] = []
         updated: list[tuple[Any, ...]] = []
         touched: set[bytes] = set()
+        elsewhere: list[tuple[str, int, str, bytes, int]] = []
         new_records = retired_revived = 0
         watermark = 0
         for r in batch.records:
@@ -397,6 +401,10 @@ class SqliteStore:
                         (h[3] | r.active_programs) & _EXCLUSIVE_MASK
                     ):
                         touched.add(r.person_key)
+                if r.active_programs and (h is None or not h[3] or h[4]) and r.hukou_division[:2] != province[:2]:
+                    # Newly assisted here, with hukou elsewhere: the hukou province is told (异地享受).
+                    first = (r.active_programs & -r.active_programs).bit_length() - 1
+                    elsewhere.append((r.record_id, r.version, r.hukou_division, r.person_key, first))
                 held[r.record_id] = (r.version, r.content_hash, r.person_key, r.active_programs, 0)
                 watermark = max(watermark, r.updated_at_us)
                 (created if h is None else updated).append(
@@ -412,6 +420,8 @@ class SqliteStore:
             con.executemany(_UPSERT_RECORD, updated)
         if touched:
             self._refresh_findings(con, province, touched, now)
+        if elsewhere:
+            self.loop.resident_enrolled(con, province, elsewhere, now)
 
         h_outcomes = bytearray([_REJECTED]) * batch.household_count
         h_rejections = list(batch.household_rejections)
@@ -508,8 +518,7 @@ class SqliteStore:
         if rows:
             con.executemany(_UPSERT_HOUSEHOLD, rows)
 
-    @staticmethod
-    def _refresh_findings(con: sqlite3.Connection, province: str, person_keys: Iterable[bytes], now: int) -> None:
+    def _refresh_findings(self, con: sqlite3.Connection, province: str, person_keys: Iterable[bytes], now: int) -> None:
         """Re-evaluate duplicate enrollments of the given persons and record what changed.
 
         ``province`` is the one whose records changed. Most persons are held by one province
@@ -538,7 +547,7 @@ class SqliteStore:
         if not candidates:
             return
         masks: dict[bytes, dict[str, int]] = defaultdict(dict)
-        existing: dict[tuple[bytes, int], tuple[str, str, int]] = {}
+        existing: dict[tuple[bytes, int], tuple[str, str, int, int]] = {}
         ordered = sorted(candidates)
         for chunk in _chunks(ordered):
             marks = _marks(len(chunk))
@@ -549,21 +558,19 @@ class SqliteStore:
             ):
                 by_province = masks[key]
                 by_province[province] = by_province.get(province, 0) | active
-            for fid, key, program, provinces, is_open in con.execute(
-                "SELECT finding_id, person_key, program, provinces, is_open FROM findings"
+            for fid, key, program, provinces, is_open, detected in con.execute(
+                "SELECT finding_id, person_key, program, provinces, is_open, detected_at_us FROM findings"
                 f" WHERE person_key IN ({marks})",
                 chunk,
             ):
-                existing[(key, program)] = (fid, provinces, is_open)
+                existing[(key, program)] = (fid, provinces, is_open, detected)
         for key in ordered:
             for program, provinces in duplicate_programs(masks.get(key, {})).items():
                 joined = ",".join(provinces)
                 prior = existing.pop((key, int(program)), None)
+                fid, detected = finding_id(key, program), now
                 if prior is None:
-                    con.execute(
-                        "INSERT INTO findings VALUES (?,?,?,?,1,?,0)",
-                        (finding_id(key, program), key, int(program), joined, now),
-                    )
+                    con.execute("INSERT INTO findings VALUES (?,?,?,?,1,?,0)", (fid, key, int(program), joined, now))
                 elif not prior[2]:
                     con.execute(
                         "UPDATE findings SET provinces=?, is_open=1, detected_at_us=?, resolved_at_us=0"
@@ -572,7 +579,19 @@ class SqliteStore:
                     )
                 elif prior[1] != joined:
                     con.execute("UPDATE findings SET provinces=? WHERE finding_id=?", (joined, prior[0]))
-        for fid, _provinces, is_open in existing.values():
+                    detected = prior[3]  # the same occurrence: only provinces not told yet are told
+                else:
+                    continue
+                self.loop.finding_opened(
+                    con,
+                    finding_id=fid,
+                    person_key=key,
+                    program=int(program),
+                    provinces=provinces,
+                    detected_at_us=detected,
+                    now=now,
+                )
+        for fid, _provinces, is_open, _detected in existing.values():
             if is_open:
                 con.execute("UPDATE findings SET is_open=0, resolved_at_us=? WHERE finding_id=?", (now, fid))
 
@@ -633,6 +652,7 @@ class SqliteStore:
         held = self._held_records(con, province, [r.record_id for r in retirements])
         touched: set[bytes] = set()
         persons: set[bytes] = set()
+        gone: list[tuple[str, int, bytes, int]] = []
         newly_retired = 0
         for r in retirements:
             h = held.get(r.record_id)
@@ -658,12 +678,15 @@ class SqliteStore:
                 )
                 if not h[4]:
                     newly_retired += 1
+                    gone.append((r.record_id, r.version, h[2], int(r.reason)))
                 if h[3] & _EXCLUSIVE_MASK:
                     touched.add(h[2])
                 held[r.record_id] = (r.version, content_hash, h[2], h[3], int(r.reason))
             outcomes[r.index] = outcome
         if touched:
             self._refresh_findings(con, province, touched, now)
+        if gone:
+            self.loop.retired(con, province, gone, now)
         self._bump_province(con, province, 0, newly_retired, 0)
         rejections.sort(key=lambda x: x.index)
         con.execute(
@@ -710,6 +733,124 @@ class SqliteStore:
             ):
                 out.setdefault(key, []).append(HeldEnrollments(province, record_id, enrollments, active, updated_at))
         return out
+
+    # -- the closed loop (gateway.store.sqlite_loop) ----------------------------------------------
+
+    async def events_after(self, province: str, after: int, limit: int = 500) -> list[LoopEvent]:
+        """A province's events with a sequence above ``after``, in order."""
+        return self.loop.events_after(self._r, province, after, limit)
+
+    async def event_cursor(self, node: NodeRef) -> int:
+        """The node's cursor: its province's events up to it were acknowledged by the node."""
+        return self.loop.cursor(self._r, node.province_code, node.node_name)
+
+    async def acknowledge_events(self, node: NodeRef, event_ids: Sequence[str]) -> tuple[int, list[str]]:
+        """Mark events delivered by ``node``; (its new cursor, ids that are not its province's events)."""
+        result: tuple[int, list[str]] = await self._write(
+            lambda con: self.loop.acknowledge(con, node.province_code, node.node_name, event_ids, _now_us())
+        )
+        return result
+
+    async def report_outcome(
+        self, node: NodeRef, request_id: str, event_id: str, outcome: int, reason: str
+    ) -> ReportResult | None:
+        """Record what the province did; None when the event is not one of its province's. Idempotent by request_id."""
+        result: ReportResult | None = await self._write(self._report, node, request_id, event_id, outcome, reason)
+        return result
+
+    def _report(
+        self, con: sqlite3.Connection, node: NodeRef, request_id: str, event_id: str, outcome: int, reason: str
+    ) -> ReportResult | None:
+        province = node.province_code
+        digest = hashlib.sha256(f"{event_id}\n{outcome}\n{reason}".encode()).digest()
+        row = con.execute(
+            "SELECT digest, response FROM requests WHERE province=? AND node=? AND request_id=?",
+            (province, node.node_name, request_id),
+        ).fetchone()
+        if row is not None:
+            if row[0] != digest:
+                raise FailedPrecondition(
+                    "this request_id was already used for a different report; use a new request_id",
+                    reason="REQUEST_ID_REUSED",
+                    field="request_id",
+                )
+            at, _, closed = row[1].partition("\n")
+            return ReportResult(int(at), True, closed == "1")
+        held = self.loop.event(con, event_id)
+        if held is None or held[0] != province:
+            return None
+        result = self.loop.report(
+            con,
+            province=province,
+            node=node.node_name,
+            event_id=event_id,
+            outcome=outcome,
+            reason=reason,
+            now=_now_us(),
+        )
+        con.execute(
+            "INSERT INTO requests VALUES (?,?,?,?,?,?,?)",
+            (
+                province, node.node_name, request_id, "ReportOutcome", digest,
+                f"{result.recorded_at_us}\n{int(result.closed)}", result.recorded_at_us,
+            ),
+        )  # fmt: skip
+        return result
+
+    async def submit_signals(
+        self, node: NodeRef, request_id: str, digest: bytes, signals: Sequence[PreparedSignal]
+    ) -> tuple[list[SignalOutcome], bool]:
+        """Push each signal to the provinces that must act; (outcomes, replayed). Idempotent by request_id."""
+        result: tuple[list[SignalOutcome], bool] = await self._write(
+            self._submit_signals, node, request_id, digest, signals
+        )
+        return result
+
+    def _submit_signals(
+        self, con: sqlite3.Connection, node: NodeRef, request_id: str, digest: bytes, signals: Sequence[PreparedSignal]
+    ) -> tuple[list[SignalOutcome], bool]:
+        row = con.execute(
+            "SELECT digest, response FROM requests WHERE province=? AND node=? AND request_id=?",
+            (node.province_code, node.node_name, request_id),
+        ).fetchone()
+        if row is not None:
+            if row[0] != digest:
+                raise FailedPrecondition(
+                    "this request_id was already used for other signals; use a new request_id",
+                    reason="REQUEST_ID_REUSED",
+                    field="request_id",
+                )
+            return [
+                SignalOutcome(o["index"], o["signal_id"], tuple(o["provinces"]), o["matched"])
+                for o in json.loads(row[1])
+            ], True
+        now = _now_us()
+        outcomes = self.loop.submit_signals(con, node.uri, signals, now)
+        response = json.dumps(
+            [
+                {"index": o.index, "signal_id": o.signal_id, "provinces": o.provinces, "matched": o.matched}
+                for o in outcomes
+            ]
+        )
+        con.execute(
+            "INSERT INTO requests VALUES (?,?,?,?,?,?,?)",
+            (node.province_code, node.node_name, request_id, "SubmitSignals", digest, response, now),
+        )
+        return outcomes, False
+
+    async def mark_overdue(self) -> int:
+        """Escalate events past their deadline without an outcome; returns how many."""
+        n: int = await self._write(lambda con: self.loop.mark_overdue(con, _now_us()))
+        return n
+
+    async def loop_state(self) -> list[ProvinceLoop]:
+        """Per province: pushed, acknowledged, reported, overdue, open."""
+        return self.loop.loop_state(self._r)
+
+    async def record_monitoring_rules(self, digest: bytes, text: str) -> bool:
+        """Remember the monitoring rules the hub runs with; True when they are new to this hub."""
+        new: bool = await self._write(lambda con: self.loop.record_rules(con, digest, text, _now_us()))
+        return new
 
     async def findings_of(self, person_key: bytes) -> list[Finding]:
         """Findings about one person, open first, newest first."""

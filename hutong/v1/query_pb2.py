@@ -23,38 +23,47 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from hutong.v1 import node_pb2 as hutong_dot_v1_dot_node__pb2
 from hutong.v1 import person_pb2 as hutong_dot_v1_dot_person__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15hutong/v1/query.proto\x12\thutong.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16hutong/v1/person.proto\"v\n\x16\x43heckEnrollmentRequest\x12\x11\n\tid_number\x18\x01 \x01(\t\x12#\n\x07purpose\x18\x02 \x01(\x0e\x32\x12.hutong.v1.Purpose\x12$\n\x08programs\x18\x03 \x03(\x0e\x32\x12.hutong.v1.Program\"b\n\x11ProgramEnrollment\x12#\n\x07program\x18\x01 \x01(\x0e\x32\x12.hutong.v1.Program\x12\x10\n\x08\x65nrolled\x18\x02 \x01(\x08\x12\x16\n\x0eprovince_codes\x18\x03 \x03(\t\"H\n\x17\x43heckEnrollmentResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.hutong.v1.ProgramEnrollment\"|\n\x1b\x42\x61tchCheckEnrollmentRequest\x12\x12\n\nid_numbers\x18\x01 \x03(\t\x12#\n\x07purpose\x18\x02 \x01(\x0e\x32\x12.hutong.v1.Purpose\x12$\n\x08programs\x18\x03 \x03(\x0e\x32\x12.hutong.v1.Program\"\x83\x01\n\x1a\x42\x61tchCheckEnrollmentResult\x12\r\n\x05index\x18\x01 \x01(\x05\x12-\n\x07results\x18\x02 \x03(\x0b\x32\x1c.hutong.v1.ProgramEnrollment\x12\'\n\trejection\x18\x03 \x01(\x0b\x32\x14.hutong.v1.Rejection\"V\n\x1c\x42\x61tchCheckEnrollmentResponse\x12\x36\n\x07results\x18\x01 \x03(\x0b\x32%.hutong.v1.BatchCheckEnrollmentResult\"t\n\x13LookupPersonRequest\x12\x11\n\tid_number\x18\x01 \x01(\t\x12#\n\x07purpose\x18\x02 \x01(\x0e\x32\x12.hutong.v1.Purpose\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"\x99\x01\n\x12ProvinceEnrollment\x12\x15\n\rprovince_code\x18\x01 \x01(\t\x12)\n\nenrollment\x18\x02 \x01(\x0b\x32\x15.hutong.v1.Enrollment\x12\x11\n\trecord_id\x18\x03 \x01(\t\x12.\n\nupdated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xf9\x01\n\x1a\x44uplicateEnrollmentFinding\x12\x12\n\nfinding_id\x18\x01 \x01(\t\x12#\n\x07program\x18\x02 \x01(\x0e\x32\x12.hutong.v1.Program\x12\x16\n\x0eprovince_codes\x18\x03 \x03(\t\x12(\n\x06status\x18\x04 \x01(\x0e\x32\x18.hutong.v1.FindingStatus\x12/\n\x0b\x64\x65tected_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bresolved_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb6\x01\n\x14LookupPersonResponse\x12\x32\n\x0b\x65nrollments\x18\x01 \x03(\x0b\x32\x1d.hutong.v1.ProvinceEnrollment\x12\x37\n\x08\x66indings\x18\x02 \x03(\x0b\x32%.hutong.v1.DuplicateEnrollmentFinding\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\x12\x18\n\x10\x64isclosed_fields\x18\x04 \x03(\t*e\n\rFindingStatus\x12\x1e\n\x1a\x46INDING_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13\x46INDING_STATUS_OPEN\x10\x01\x12\x1b\n\x17\x46INDING_STATUS_RESOLVED\x10\x02\x32\xac\x02\n\x16\x41ssistanceQueryService\x12X\n\x0f\x43heckEnrollment\x12!.hutong.v1.CheckEnrollmentRequest\x1a\".hutong.v1.CheckEnrollmentResponse\x12g\n\x14\x42\x61tchCheckEnrollment\x12&.hutong.v1.BatchCheckEnrollmentRequest\x1a\'.hutong.v1.BatchCheckEnrollmentResponse\x12O\n\x0cLookupPerson\x12\x1e.hutong.v1.LookupPersonRequest\x1a\x1f.hutong.v1.LookupPersonResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15hutong/v1/query.proto\x12\thutong.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14hutong/v1/node.proto\x1a\x16hutong/v1/person.proto\"v\n\x16\x43heckEnrollmentRequest\x12\x11\n\tid_number\x18\x01 \x01(\t\x12#\n\x07purpose\x18\x02 \x01(\x0e\x32\x12.hutong.v1.Purpose\x12$\n\x08programs\x18\x03 \x03(\x0e\x32\x12.hutong.v1.Program\"b\n\x11ProgramEnrollment\x12#\n\x07program\x18\x01 \x01(\x0e\x32\x12.hutong.v1.Program\x12\x10\n\x08\x65nrolled\x18\x02 \x01(\x08\x12\x16\n\x0eprovince_codes\x18\x03 \x03(\t\"H\n\x17\x43heckEnrollmentResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.hutong.v1.ProgramEnrollment\"|\n\x1b\x42\x61tchCheckEnrollmentRequest\x12\x12\n\nid_numbers\x18\x01 \x03(\t\x12#\n\x07purpose\x18\x02 \x01(\x0e\x32\x12.hutong.v1.Purpose\x12$\n\x08programs\x18\x03 \x03(\x0e\x32\x12.hutong.v1.Program\"\x83\x01\n\x1a\x42\x61tchCheckEnrollmentResult\x12\r\n\x05index\x18\x01 \x01(\x05\x12-\n\x07results\x18\x02 \x03(\x0b\x32\x1c.hutong.v1.ProgramEnrollment\x12\'\n\trejection\x18\x03 \x01(\x0b\x32\x14.hutong.v1.Rejection\"V\n\x1c\x42\x61tchCheckEnrollmentResponse\x12\x36\n\x07results\x18\x01 \x03(\x0b\x32%.hutong.v1.BatchCheckEnrollmentResult\"t\n\x13LookupPersonRequest\x12\x11\n\tid_number\x18\x01 \x01(\t\x12#\n\x07purpose\x18\x02 \x01(\x0e\x32\x12.hutong.v1.Purpose\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"\x99\x01\n\x12ProvinceEnrollment\x12\x15\n\rprovince_code\x18\x01 \x01(\t\x12)\n\nenrollment\x18\x02 \x01(\x0b\x32\x15.hutong.v1.Enrollment\x12\x11\n\trecord_id\x18\x03 \x01(\t\x12.\n\nupdated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xf9\x01\n\x1a\x44uplicateEnrollmentFinding\x12\x12\n\nfinding_id\x18\x01 \x01(\t\x12#\n\x07program\x18\x02 \x01(\x0e\x32\x12.hutong.v1.Program\x12\x16\n\x0eprovince_codes\x18\x03 \x03(\t\x12(\n\x06status\x18\x04 \x01(\x0e\x32\x18.hutong.v1.FindingStatus\x12/\n\x0b\x64\x65tected_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bresolved_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb6\x01\n\x14LookupPersonResponse\x12\x32\n\x0b\x65nrollments\x18\x01 \x03(\x0b\x32\x1d.hutong.v1.ProvinceEnrollment\x12\x37\n\x08\x66indings\x18\x02 \x03(\x0b\x32%.hutong.v1.DuplicateEnrollmentFinding\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\x12\x18\n\x10\x64isclosed_fields\x18\x04 \x03(\t\"i\n\x18\x46\x65tchRecordDetailRequest\x12\x11\n\tid_number\x18\x01 \x01(\t\x12#\n\x07purpose\x18\x02 \x01(\x0e\x32\x12.hutong.v1.Purpose\x12\x15\n\rprovince_code\x18\x03 \x01(\t\"g\n\rDetailFailure\x12\x15\n\rprovince_code\x18\x01 \x01(\t\x12.\n\x06reason\x18\x02 \x01(\x0e\x32\x1e.hutong.v1.DetailFailureReason\x12\x0f\n\x07message\x18\x03 \x01(\t\"q\n\x19\x46\x65tchRecordDetailResponse\x12(\n\x07\x64\x65tails\x18\x01 \x03(\x0b\x32\x17.hutong.v1.RecordDetail\x12*\n\x08\x66\x61ilures\x18\x02 \x03(\x0b\x32\x18.hutong.v1.DetailFailure*e\n\rFindingStatus\x12\x1e\n\x1a\x46INDING_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13\x46INDING_STATUS_OPEN\x10\x01\x12\x1b\n\x17\x46INDING_STATUS_RESOLVED\x10\x02*\x98\x02\n\x13\x44\x65tailFailureReason\x12%\n!DETAIL_FAILURE_REASON_UNSPECIFIED\x10\x00\x12*\n&DETAIL_FAILURE_REASON_NODE_UNAVAILABLE\x10\x01\x12+\n\'DETAIL_FAILURE_REASON_DEADLINE_EXCEEDED\x10\x02\x12&\n\"DETAIL_FAILURE_REASON_NODE_REFUSED\x10\x03\x12-\n)DETAIL_FAILURE_REASON_NODE_NOT_REGISTERED\x10\x04\x12*\n&DETAIL_FAILURE_REASON_RECORD_NOT_FOUND\x10\x05\x32\x8c\x03\n\x16\x41ssistanceQueryService\x12X\n\x0f\x43heckEnrollment\x12!.hutong.v1.CheckEnrollmentRequest\x1a\".hutong.v1.CheckEnrollmentResponse\x12g\n\x14\x42\x61tchCheckEnrollment\x12&.hutong.v1.BatchCheckEnrollmentRequest\x1a\'.hutong.v1.BatchCheckEnrollmentResponse\x12O\n\x0cLookupPerson\x12\x1e.hutong.v1.LookupPersonRequest\x1a\x1f.hutong.v1.LookupPersonResponse\x12^\n\x11\x46\x65tchRecordDetail\x12#.hutong.v1.FetchRecordDetailRequest\x1a$.hutong.v1.FetchRecordDetailResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'hutong.v1.query_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINDINGSTATUS']._serialized_start=1446
-  _globals['_FINDINGSTATUS']._serialized_end=1547
-  _globals['_CHECKENROLLMENTREQUEST']._serialized_start=93
-  _globals['_CHECKENROLLMENTREQUEST']._serialized_end=211
-  _globals['_PROGRAMENROLLMENT']._serialized_start=213
-  _globals['_PROGRAMENROLLMENT']._serialized_end=311
-  _globals['_CHECKENROLLMENTRESPONSE']._serialized_start=313
-  _globals['_CHECKENROLLMENTRESPONSE']._serialized_end=385
-  _globals['_BATCHCHECKENROLLMENTREQUEST']._serialized_start=387
-  _globals['_BATCHCHECKENROLLMENTREQUEST']._serialized_end=511
-  _globals['_BATCHCHECKENROLLMENTRESULT']._serialized_start=514
-  _globals['_BATCHCHECKENROLLMENTRESULT']._serialized_end=645
-  _globals['_BATCHCHECKENROLLMENTRESPONSE']._serialized_start=647
-  _globals['_BATCHCHECKENROLLMENTRESPONSE']._serialized_end=733
-  _globals['_LOOKUPPERSONREQUEST']._serialized_start=735
-  _globals['_LOOKUPPERSONREQUEST']._serialized_end=851
-  _globals['_PROVINCEENROLLMENT']._serialized_start=854
-  _globals['_PROVINCEENROLLMENT']._serialized_end=1007
-  _globals['_DUPLICATEENROLLMENTFINDING']._serialized_start=1010
-  _globals['_DUPLICATEENROLLMENTFINDING']._serialized_end=1259
-  _globals['_LOOKUPPERSONRESPONSE']._serialized_start=1262
-  _globals['_LOOKUPPERSONRESPONSE']._serialized_end=1444
-  _globals['_ASSISTANCEQUERYSERVICE']._serialized_start=1550
-  _globals['_ASSISTANCEQUERYSERVICE']._serialized_end=1850
+  _globals['_FINDINGSTATUS']._serialized_start=1795
+  _globals['_FINDINGSTATUS']._serialized_end=1896
+  _globals['_DETAILFAILUREREASON']._serialized_start=1899
+  _globals['_DETAILFAILUREREASON']._serialized_end=2179
+  _globals['_CHECKENROLLMENTREQUEST']._serialized_start=115
+  _globals['_CHECKENROLLMENTREQUEST']._serialized_end=233
+  _globals['_PROGRAMENROLLMENT']._serialized_start=235
+  _globals['_PROGRAMENROLLMENT']._serialized_end=333
+  _globals['_CHECKENROLLMENTRESPONSE']._serialized_start=335
+  _globals['_CHECKENROLLMENTRESPONSE']._serialized_end=407
+  _globals['_BATCHCHECKENROLLMENTREQUEST']._serialized_start=409
+  _globals['_BATCHCHECKENROLLMENTREQUEST']._serialized_end=533
+  _globals['_BATCHCHECKENROLLMENTRESULT']._serialized_start=536
+  _globals['_BATCHCHECKENROLLMENTRESULT']._serialized_end=667
+  _globals['_BATCHCHECKENROLLMENTRESPONSE']._serialized_start=669
+  _globals['_BATCHCHECKENROLLMENTRESPONSE']._serialized_end=755
+  _globals['_LOOKUPPERSONREQUEST']._serialized_start=757
+  _globals['_LOOKUPPERSONREQUEST']._serialized_end=873
+  _globals['_PROVINCEENROLLMENT']._serialized_start=876
+  _globals['_PROVINCEENROLLMENT']._serialized_end=1029
+  _globals['_DUPLICATEENROLLMENTFINDING']._serialized_start=1032
+  _globals['_DUPLICATEENROLLMENTFINDING']._serialized_end=1281
+  _globals['_LOOKUPPERSONRESPONSE']._serialized_start=1284
+  _globals['_LOOKUPPERSONRESPONSE']._serialized_end=1466
+  _globals['_FETCHRECORDDETAILREQUEST']._serialized_start=1468
+  _globals['_FETCHRECORDDETAILREQUEST']._serialized_end=1573
+  _globals['_DETAILFAILURE']._serialized_start=1575
+  _globals['_DETAILFAILURE']._serialized_end=1678
+  _globals['_FETCHRECORDDETAILRESPONSE']._serialized_start=1680
+  _globals['_FETCHRECORDDETAILRESPONSE']._serialized_end=1793
+  _globals['_ASSISTANCEQUERYSERVICE']._serialized_start=2182
+  _globals['_ASSISTANCEQUERYSERVICE']._serialized_end=2578
 # @@protoc_insertion_point(module_scope)

@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from hutong.v1 import node_pb2 as _node_pb2
 from hutong.v1 import person_pb2 as _person_pb2
 import builtins as _builtins
 import sys
@@ -44,6 +45,42 @@ FINDING_STATUS_OPEN: FindingStatus.ValueType  # 1
 FINDING_STATUS_RESOLVED: FindingStatus.ValueType  # 2
 """The duplicate no longer holds: at most one province still holds an active enrollment."""
 Global___FindingStatus: _TypeAlias = FindingStatus  # noqa: Y015
+
+class _DetailFailureReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DetailFailureReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DetailFailureReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DETAIL_FAILURE_REASON_UNSPECIFIED: _DetailFailureReason.ValueType  # 0
+    """Not a reason."""
+    DETAIL_FAILURE_REASON_NODE_UNAVAILABLE: _DetailFailureReason.ValueType  # 1
+    """The province's node could not be reached (down, refusing connections, TLS failure), even after retries."""
+    DETAIL_FAILURE_REASON_DEADLINE_EXCEEDED: _DetailFailureReason.ValueType  # 2
+    """The province's node did not answer within the call's deadline."""
+    DETAIL_FAILURE_REASON_NODE_REFUSED: _DetailFailureReason.ValueType  # 3
+    """The province's node refused or failed the hub's question (the message says how)."""
+    DETAIL_FAILURE_REASON_NODE_NOT_REGISTERED: _DetailFailureReason.ValueType  # 4
+    """No node of the province is in the hub's federation directory."""
+    DETAIL_FAILURE_REASON_RECORD_NOT_FOUND: _DetailFailureReason.ValueType  # 5
+    """The hub holds a record of the person there, but the province's node has no detail for it."""
+
+class DetailFailureReason(_DetailFailureReason, metaclass=_DetailFailureReasonEnumTypeWrapper):
+    """Why one province's detail is missing from an answer."""
+
+DETAIL_FAILURE_REASON_UNSPECIFIED: DetailFailureReason.ValueType  # 0
+"""Not a reason."""
+DETAIL_FAILURE_REASON_NODE_UNAVAILABLE: DetailFailureReason.ValueType  # 1
+"""The province's node could not be reached (down, refusing connections, TLS failure), even after retries."""
+DETAIL_FAILURE_REASON_DEADLINE_EXCEEDED: DetailFailureReason.ValueType  # 2
+"""The province's node did not answer within the call's deadline."""
+DETAIL_FAILURE_REASON_NODE_REFUSED: DetailFailureReason.ValueType  # 3
+"""The province's node refused or failed the hub's question (the message says how)."""
+DETAIL_FAILURE_REASON_NODE_NOT_REGISTERED: DetailFailureReason.ValueType  # 4
+"""No node of the province is in the hub's federation directory."""
+DETAIL_FAILURE_REASON_RECORD_NOT_FOUND: DetailFailureReason.ValueType  # 5
+"""The hub holds a record of the person there, but the province's node has no detail for it."""
+Global___DetailFailureReason: _TypeAlias = DetailFailureReason  # noqa: Y015
 
 @_typing.final
 class CheckEnrollmentRequest(_message.Message):
@@ -384,3 +421,97 @@ class LookupPersonResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LookupPersonResponse: _TypeAlias = LookupPersonResponse  # noqa: Y015
+
+@_typing.final
+class FetchRecordDetailRequest(_message.Message):
+    """Asks for a person's full records from the provinces that hold them."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_NUMBER_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    PROVINCE_CODE_FIELD_NUMBER: _builtins.int
+    id_number: _builtins.str
+    """Citizen ID number of the person."""
+    purpose: _person_pb2.Purpose.ValueType
+    """Why the caller asks; required, and allowed under scope query:detail. It decides which fields are disclosed."""
+    province_code: _builtins.str
+    """The 6-digit code of the one province to ask; empty asks every province holding a record of the person."""
+    def __init__(
+        self,
+        *,
+        id_number: _builtins.str = ...,
+        purpose: _person_pb2.Purpose.ValueType = ...,
+        province_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id_number", b"id_number", "province_code", b"province_code", "purpose", b"purpose"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FetchRecordDetailRequest: _TypeAlias = FetchRecordDetailRequest  # noqa: Y015
+
+@_typing.final
+class DetailFailure(_message.Message):
+    """One province whose detail the hub could not get."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVINCE_CODE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    province_code: _builtins.str
+    """The 6-digit code of the province."""
+    reason: Global___DetailFailureReason.ValueType
+    """Why its detail is missing."""
+    message: _builtins.str
+    """A sentence for humans; never contains personal data."""
+    def __init__(
+        self,
+        *,
+        province_code: _builtins.str = ...,
+        reason: Global___DetailFailureReason.ValueType = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "province_code", b"province_code", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DetailFailure: _TypeAlias = DetailFailure  # noqa: Y015
+
+@_typing.final
+class FetchRecordDetailResponse(_message.Message):
+    """A person's full records, from every province that answered.
+
+    Not paginated: there is at most one detail or failure per record the hub holds of the person, that is
+    about one per province (at most 34), and each must be fetched live from its node.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DETAILS_FIELD_NUMBER: _builtins.int
+    FAILURES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def details(self) -> _containers.RepeatedCompositeFieldContainer[_node_pb2.RecordDetail]:
+        """One detail per record a province's node returned, ordered by province, each filtered by purpose."""
+
+    @_builtins.property
+    def failures(self) -> _containers.RepeatedCompositeFieldContainer[Global___DetailFailure]:
+        """One failure per province (or record) whose node did not answer, ordered by province."""
+
+    def __init__(
+        self,
+        *,
+        details: _abc.Iterable[_node_pb2.RecordDetail] | None = ...,
+        failures: _abc.Iterable[Global___DetailFailure] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["details", b"details", "failures", b"failures"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FetchRecordDetailResponse: _TypeAlias = FetchRecordDetailResponse  # noqa: Y015

@@ -52,6 +52,11 @@ class AssistanceQueryServiceStub:
                 request_serializer=hutong_dot_v1_dot_query__pb2.LookupPersonRequest.SerializeToString,
                 response_deserializer=hutong_dot_v1_dot_query__pb2.LookupPersonResponse.FromString,
                 _registered_method=True)
+        self.FetchRecordDetail = channel.unary_unary(
+                '/hutong.v1.AssistanceQueryService/FetchRecordDetail',
+                request_serializer=hutong_dot_v1_dot_query__pb2.FetchRecordDetailRequest.SerializeToString,
+                response_deserializer=hutong_dot_v1_dot_query__pb2.FetchRecordDetailResponse.FromString,
+                _registered_method=True)
 
 
 class AssistanceQueryServiceServicer:
@@ -81,6 +86,15 @@ class AssistanceQueryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchRecordDetail(self, request, context):
+        """Fetches a person's full records from the province nodes that hold them (federated: the hub stores no
+        detail). The hub forwards the question to each holding province's node within the call's deadline and
+        answers with every detail it got and a failure for every province whose node did not answer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AssistanceQueryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -98,6 +112,11 @@ def add_AssistanceQueryServiceServicer_to_server(servicer, server):
                     servicer.LookupPerson,
                     request_deserializer=hutong_dot_v1_dot_query__pb2.LookupPersonRequest.FromString,
                     response_serializer=hutong_dot_v1_dot_query__pb2.LookupPersonResponse.SerializeToString,
+            ),
+            'FetchRecordDetail': grpc.unary_unary_rpc_method_handler(
+                    servicer.FetchRecordDetail,
+                    request_deserializer=hutong_dot_v1_dot_query__pb2.FetchRecordDetailRequest.FromString,
+                    response_serializer=hutong_dot_v1_dot_query__pb2.FetchRecordDetailResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -184,6 +203,33 @@ class AssistanceQueryService:
             '/hutong.v1.AssistanceQueryService/LookupPerson',
             hutong_dot_v1_dot_query__pb2.LookupPersonRequest.SerializeToString,
             hutong_dot_v1_dot_query__pb2.LookupPersonResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchRecordDetail(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hutong.v1.AssistanceQueryService/FetchRecordDetail',
+            hutong_dot_v1_dot_query__pb2.FetchRecordDetailRequest.SerializeToString,
+            hutong_dot_v1_dot_query__pb2.FetchRecordDetailResponse.FromString,
             options,
             channel_credentials,
             insecure,

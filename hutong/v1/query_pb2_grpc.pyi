@@ -42,6 +42,11 @@ class AssistanceQueryServiceStub:
     """Answers CheckEnrollment for up to 1,000 persons at once; a bad ID number fails only its own item."""
     LookupPerson: _grpc.UnaryUnaryMultiCallable[_query_pb2.LookupPersonRequest, _query_pb2.LookupPersonResponse]
     """Lists a person's enrollments across all provinces, with fields filtered by the stated purpose."""
+    FetchRecordDetail: _grpc.UnaryUnaryMultiCallable[_query_pb2.FetchRecordDetailRequest, _query_pb2.FetchRecordDetailResponse]
+    """Fetches a person's full records from the province nodes that hold them (federated: the hub stores no
+    detail). The hub forwards the question to each holding province's node within the call's deadline and
+    answers with every detail it got and a failure for every province whose node did not answer.
+    """
 
 @_typing.type_check_only
 class AssistanceQueryServiceAsyncStub(AssistanceQueryServiceStub):
@@ -57,6 +62,11 @@ class AssistanceQueryServiceAsyncStub(AssistanceQueryServiceStub):
     """Answers CheckEnrollment for up to 1,000 persons at once; a bad ID number fails only its own item."""
     LookupPerson: _aio.UnaryUnaryMultiCallable[_query_pb2.LookupPersonRequest, _query_pb2.LookupPersonResponse]  # type: ignore[assignment]
     """Lists a person's enrollments across all provinces, with fields filtered by the stated purpose."""
+    FetchRecordDetail: _aio.UnaryUnaryMultiCallable[_query_pb2.FetchRecordDetailRequest, _query_pb2.FetchRecordDetailResponse]  # type: ignore[assignment]
+    """Fetches a person's full records from the province nodes that hold them (federated: the hub stores no
+    detail). The hub forwards the question to each holding province's node within the call's deadline and
+    answers with every detail it got and a failure for every province whose node did not answer.
+    """
 
 class AssistanceQueryServiceServicer(metaclass=_abc_1.ABCMeta):
     """Cross-province assistance queries: "is this person already assisted elsewhere?"
@@ -87,5 +97,16 @@ class AssistanceQueryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_query_pb2.LookupPersonResponse, _abc.Awaitable[_query_pb2.LookupPersonResponse]]:
         """Lists a person's enrollments across all provinces, with fields filtered by the stated purpose."""
+
+    @_abc_1.abstractmethod
+    def FetchRecordDetail(
+        self,
+        request: _query_pb2.FetchRecordDetailRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_query_pb2.FetchRecordDetailResponse, _abc.Awaitable[_query_pb2.FetchRecordDetailResponse]]:
+        """Fetches a person's full records from the province nodes that hold them (federated: the hub stores no
+        detail). The hub forwards the question to each holding province's node within the call's deadline and
+        answers with every detail it got and a failure for every province whose node did not answer.
+        """
 
 def add_AssistanceQueryServiceServicer_to_server(servicer: AssistanceQueryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -785,6 +785,7 @@ def test_operator_public_names_are_pinned() -> None:
         "RevokedEntry",
         "check_new_passphrase",
         "check_node_csr",
+        "csr_server_names",
         "ensure_absent",
         "fingerprint_sha256",
         "format_serial",

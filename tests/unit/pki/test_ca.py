@@ -58,6 +58,7 @@ def test_public_names_are_pinned() -> None:
         "NodeIdentity",
         "TlsMaterial",
         "generate_key",
+        "hub_names_from_certificate",
         "identity_from_certificate",
         "load_certificate",
         "load_private_key",

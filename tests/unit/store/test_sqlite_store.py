@@ -504,17 +504,18 @@ async def test_migrations_set_user_version_and_reopen_applies_none_twice(db_path
     for _ in range(2):
         store = SqliteStore(db_path)
         await store.open()
-        assert store.schema_version == 2
+        assert store.schema_version == 3
         await store.close()
     con = sqlite3.connect(db_path)
     try:
-        assert con.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert con.execute("PRAGMA user_version").fetchone()[0] == 3
         assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     finally:
         con.close()
     assert {"records", "batches", "requests", "node_state", "province_state", "findings", "households"} <= tables
     assert {"audit_entries", "audit_persons", "audit_subtrees", "audit_tree", "audit_checkpoints"} <= tables
+    assert {"events", "event_cursors", "signals", "monitoring_hits", "monitoring_rules"} <= tables
 
 
 async def test_closed_store_refuses_work(db_path: Path) -> None:

@@ -1,0 +1,467 @@
+"""``hutong node sync``: export files → adapter → outbox → hub, resumable from any crash.
+
+A run has three steps, each safe to interrupt and repeat:
+
+1. **Ingest** (a worker thread): the profile's adapter reads the files; each record whose content
+   differs from what was last queued goes into the outbox and into a batch, written with it in
+   one transaction. Unchanged records are only marked as seen.
+2. **Send** (the event loop, at the same time): unacknowledged batches stream to the hub in order,
+   at most ``sync.window`` unacknowledged at once. Each acknowledgement is applied to the outbox
+   in one transaction. A broken connection or an unavailable hub is retried with exponential
+   backoff and jitter (tenacity) until ``sync.retry_deadline_seconds`` pass without an
+   acknowledgement; INVALID_ARGUMENT, PERMISSION_DENIED and the like are never retried.
+3. **Retire** (``snapshot`` mode, once everything is acknowledged): records the hub holds that the
+   run's files no longer contain are retired with ``RetireRecords``, unless that would retire
+   more than ``sync.max_retire_fraction`` of them (a truncated export must not empty the
+   province) or a file could not be read to its end.
+
+Resending is always safe: a batch keeps its ``batch_id`` and bytes, and the hub answers a batch it
+has applied with its original acknowledgement, which the outbox does not count twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import structlog
+import tenacity
+
+from adapters.profile import Profile, load_profile
+from adapters.run import Reject, Summary, adapt
+from gateway import errors
+from gateway.client import HubClient
+from gateway.domain.model import Household, PersonRecord
+from gateway.node.config import NodeConfig
+from gateway.node.outbox import (
+    COMPLETE,
+    INGESTED,
+    INGESTING,
+    RETIRING,
+    Batch,
+    Outbox,
+    RunInfo,
+    RunWriter,
+)
+from hutong.v1 import records_pb2
+from pki import identity_from_certificate, load_certificate
+
+__all__ = ["SyncProgress", "SyncReport", "retryable", "sync_files"]
+
+log = structlog.get_logger("hutong.node.sync")
+T = TypeVar("T")
+
+#: Status codes a sync retries: the hub or the path to it is down, busy or shutting down.
+_RETRYABLE = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED", "CANCELLED"})
+_RETIRE_REASONS = {
+    "withdrawn": records_pb2.RETIREMENT_REASON_WITHDRAWN,
+    "exited": records_pb2.RETIREMENT_REASON_EXITED,
+}
+
+
+def retryable(exc: BaseException) -> bool:
+    """Whether a failed call may be tried again: never for a refusal (invalid, denied, unauthenticated)."""
+    return isinstance(exc, errors.HutongError) and (exc.code_name in _RETRYABLE or isinstance(exc, errors.Unavailable))
+
+
+@dataclass
+class SyncProgress:
+    """Live counters, read by the progress bar."""
+
+    rows_read: int = 0
+    records_acked: int = 0
+    batches_acked: int = 0
+    reconnects: int = 0
+
+
+@dataclass
+class SyncReport:
+    """What a run did."""
+
+    run: RunInfo
+    resumed: bool
+    adapt: dict[str, Any] | None
+    counts: dict[str, int]
+    retire_candidates: int = 0
+    retire_refused: str | None = None
+    rejects_file: Path | None = None
+    hub_rejects_file: Path | None = None
+    hub_rejects: list[dict[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def summary_to_json(summary: Summary) -> dict[str, Any]:
+    """The adapter's summary, kept with the run."""
+    return {
+        "rows_read": summary.rows_read,
+        "produced": summary.produced,
+        "rejected": summary.rejected,
+        "households": summary.households,
+        "reasons": dict(summary.reasons),
+        "files": [
+            {
+                "path": f.path,
+                "rows_read": f.rows_read,
+                "produced": f.produced,
+                "rejected": f.rejected,
+                "structure": dict(f.structure),
+                "failure": f.failure,
+            }
+            for f in summary.files
+        ],
+    }
+
+
+def check_profile_province(config: NodeConfig, profile: Profile) -> None:
+    """The profile must describe this node's own province (the hub would refuse every record otherwise)."""
+    identity = identity_from_certificate(load_certificate(config.hub.cert))
+    if identity.province_code != profile.province:
+        raise errors.ConfigError(
+            f"the profile {config.profile} is for province {profile.province}, but this node's certificate is for"
+            f" {identity.province_code}",
+            reason="PROFILE_PROVINCE_MISMATCH",
+            field="node.profile",
+        )
+
+
+async def sync_files(
+    config: NodeConfig,
+    files: list[Path],
+    *,
+    allow_mass_retire: bool = False,
+    progress: SyncProgress | None = None,
+    client: HubClient | None = None,
+) -> SyncReport:
+    """One ``hutong node sync`` run over ``files`` (none: resume or drain what the outbox holds)."""
+    started = time.monotonic()
+    profile = load_profile(config.profile)
+    check_profile_province(config, profile)
+    progress = progress or SyncProgress()
+    outbox = Outbox.open(config.outbox_path)
+    own_client = client is None
+    if client is None:
+        client = HubClient(
+            config.hub.address,
+            tls=config.hub.tls(),
+            server_name=config.hub.server_name or None,
+            retry=config.sync.retry,
+            scopes=config.hub.scopes,
+        )
+    db = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
+    try:
+        run, resumed = outbox.open_run(config.sync.mode, files)
+        paths = _run_paths(run, files)
+        log.info("sync run", run=run.run_id, resumed=resumed, state=run.state, files=len(paths))
+        sender = _Sender(outbox, client, db, config, progress)
+        adapt_summary = run.summary
+        if run.state == INGESTING:
+            summary = await _ingest_and_send(config, profile, run, paths, sender, progress)
+            adapt_summary = summary_to_json(summary)
+            outbox.set_run_state(run.run_id, INGESTED, summary=adapt_summary)
+        else:
+            await sender.drain(lambda: True)
+        report = SyncReport(run=run, resumed=resumed, adapt=adapt_summary, counts={})
+        run = outbox.run(run.run_id)
+        if run.state == INGESTED:
+            _plan_retirements(outbox, config, run, report, allow_mass_retire)
+            outbox.set_run_state(run.run_id, RETIRING)
+        if outbox.run(run.run_id).state == RETIRING:
+            await sender.drain(lambda: True)
+            outbox.set_run_state(run.run_id, COMPLETE)
+        report.run = outbox.run(run.run_id)
+        report.counts = outbox.run_counts(run.run_id)
+        report.hub_rejects = outbox.hub_rejects(run.run_id)
+        report.rejects_file, report.hub_rejects_file = _write_rejects(config, outbox, run.run_id, report.hub_rejects)
+        report.seconds = time.monotonic() - started
+        log.info("sync done", run=run.run_id, seconds=round(report.seconds, 1), **report.counts)
+        return report
+    except errors.HutongError as exc:
+        outbox.note_error(f"{exc.reason}: {exc}")
+        raise
+    finally:
+        db.shutdown(wait=True)
+        outbox.close()
+        if own_client:
+            await client.close()
+
+
+def _run_paths(run: RunInfo, files: list[Path]) -> list[Path]:
+    """The run's files, checked to be the ones it began with when it is resumed without naming them."""
+    if files:
+        return files
+    paths = []
+    for f in run.files:
+        path = Path(f["path"])
+        try:
+            st = path.stat()
+        except OSError:
+            raise errors.ConfigError(
+                f"run {run.run_id} was reading {path}, which is gone; name this run's files again to start over",
+                reason="FILE_CHANGED",
+                field=str(path),
+            ) from None
+        if (st.st_size, st.st_mtime_ns) != (f["size"], f["mtime_ns"]):
+            raise errors.ConfigError(
+                f"{path} changed since run {run.run_id} began reading it; name the files again to start a new run",
+                reason="FILE_CHANGED",
+                field=str(path),
+            )
+        paths.append(path)
+    return paths
+
+
+async def _ingest_and_send(
+    config: NodeConfig, profile: Profile, run: RunInfo, paths: list[Path], sender: _Sender, progress: SyncProgress
+) -> Summary:
+    loop = asyncio.get_running_loop()
+    done = threading.Event()
+
+    def on_batch() -> None:
+        loop.call_soon_threadsafe(sender.wake.set)
+
+    def ingest() -> Summary:
+        outbox = Outbox.open(config.outbox_path)
+        writer = RunWriter(
+            outbox,
+            run.run_id,
+            batch_size=config.sync.batch_size,
+            versions_from_source="version" in profile.record,
+            on_batch=on_batch,
+        )
+
+        def on_record(record: PersonRecord, file: str, location: str) -> None:
+            writer.add_record(record, Path(file).name, location)
+
+        def on_reject(reject: Reject) -> None:
+            writer.add_reject(reject.file, reject.location, reject.to_json())
+
+        def on_household(household: Household) -> None:
+            writer.add_household(household)
+
+        def on_row() -> None:
+            progress.rows_read += 1
+
+        try:
+            summary = adapt(
+                profile,
+                paths,
+                on_record=on_record,
+                on_reject=on_reject,
+                on_household=on_household,
+                on_row=on_row,
+                with_location=True,
+            )
+            writer.finish()
+            return summary
+        except BaseException:
+            writer.abort()
+            raise
+        finally:
+            outbox.close()
+            done.set()
+            loop.call_soon_threadsafe(sender.wake.set)
+
+    ingest_task = loop.run_in_executor(None, ingest)
+    send_task = asyncio.ensure_future(sender.drain(done.is_set))
+    try:
+        summary = await ingest_task
+        await send_task
+    except BaseException:
+        send_task.cancel()
+        await asyncio.gather(send_task, return_exceptions=True)
+        raise
+    return summary
+
+
+def _plan_retirements(
+    outbox: Outbox, config: NodeConfig, run: RunInfo, report: SyncReport, allow_mass_retire: bool
+) -> None:
+    if run.mode != "snapshot" or not run.files:
+        return
+    failed = [f for f in (run.summary or {}).get("files", []) if f.get("failure")]
+    if failed:
+        report.retire_refused = (
+            f"{failed[0]['path']} was not read to its end ({failed[0]['failure']}); nothing is retired until a"
+            " whole export is read"
+        )
+        return
+    gone, held = outbox.retirement_candidates(run.run_id)
+    report.retire_candidates = gone
+    if gone and not allow_mass_retire and gone > config.sync.max_retire_fraction * held:
+        report.retire_refused = (
+            f"this export would retire {gone:,} of the {held:,} records the hub holds, more than"
+            f" sync.max_retire_fraction ({config.sync.max_retire_fraction:g}); check the export, then run again"
+            " with --allow-mass-retire"
+        )
+        return
+    if gone:
+        queued = outbox.queue_retirements(
+            run.run_id, _RETIRE_REASONS[config.sync.retire_reason], min(config.sync.batch_size, 5000)
+        )
+        log.info("retirements queued", run=run.run_id, records=queued)
+
+
+def _write_rejects(
+    config: NodeConfig, outbox: Outbox, run_id: int, hub_rejects: list[dict[str, str]]
+) -> tuple[Path | None, Path | None]:
+    config.rejects_dir.mkdir(parents=True, exist_ok=True)
+    rejects: Path | None = config.rejects_dir / f"run-{run_id:06d}.rejects.jsonl"
+    assert rejects is not None
+    n = 0
+    with rejects.open("w", encoding="utf-8") as out:
+        for line in outbox.rejects(run_id):
+            out.write(line + "\n")
+            n += 1
+    if not n:
+        rejects.unlink()
+        rejects = None
+    hub_file: Path | None = None
+    if hub_rejects:
+        hub_file = config.rejects_dir / f"run-{run_id:06d}.hub-rejects.jsonl"
+        with hub_file.open("w", encoding="utf-8") as out:
+            for item in hub_rejects:
+                out.write(json.dumps(item, ensure_ascii=False) + "\n")
+    return rejects, hub_file
+
+
+class _Sender:
+    """Streams the outbox's unacknowledged batches to the hub, in order, and applies the acknowledgements."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        client: HubClient,
+        db: concurrent.futures.ThreadPoolExecutor,
+        config: NodeConfig,
+        progress: SyncProgress,
+    ) -> None:
+        self._outbox = outbox
+        self._client = client
+        self._db = db
+        self._window = config.sync.window
+        self._retry = config.sync.retry
+        self._progress = progress
+        self.wake = asyncio.Event()
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._db, fn, *args)
+
+    async def drain(self, ingest_done: Callable[[], bool]) -> None:
+        """Send until the outbox holds nothing unacknowledged and ``ingest_done()`` says no more will come."""
+        r = self._retry
+        while True:
+            retrying = tenacity.AsyncRetrying(
+                retry=tenacity.retry_if_exception(retryable),
+                wait=tenacity.wait_random_exponential(multiplier=r.initial_backoff, max=r.max_backoff),
+                stop=tenacity.stop_after_delay(r.total_deadline),
+                before_sleep=self._before_sleep,
+                reraise=True,
+            )
+            async for attempt in retrying:
+                with attempt:
+                    finished = await self._attempt(ingest_done)
+            if finished:
+                return
+
+    def _before_sleep(self, state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        self._progress.reconnects += 1
+        log.warning(
+            "hub unreachable, retrying",
+            attempt=state.attempt_number,
+            wait_s=round(state.next_action.sleep if state.next_action else 0.0, 2),
+            error=str(exc),
+        )
+
+    async def _attempt(self, ingest_done: Callable[[], bool]) -> bool:
+        """One connection. True when all is sent; False to reconnect at once (progress was made);
+        raises a retryable error when nothing was acknowledged."""
+        acked_before = self._progress.batches_acked
+        try:
+            while True:
+                self.wake.clear()
+                head = await self._call(self._outbox.next_batch, 0)
+                if head is None:
+                    if ingest_done():
+                        return True
+                    await _wait(self.wake, 1.0)
+                    continue
+                if head.kind == "retire":
+                    await self._retire(head)
+                else:
+                    await self._stream(head, ingest_done)
+        except errors.HutongError as exc:
+            # Progress is any acknowledgement during this connection: the time allowed without one
+            # (retry_deadline_seconds) starts again from the failure, not from when the stream opened.
+            if retryable(exc) and self._progress.batches_acked > acked_before:
+                log.warning("hub connection lost; resuming from the first unacknowledged batch", error=str(exc))
+                self._progress.reconnects += 1
+                return False
+            raise
+
+    async def _retire(self, batch: Batch) -> None:
+        request = records_pb2.RetireRecordsRequest.FromString(batch.request)
+        ack = await self._client.retire_records(request.request_id, request.retirements)
+        await self._call(self._outbox.apply_retire_ack, batch, ack)
+        self._progress.batches_acked += 1
+
+    async def _stream(self, head: Batch, ingest_done: Callable[[], bool]) -> None:
+        """Stream sync batches from ``head`` until a retire batch or the end; every sent batch acknowledged."""
+        credits = asyncio.Semaphore(self._window)
+        in_flight: collections.deque[Batch] = collections.deque()
+        after = head.seq - 1
+
+        async def requests() -> Any:
+            nonlocal after
+            while True:
+                await credits.acquire()
+                while True:
+                    self.wake.clear()
+                    batch = await self._call(self._outbox.next_batch, after)
+                    if batch is not None or ingest_done():
+                        break
+                    await _wait(self.wake, 1.0)
+                if batch is None or batch.kind != "sync":
+                    return
+                in_flight.append(batch)
+                after = batch.seq
+                yield batch.request
+
+        acks = self._client.sync_serialized(requests())
+        try:
+            async for ack in acks:
+                if not in_flight:
+                    raise errors.StoreError("the hub acknowledged a batch never sent", reason="ACK_UNEXPECTED")
+                batch = in_flight.popleft()
+                if ack.batch_id != batch.batch_id:
+                    raise errors.StoreError(
+                        f"expected the acknowledgement of {batch.batch_id}, got {ack.batch_id}",
+                        reason="ACK_OUT_OF_ORDER",
+                        field="batch_id",
+                    )
+                if await self._call(self._outbox.apply_sync_ack, batch, ack):
+                    self._progress.records_acked += len(ack.record_outcomes)
+                self._progress.batches_acked += 1
+                credits.release()
+        finally:
+            await acks.aclose()
+        if in_flight:
+            raise errors.Unavailable(
+                f"the hub closed the stream with {len(in_flight)} batches unacknowledged", reason="STREAM_ENDED"
+            )
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> None:
+    """Until ``event`` is set, or ``seconds`` pass (a look at the outbox then costs little)."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await event.wait()

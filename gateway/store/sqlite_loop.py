@@ -1,0 +1,499 @@
+"""The closed loop in SQLite: events pushed to provinces, acknowledgements, outcomes, escalation.
+
+:class:`LoopLedger` writes events inside the transaction of the change that raised them (a
+duplicate finding opened, a record retired, a signal received), so an event exists if and only
+if its cause was committed, and a province is told each thing once per occurrence: an event's id
+is derived from its cause, and a second write of the same id is ignored. Reads and the other
+writes (acknowledge, report, escalate) run as ordinary store writes.
+
+An event's ``subject`` names the matter: every province told about one duplicate finding
+shares it, so the matter is closed once every one of them has reported what it did.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.domain.divisions import province_of
+from gateway.errors import InvalidDivision
+
+__all__ = [
+    "EVENT_KINDS",
+    "Deadlines",
+    "LoopEvent",
+    "LoopLedger",
+    "PreparedSignal",
+    "ProvinceLoop",
+    "ReportResult",
+    "SignalOutcome",
+]
+
+#: hutong.v1.EventKind numbers (notification.proto), by name.
+EVENT_KINDS = {
+    "duplicate_enrollment": 1,
+    "resident_enrolled_elsewhere": 2,
+    "retired_elsewhere": 3,
+    "risk_signal": 4,
+    "monitoring_alert": 5,
+    "overdue": 6,
+}
+_DAY_US = 86_400_000_000
+
+
+@dataclass(frozen=True)
+class Deadlines:
+    """Days a province has to report an outcome, per kind of event."""
+
+    duplicate_enrollment: int = 30
+    resident_enrolled_elsewhere: int = 30
+    retired_elsewhere: int = 15
+    risk_signal: int = 15
+    monitoring_alert: int = 30
+    overdue: int = 7
+
+    def respond_by(self, kind: int, now_us: int) -> int:
+        """When an event of ``kind`` raised now is due."""
+        name = next(n for n, k in EVENT_KINDS.items() if k == kind)
+        return now_us + int(getattr(self, name)) * _DAY_US
+
+
+@dataclass(frozen=True)
+class LoopEvent:
+    """One stored event, as delivered."""
+
+    seq: int
+    event_id: str
+    kind: int
+    body: dict[str, Any]
+    created_at_us: int
+    respond_by_us: int
+    sealed_pii: bytes | None
+    subject: str
+
+
+@dataclass(frozen=True)
+class PreparedSignal:
+    """A department's signal, checked and keyed by the servicer."""
+
+    index: int
+    signal_id: str
+    kind: int
+    person_key: bytes
+    #: Where to send it when no province holds the person (from the stated residence or the ID number).
+    fallback_province: str
+    #: The event fields (protobuf JSON mapping) of the signal, without the ID number and name.
+    fields: dict[str, Any]
+    #: The ID number and name, sealed for the events (bound to the signal's subject).
+    sealed_pii: bytes
+    subject: str
+
+
+@dataclass(frozen=True)
+class SignalOutcome:
+    """Where one signal went."""
+
+    index: int
+    signal_id: str
+    provinces: tuple[str, ...]
+    matched: bool
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    """The result of ReportOutcome."""
+
+    recorded_at_us: int
+    replayed: bool
+    closed: bool
+
+
+@dataclass
+class ProvinceLoop:
+    """The state of the loop for one province (``hutong hub loop``)."""
+
+    province: str
+    pushed: int = 0
+    acknowledged: int = 0
+    reported: int = 0
+    overdue: int = 0
+    open: int = 0
+    by_outcome: dict[int, int] = field(default_factory=dict)
+
+
+def subject_of_finding(finding_id: str, detected_at_us: int) -> str:
+    """The matter of one occurrence of a duplicate finding."""
+    return f"finding:{finding_id}:{detected_at_us}"
+
+
+def _event_id(subject: str, province: str) -> str:
+    return "ev-" + hashlib.sha256(f"{subject}|{province}".encode()).hexdigest()[:24]
+
+
+class LoopLedger:
+    """Writes and reads the loop's tables on a connection the store hands it."""
+
+    def __init__(self, deadlines: Deadlines | None = None) -> None:
+        self.deadlines = deadlines or Deadlines()
+
+    # -- raising events (inside the cause's transaction) ---------------------------------------
+
+    def push(
+        self,
+        con: sqlite3.Connection,
+        *,
+        province: str,
+        kind: int,
+        subject: str,
+        fields: dict[str, Any],
+        now: int,
+        sealed_pii: bytes | None = None,
+    ) -> bool:
+        """Raise one event for ``province`` about ``subject``; False if that province was told already."""
+        event_id = _event_id(subject, province)
+        body = {"eventId": event_id, "kind": kind, **fields}
+        cur = con.execute(
+            "INSERT OR IGNORE INTO events (province, event_id, kind, subject, body, created_at_us, respond_by_us,"
+            " sealed_pii) VALUES (?,?,?,?,?,?,?,?)",
+            (
+                province,
+                event_id,
+                kind,
+                subject,
+                json.dumps(body, ensure_ascii=False, separators=(",", ":")),
+                now,
+                self.deadlines.respond_by(kind, now),
+                sealed_pii,
+            ),
+        )
+        return cur.rowcount > 0
+
+    @staticmethod
+    def records_of(con: sqlite3.Connection, person_key: bytes, province: str) -> list[str]:
+        """The live record ids a province holds for a person."""
+        return [
+            rid
+            for (rid,) in con.execute(
+                "SELECT record_id FROM records WHERE person_key=? AND province=? AND retired_reason=0"
+                " ORDER BY record_id",
+                (person_key, province),
+            )
+        ]
+
+    def finding_opened(
+        self,
+        con: sqlite3.Connection,
+        *,
+        finding_id: str,
+        person_key: bytes,
+        program: int,
+        provinces: Sequence[str],
+        detected_at_us: int,
+        now: int,
+    ) -> None:
+        """A duplicate enrollment was found (or grew to more provinces): tell each province involved."""
+        subject = subject_of_finding(finding_id, detected_at_us)
+        for province in provinces:
+            others = [p for p in provinces if p != province]
+            self.push(
+                con,
+                province=province,
+                kind=EVENT_KINDS["duplicate_enrollment"],
+                subject=subject,
+                fields={
+                    "recordIds": self.records_of(con, person_key, province),
+                    "program": program,
+                    "otherProvinceCodes": others,
+                    "findingId": finding_id,
+                    "summary": f"also actively enrolled in the same programme by {', '.join(others)}",
+                },
+                now=now,
+            )
+
+    def resident_enrolled(
+        self, con: sqlite3.Connection, writer: str, items: Iterable[tuple[str, int, str, bytes, int]], now: int
+    ) -> None:
+        """Records of ``writer`` newly active for persons whose hukou is elsewhere: tell the hukou province.
+
+        ``items``: (record id, version, hukou division, person key, first active programme).
+        """
+        for record_id, version, hukou, person_key, program in items:
+            try:
+                home = province_of(hukou)
+            except InvalidDivision:  # no hukou division given: nobody to tell
+                continue
+            if home == writer:
+                continue
+            self.push(
+                con,
+                province=home,
+                kind=EVENT_KINDS["resident_enrolled_elsewhere"],
+                subject=f"record:{writer}:{record_id}:{version}",
+                fields={
+                    "recordIds": self.records_of(con, person_key, home),
+                    "program": program,
+                    "otherProvinceCodes": [writer],
+                    "summary": f"a person with hukou here was enrolled by {writer}",
+                },
+                now=now,
+            )
+
+    def retired(
+        self, con: sqlite3.Connection, province: str, items: Iterable[tuple[str, int, bytes, int]], now: int
+    ) -> None:
+        """Records retired by ``province`` of persons still assisted elsewhere: tell those provinces.
+
+        ``items``: (record id, version, person key, retirement reason).
+        """
+        for record_id, version, person_key, reason in items:
+            elsewhere = sorted(
+                {
+                    p
+                    for (p,) in con.execute(
+                        "SELECT DISTINCT province FROM records WHERE person_key=? AND province<>?"
+                        " AND retired_reason=0 AND active_programs<>0",
+                        (person_key, province),
+                    )
+                }
+            )
+            why = {1: "exited assistance", 2: "was withdrawn", 3: "died", 4: "moved away"}.get(reason, "was retired")
+            for other in elsewhere:
+                self.push(
+                    con,
+                    province=other,
+                    kind=EVENT_KINDS["retired_elsewhere"],
+                    subject=f"retired:{province}:{record_id}:{version}",
+                    fields={
+                        "recordIds": self.records_of(con, person_key, other),
+                        "otherProvinceCodes": [province],
+                        "summary": f"the person's record in {province} {why}; this province still assists them",
+                    },
+                    now=now,
+                )
+
+    # -- signals --------------------------------------------------------------------------------
+
+    def submit_signals(
+        self, con: sqlite3.Connection, source: str, signals: Sequence[PreparedSignal], now: int
+    ) -> list[SignalOutcome]:
+        """Match each signal to the provinces holding the person (or its fallback) and push it there."""
+        out = []
+        for s in signals:
+            row = con.execute(
+                "SELECT provinces FROM signals WHERE source=? AND signal_id=?", (source, s.signal_id)
+            ).fetchone()
+            if row is not None:  # the department sent it before: it went where it went
+                held = tuple(p for p in row[0].split(",") if p)
+                out.append(SignalOutcome(s.index, s.signal_id, held, True))
+                continue
+            holders = sorted(
+                {
+                    p
+                    for (p,) in con.execute(
+                        "SELECT DISTINCT province FROM records WHERE person_key=? AND retired_reason=0", (s.person_key,)
+                    )
+                }
+            )
+            targets = holders or ([s.fallback_province] if s.fallback_province else [])
+            for province in targets:
+                self.push(
+                    con,
+                    province=province,
+                    kind=EVENT_KINDS["risk_signal"],
+                    subject=s.subject,
+                    fields={**s.fields, "recordIds": self.records_of(con, s.person_key, province)},
+                    now=now,
+                    sealed_pii=s.sealed_pii,
+                )
+            con.execute(
+                "INSERT INTO signals VALUES (?,?,?,?,?,?)",
+                (source, s.signal_id, s.kind, s.person_key, ",".join(targets), now),
+            )
+            out.append(SignalOutcome(s.index, s.signal_id, tuple(targets), bool(holders)))
+        return out
+
+    # -- monitoring -----------------------------------------------------------------------------
+
+    def monitoring_hit(
+        self,
+        con: sqlite3.Connection,
+        *,
+        rule_id: str,
+        province: str,
+        household_id: str,
+        record_ids: Sequence[str],
+        summary: str,
+        now: int,
+    ) -> None:
+        """A rule matched a household: push it once, until the household stops matching."""
+        cur = con.execute(
+            "INSERT OR IGNORE INTO monitoring_hits VALUES (?,?,?,?)", (rule_id, province, household_id, now)
+        )
+        if cur.rowcount == 0:
+            return
+        self.push(
+            con,
+            province=province,
+            kind=EVENT_KINDS["monitoring_alert"],
+            subject=f"rule:{rule_id}:{province}:{household_id}:{now}",
+            fields={"ruleId": rule_id, "householdId": household_id, "recordIds": list(record_ids), "summary": summary},
+            now=now,
+        )
+
+    @staticmethod
+    def monitoring_cleared(con: sqlite3.Connection, rule_id: str, province: str, household_id: str) -> None:
+        """The household no longer matches the rule: a later match is a new alert."""
+        con.execute(
+            "DELETE FROM monitoring_hits WHERE rule_id=? AND province=? AND household_id=?",
+            (rule_id, province, household_id),
+        )
+
+    @staticmethod
+    def record_rules(con: sqlite3.Connection, digest: bytes, text: str, now: int) -> bool:
+        """Remember a set of rules; True when the hub has not run with it before."""
+        cur = con.execute("INSERT OR IGNORE INTO monitoring_rules VALUES (?,?,?)", (digest, now, text))
+        return cur.rowcount > 0
+
+    # -- delivery -------------------------------------------------------------------------------
+
+    @staticmethod
+    def events_after(con: sqlite3.Connection, province: str, after: int, limit: int) -> list[LoopEvent]:
+        """The province's events with a sequence above ``after``, in order."""
+        return [
+            LoopEvent(seq, event_id, kind, json.loads(body), created, respond_by, sealed, subject)
+            for seq, event_id, kind, body, created, respond_by, sealed, subject in con.execute(
+                "SELECT seq, event_id, kind, body, created_at_us, respond_by_us, sealed_pii, subject FROM events"
+                " WHERE province=? AND seq>? ORDER BY seq LIMIT ?",
+                (province, after, limit),
+            )
+        ]
+
+    @staticmethod
+    def cursor(con: sqlite3.Connection, province: str, node: str) -> int:
+        """The node's cursor: every event of its province up to it was acknowledged by the node."""
+        row = con.execute("SELECT cursor FROM event_cursors WHERE province=? AND node=?", (province, node)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def acknowledge(
+        self, con: sqlite3.Connection, province: str, node: str, event_ids: Sequence[str], now: int
+    ) -> tuple[int, list[str]]:
+        """Mark events acknowledged by ``node``; returns its new cursor and the ids that are not its province's."""
+        unknown = []
+        seqs = []
+        for event_id in event_ids:
+            row = con.execute("SELECT seq FROM events WHERE event_id=? AND province=?", (event_id, province)).fetchone()
+            if row is None:
+                unknown.append(event_id)
+                continue
+            seqs.append(int(row[0]))
+            con.execute("UPDATE events SET acked_at_us=? WHERE seq=? AND acked_at_us=0", (now, row[0]))
+        cursor = self.cursor(con, province, node)
+        if seqs:
+            # The cursor moves over every event of the province up to the first one this node has not acknowledged.
+            acked = set(seqs)
+            acked.update(
+                s
+                for (s,) in con.execute(
+                    "SELECT seq FROM events WHERE province=? AND seq>? AND acked_at_us<>0", (province, cursor)
+                )
+            )
+            for (s,) in con.execute(
+                "SELECT seq FROM events WHERE province=? AND seq>? ORDER BY seq", (province, cursor)
+            ):
+                if s not in acked:
+                    break
+                cursor = s
+            con.execute(
+                "INSERT INTO event_cursors VALUES (?,?,?)"
+                " ON CONFLICT (province, node) DO UPDATE SET cursor=excluded.cursor",
+                (province, node, cursor),
+            )
+        return cursor, unknown
+
+    @staticmethod
+    def event(con: sqlite3.Connection, event_id: str) -> tuple[str, int, str, int] | None:
+        """(province, kind, subject, outcome) of an event."""
+        row = con.execute(
+            "SELECT province, kind, subject, outcome FROM events WHERE event_id=?", (event_id,)
+        ).fetchone()
+        return None if row is None else (row[0], row[1], row[2], row[3])
+
+    def report(
+        self,
+        con: sqlite3.Connection,
+        *,
+        province: str,
+        node: str,
+        event_id: str,
+        outcome: int,
+        reason: str,
+        now: int,
+    ) -> ReportResult:
+        """Record a province's outcome; closes the matter when every province it was pushed to has reported."""
+        con.execute(
+            "UPDATE events SET outcome=?, outcome_reason=?, outcome_at_us=?, outcome_node=?,"
+            " acked_at_us=CASE WHEN acked_at_us=0 THEN ? ELSE acked_at_us END WHERE event_id=? AND province=?",
+            (outcome, reason, now, node, now, event_id, province),
+        )
+        _, kind, subject, _ = self.event(con, event_id) or ("", 0, "", 0)
+        waiting = con.execute(
+            "SELECT count(*) FROM events WHERE subject=? AND outcome=0 AND kind<>?", (subject, EVENT_KINDS["overdue"])
+        ).fetchone()[0]
+        closed = waiting == 0
+        if closed and kind == EVENT_KINDS["duplicate_enrollment"]:
+            finding_id = subject.split(":")[1]
+            con.execute(
+                "UPDATE findings SET is_open=0, resolved_at_us=? WHERE finding_id=? AND is_open=1", (now, finding_id)
+            )
+        if kind != EVENT_KINDS["overdue"]:
+            # An overdue notice is settled by the outcome of the event it is about.
+            con.execute(
+                "UPDATE events SET outcome=?, outcome_at_us=? WHERE kind=? AND outcome=0 AND body LIKE ?",
+                (outcome, now, EVENT_KINDS["overdue"], f'%"overdueEventId":"{event_id}"%'),
+            )
+        return ReportResult(now, False, closed)
+
+    def mark_overdue(self, con: sqlite3.Connection, now: int) -> int:
+        """Escalate events past their respond_by without an outcome: an OVERDUE event to the same province."""
+        rows = con.execute(
+            "SELECT seq, province, event_id, kind, body FROM events"
+            " WHERE respond_by_us<? AND outcome=0 AND overdue_at_us=0 AND kind<>?",
+            (now, EVENT_KINDS["overdue"]),
+        ).fetchall()
+        for seq, province, event_id, _kind, body in rows:
+            con.execute("UPDATE events SET overdue_at_us=? WHERE seq=?", (now, seq))
+            original = json.loads(body)
+            self.push(
+                con,
+                province=province,
+                kind=EVENT_KINDS["overdue"],
+                subject=f"overdue:{event_id}",
+                fields={
+                    "overdueEventId": event_id,
+                    "recordIds": original.get("recordIds", []),
+                    "summary": "no outcome reported in time: " + str(original.get("summary", "")),
+                },
+                now=now,
+            )
+        return len(rows)
+
+    @staticmethod
+    def loop_state(con: sqlite3.Connection) -> list[ProvinceLoop]:
+        """Per province: events pushed, acknowledged, reported, overdue, still open (overdue notices not counted)."""
+        out: dict[str, ProvinceLoop] = {}
+        for province, pushed, acked, reported, overdue, open_ in con.execute(
+            "SELECT province, count(*), sum(acked_at_us<>0), sum(outcome<>0), sum(overdue_at_us<>0 AND outcome=0),"
+            " sum(outcome=0) FROM events WHERE kind<>? GROUP BY province ORDER BY province",
+            (EVENT_KINDS["overdue"],),
+        ):
+            out[province] = ProvinceLoop(province, pushed, acked, reported, overdue, open_)
+        for province, outcome, n in con.execute(
+            "SELECT province, outcome, count(*) FROM events WHERE kind<>? AND outcome<>0 GROUP BY province, outcome",
+            (EVENT_KINDS["overdue"],),
+        ):
+            out[province].by_outcome[outcome] = n
+        return list(out.values())
