@@ -205,7 +205,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Each FILE is read with the node's profile; every record goes into the outbox before anything is "
         "sent, and is marked sent only on the hub's acknowledgement, so a node or hub killed at any moment resumes "
         "where it stopped when the command runs again. A re-export sends only the records whose content changed; "
-        "with sync.mode = \"snapshot\" the records the export no longer holds are retired at the hub. Without FILEs "
+        'with sync.mode = "snapshot" the records the export no longer holds are retired at the hub. Without FILEs '
         "the command sends what the outbox still holds (resuming an interrupted run). Exit 0 when everything was "
         "acknowledged and nothing rejected, 4 when rows or records were rejected, 5 when the hub stayed unreachable "
         "past sync.retry_deadline_seconds (run it again to resume), 3 on a configuration error.",
