@@ -41,6 +41,7 @@ EVENT_KINDS = {
     "risk_signal": 4,
     "monitoring_alert": 5,
     "overdue": 6,
+    "review_decision": 7,
 }
 _DAY_US = 86_400_000_000
 
@@ -55,6 +56,7 @@ class Deadlines:
     risk_signal: int = 15
     monitoring_alert: int = 30
     overdue: int = 7
+    review_decision: int = 30
 
     def respond_by(self, kind: int, now_us: int) -> int:
         """When an event of ``kind`` raised now is due."""

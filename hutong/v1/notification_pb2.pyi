@@ -43,6 +43,10 @@ class _EventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventKind.V
     """
     EVENT_KIND_OVERDUE: _EventKind.ValueType  # 6
     """An event of this province passed its respond_by time without an outcome; the ministry sees it as overdue."""
+    EVENT_KIND_REVIEW_DECISION: _EventKind.ValueType  # 7
+    """A reviewer decided a possible link between this province's record and another's (the linkage review queue):
+    linked as one person, or kept apart.
+    """
 
 class EventKind(_EventKind, metaclass=_EventKindEnumTypeWrapper):
     """What an event is about."""
@@ -63,6 +67,10 @@ not enrolled).
 """
 EVENT_KIND_OVERDUE: EventKind.ValueType  # 6
 """An event of this province passed its respond_by time without an outcome; the ministry sees it as overdue."""
+EVENT_KIND_REVIEW_DECISION: EventKind.ValueType  # 7
+"""A reviewer decided a possible link between this province's record and another's (the linkage review queue):
+linked as one person, or kept apart.
+"""
 Global___EventKind: _TypeAlias = EventKind  # noqa: Y015
 
 class _EventOutcome:
