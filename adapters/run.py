@@ -240,6 +240,7 @@ def _household(rows: list[tuple[Any, ...]]) -> Household:
         residence_division=head[5],
         members=tuple(HouseholdMember(r[1], r[2]) for r in rows),
         monthly_income_per_member_fen=incomes[0] if incomes else 0,
+        income_unknown=not incomes,
     )
 
 
@@ -406,4 +407,6 @@ def household_to_json(household: Household) -> str:
     }
     if household.monthly_income_per_member_fen:
         obj["monthlyIncomePerMemberFen"] = str(household.monthly_income_per_member_fen)
+    if household.income_unknown:
+        obj["incomeUnknown"] = True
     return json.dumps(obj, ensure_ascii=False)

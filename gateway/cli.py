@@ -136,6 +136,27 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="federation directory (TOML): each province node's address, for FetchRecordDetail; see deploy/README.md",
     )
+    serve.add_argument(
+        "--monitoring-rules",
+        type=Path,
+        metavar="FILE",
+        help="monitoring rules (TOML) evaluated on households as they change; see deploy/monitoring.example.toml",
+    )
+
+    loop = hub.add_parser(
+        "loop",
+        help="the closed loop per province: events pushed, acknowledged, reported back, overdue",
+        description="Reads the hub's database (a running hub is fine). Overdue means past its respond_by time "
+        "without an outcome. Exit 0; 4 when some province has overdue events.",
+    )
+    loop.add_argument("--data-dir", type=Path, required=True, help="the hub's data directory")
+    loop.add_argument("--json", action="store_true", help="print JSON")
+    rules_check = hub.add_parser(
+        "rules-check",
+        help="check a monitoring rules file and print its digest",
+        description="Exit 0 when the file is valid (its canonical digest is printed), 3 naming the key otherwise.",
+    )
+    rules_check.add_argument("file", type=Path, help="the rules file (TOML)")
 
     jwks = hub.add_parser(
         "jwks",
@@ -151,6 +172,41 @@ def _parser() -> argparse.ArgumentParser:
     )
     rotate.add_argument("--data-dir", type=Path, required=True, help="the hub's data directory")
     rotate.add_argument("--keep", type=int, default=3, help="older keys kept for verification (default 3)")
+    linkage = hub.add_parser(
+        "linkage",
+        help="identity linkage: train a model, show what linkage holds, print a model",
+        description="Records whose province flagged their ID number unverified are linked to persons within the "
+        "sync call (see the README, 'Identity linkage'). These commands read the hub's data directory; a running "
+        "hub is fine, and links with a newly trained model from its next start.",
+    ).add_subparsers(dest="linkage_command", required=True, metavar="LINKAGE_COMMAND")
+    train = linkage.add_parser(
+        "train",
+        help="estimate a new model from the hub's records and store it as the newest version",
+        description="Unseals an evenly spread sample of the live records in this process (never writing them out), "
+        "estimates u from random pairs, m by EM over blocked pairs and the match prior, and stores the model JSON "
+        "as a new version. Exit 0; 3 when the hub holds too few records.",
+    )
+    train.add_argument("--data-dir", type=Path, required=True, help="the hub's data directory")
+    train.add_argument("--sample", type=int, default=100_000, help="records to train on, at most (default 100,000)")
+    train.add_argument(
+        "--min-records", type=int, default=1000, help="refuse to train on fewer records than this (default 1,000)"
+    )
+    train.add_argument("--json", action="store_true", help="print JSON")
+    linkage_status = linkage.add_parser(
+        "status",
+        help="model versions, unverified records, links, review items, lineage events",
+        description="Lists every model version (source, records trained on, when first used) and counts.",
+    )
+    linkage_status.add_argument("--data-dir", type=Path, required=True, help="the hub's data directory")
+    linkage_status.add_argument("--json", action="store_true", help="print JSON")
+    linkage_model = linkage.add_parser(
+        "model",
+        help="print a model's JSON: every weight its links were scored with",
+        description="Prints the newest model, or --version N; links and review items name the version that "
+        "scored them.",
+    )
+    linkage_model.add_argument("--data-dir", type=Path, required=True, help="the hub's data directory")
+    linkage_model.add_argument("--version", type=int, help="the model version (default: the newest)")
 
     query = sub.add_parser("query", help="ask the hub cross-province questions").add_subparsers(
         dest="query_command", required=True
@@ -231,7 +287,24 @@ def _parser() -> argparse.ArgumentParser:
         "outbox, filtered by the stated purpose, and every call is appended to the node's own audit log.",
     )
     node_serve.add_argument("--port-file", type=Path, help="write the bound port here once serving")
-    for p in (node_sync, node_status, node_serve):
+    node_inbox = node.add_parser(
+        "inbox",
+        help="deliver the hub's events to the province's system (webhook and/or directory), in order",
+        description="Subscribes to the province's events, keeps each in the node's inbox (SQLite) before delivering "
+        "it to inbox.webhook_url (signed with HMAC-SHA256, Idempotency-Key = the event id) and/or inbox.directory, "
+        "then acknowledges it to the hub. At least once; never twice to the application for one event id. Runs until "
+        "SIGTERM; --once delivers what is waiting and exits.",
+    )
+    node_inbox.add_argument("--once", action="store_true", help="deliver what is waiting, then exit")
+    node_report = node.add_parser(
+        "report",
+        help="report what the province did about an event (结果反馈)",
+        description="Sends ReportOutcome for EVENT_ID. Safe to repeat: the same report is recognised.",
+    )
+    node_report.add_argument("event_id", help="the event's id (from the inbox)")
+    node_report.add_argument("--outcome", required=True, choices=["assisted", "not-eligible", "already-handled"])
+    node_report.add_argument("--reason", default="", help="why, in the province's words (required for not-eligible)")
+    for p in (node_sync, node_status, node_serve, node_inbox, node_report):
         p.add_argument("--config", type=Path, required=True, help="the node's node.toml")
 
     audit = sub.add_parser(
@@ -533,6 +606,14 @@ def _dispatch(args: argparse.Namespace) -> int:
             from gateway.commands import print_jwks
 
             return print_jwks(args.data_dir)
+        if args.hub_command in ("loop", "rules-check"):
+            from gateway.loop_commands import hub_loop, rules_check
+
+            return hub_loop(args.data_dir, as_json=args.json) if args.hub_command == "loop" else rules_check(args.file)
+        if args.hub_command == "linkage":
+            from gateway.linkage_commands import run_linkage
+
+            return run_linkage(args)
         if args.hub_command == "rotate-token-key":
             from gateway.commands import rotate_token_key
 
@@ -650,6 +731,7 @@ def _tls(args: argparse.Namespace) -> TlsMaterial:
 
 
 def _hub_serve(args: argparse.Namespace) -> int:
+    from gateway.domain.monitoring import load_rules
     from gateway.hub.federation import load_node_directory
     from gateway.hub.server import HubSettings, load_policy, serve_forever
 
@@ -669,6 +751,7 @@ def _hub_serve(args: argparse.Namespace) -> int:
         audit_origin=args.audit_origin,
         checkpoint_seconds=args.checkpoint_seconds,
         node_directory=load_node_directory(args.node_directory) if args.node_directory else None,
+        monitoring_rules=load_rules(args.monitoring_rules) if args.monitoring_rules else None,
     )
     asyncio.run(serve_forever(settings, port_file=args.port_file))
     return EXIT_OK

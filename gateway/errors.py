@@ -29,6 +29,7 @@ field, the record id and the position of a fault, not the value.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 __all__ = [
     "ConfigError",
@@ -73,6 +74,10 @@ class HutongError(Exception):
         self.metadata: dict[str, str] = dict(metadata or {})
         #: The full text as the server rendered it, for errors rebuilt from a gRPC status.
         self.rendered: str | None = None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Reason, field and record survive a trip between processes (adapters may run in their own).
+        return (_rebuild, (type(self), self.message, self.reason, self.field, self.record, self.metadata))
 
     def error_metadata(self) -> dict[str, str]:
         """All context as ``ErrorInfo.metadata``: field and record included."""
@@ -184,3 +189,14 @@ class StoreError(HutongError):
     """The store failed in a way the caller cannot fix."""
 
     default_reason = "STORE_ERROR"
+
+
+def _rebuild(
+    cls: type[HutongError],
+    message: str,
+    reason: str,
+    field: str | None,
+    record: str | None,
+    metadata: dict[str, str],
+) -> HutongError:
+    return cls(message, reason=reason, field=field, record=record, metadata=metadata)

@@ -28,7 +28,16 @@ __all__ = [
 ]
 
 #: Every scope a node can hold.
-SCOPES = ("records:write", "query:enrollment", "query:detail", "signals:write", "audit:read", "admin")
+SCOPES = (
+    "records:write",
+    "query:enrollment",
+    "query:detail",
+    "signals:write",
+    "audit:read",
+    "admin",
+    # Identity linkage's review queue: list, accept, reject, split, lineage (LinkageReviewService).
+    "linkage:review",
+)
 
 _PURPOSE_NAMES = {
     "eligibility-review": Purpose.ELIGIBILITY_REVIEW,

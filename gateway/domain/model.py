@@ -164,3 +164,5 @@ class Household:
     members: tuple[HouseholdMember, ...]
     monthly_income_per_member_fen: int
     content_hash: bytes = field(default=b"", compare=False)
+    #: The province did not assess the income (the amount above is then 0 and means nothing).
+    income_unknown: bool = False

@@ -5,6 +5,16 @@ A record from a province is checked field by field; the first rule it breaks bec
 store: its ID number becomes the person key, ID number and name are sealed, enrollments are
 packed. Preparation is pure CPU work and happens outside the store's transaction.
 
+The unverified-identity rule: a record must carry a valid ID number, unless its province flags
+it ``id_number_unverified`` (it cannot vouch for one: missing, mistyped, a legacy number that
+fails the date rules). Such a record may carry an empty or invalid number, but must carry a
+name, a birth date and a residence; its number is kept only sealed, and its person key is
+*provisional*, the keyed hash of province and record id (:func:`provisional_key_input`), never
+of the number, until identity linkage links it to a person. That holds even when the number
+passes the check: the linker's first rule still links it outright to the records holding the
+same valid number, but a number the province cannot vouch for never makes it that number's
+person by itself.
+
 Version rules (idempotent by province, record id, version):
 
 =====================================  =============
@@ -60,6 +70,7 @@ __all__ = [
     "decode_enrollments",
     "encode_enrollments",
     "pii_associated_data",
+    "provisional_key_input",
     "rejection_from_error",
     "unseal_pii",
 ]
@@ -68,6 +79,8 @@ MAX_ENROLLMENTS = 16
 MAX_HOUSEHOLD_MEMBERS = 32
 MAX_ITEM_ID_LENGTH = 64
 MAX_NAME_LENGTH = 64
+#: The longest ID number an unverified record may carry (kept sealed, read only by linkage).
+MAX_UNVERIFIED_ID_LENGTH = 32
 #: 100,000 yuan a month: far above any assistance standard, so anything larger is a unit error.
 MAX_MONTHLY_AMOUNT_FEN = 10_000_000
 #: How far in the future a province's clock may be before updated_at is refused.
@@ -150,6 +163,9 @@ class PreparedRecord(NamedTuple):
     #: Mask of programmes with an ACTIVE enrollment (``Program.bit``).
     active_programs: int
     updated_at_us: int
+    #: The province could not give a valid ID number: ``person_key`` is provisional and
+    #: ``birth_yyyymmdd`` is the stated birth date (see the module's unverified-identity rule).
+    identity_unverified: bool = False
 
 
 class PreparedHousehold(NamedTuple):
@@ -162,6 +178,7 @@ class PreparedHousehold(NamedTuple):
     content_hash: bytes
     residence_division: str
     members: str
+    #: -1 when the province did not assess it.
     monthly_income_per_member_fen: int
 
 
@@ -228,6 +245,15 @@ def decode_enrollments(blob: bytes) -> tuple[EnrollmentT, ...]:
     )
 
 
+def provisional_key_input(province_code: str, record_id: str) -> str:
+    """What the provisional person key of an unverified record hashes: its province and record id.
+
+    ASCII (the record id in hex) like every key input; the unit separator cannot occur in a
+    normalised ID number, so a provisional key never equals the key of a real number.
+    """
+    return f"provisional\x1f{province_code}\x1f{record_id.encode().hex()}"
+
+
 def pii_associated_data(province_code: str, record_id: str) -> bytes:
     """Associated data binding a sealed ID number and name to their row."""
     return f"{province_code}/{record_id}".encode()
@@ -275,13 +301,57 @@ class CheckedRecord(NamedTuple):
     errors: list[HutongError]
 
 
+def _check_unverified_number(raw: str, record: str, errors: list[HutongError]) -> None:
+    """What a flagged record's number must still be: short printable text (it is sealed, never parsed as ID)."""
+    if len(raw) > MAX_UNVERIFIED_ID_LENGTH or (raw and not raw.isprintable()):
+        errors.append(
+            InvalidRecord(
+                f"an unverified id_number must be at most {MAX_UNVERIFIED_ID_LENGTH} printable characters",
+                reason="ID_NUMBER_MALFORMED",
+                field="id_number",
+                record=record,
+            )
+        )
+
+
+def _check_unverified_birth(birth: dt.date | None, today: dt.date, record: str, errors: list[HutongError]) -> None:
+    """An unverified record's birth date is its identity's backbone: required and plausible."""
+    if birth is None:
+        errors.append(
+            InvalidRecord(
+                "birth_date is required when id_number_unverified is set",
+                reason="BIRTH_DATE_MISSING",
+                field="birth_date",
+                record=record,
+            )
+        )
+    elif not identity.EARLIEST_BIRTH <= birth <= today:
+        errors.append(
+            InvalidRecord(
+                f"birth_date must lie between {identity.EARLIEST_BIRTH.isoformat()} and today",
+                reason="DATE_IMPOSSIBLE",
+                field="birth_date",
+                record=record,
+            )
+        )
+
+
 def check_record(
-    record: PersonRecord, province_code: str, *, today: dt.date, now_us: int, index: int | None = None
+    record: PersonRecord,
+    province_code: str,
+    *,
+    today: dt.date,
+    now_us: int,
+    index: int | None = None,
+    id_number_unverified: bool = False,
 ) -> CheckedRecord:
     """Every rule ``record`` breaks for ``province_code``, each naming its field; the hub refuses on the first.
 
     The one definition of a valid record: the hub's preparation and the provinces' adapters both
-    call it, so a record an adapter accepts is one the hub accepts.
+    call it, so a record an adapter accepts is one the hub accepts. ``id_number_unverified`` is
+    the province's flag (see the module's unverified-identity rule): the number is then not
+    checked (empty or invalid is no error, nor a gender or birth date that disagrees with it), but
+    a birth date is required; ``id_number`` is None for such a record.
     """
     rid = record.record_id
     errors: list[HutongError] = []
@@ -295,11 +365,16 @@ def check_record(
             InvalidRecord("version must be at least 1", reason="VERSION_INVALID", field="version", record=rid)
         )
     id_number: identity.IdNumber | None = None
-    try:
-        id_number = identity.parse_id_number(record.id_number, today=today)
-    except HutongError as exc:
-        exc.record = rid
-        errors.append(exc)
+    if id_number_unverified:
+        # The province cannot vouch for the number, so nothing is checked against it either.
+        _check_unverified_number(record.id_number, rid, errors)
+        _check_unverified_birth(record.birth_date, today, rid, errors)
+    else:
+        try:
+            id_number = identity.parse_id_number(record.id_number, today=today)
+        except HutongError as exc:
+            exc.record = rid
+            errors.append(exc)
     try:
         _check_name(record.name, rid)
     except HutongError as exc:
@@ -499,11 +574,13 @@ class RecordPreparer:
         *,
         record_rejections: Sequence[Rejection] = (),
         household_rejections: Sequence[Rejection] = (),
+        unverified: frozenset[int] = frozenset(),
     ) -> PreparedBatch:
         """Prepare every item; each bad item becomes a rejection and the rest go on.
 
         ``None`` stands for an item already refused upstream (its rejection is passed in), so
-        indices keep pointing at the request's positions.
+        indices keep pointing at the request's positions. ``unverified`` holds the positions of
+        the records their province flagged ``id_number_unverified``.
         """
         now_us = time.time_ns() // 1000
         today = self._today or dt.date.today()
@@ -513,7 +590,11 @@ class RecordPreparer:
             if record is None:
                 continue
             try:
-                ok.append(self.prepare_record(index, province_code, record, today, now_us))
+                ok.append(
+                    self.prepare_record(
+                        index, province_code, record, today, now_us, id_number_unverified=index in unverified
+                    )
+                )
             except HutongError as exc:
                 bad.append(rejection_from_error(index, record.record_id, exc))
         ok_h: list[PreparedHousehold] = []
@@ -528,15 +609,25 @@ class RecordPreparer:
         return PreparedBatch(ok, bad, ok_h, bad_h, len(records), len(households))
 
     def prepare_record(
-        self, index: int, province_code: str, record: PersonRecord, today: dt.date, now_us: int
+        self,
+        index: int,
+        province_code: str,
+        record: PersonRecord,
+        today: dt.date,
+        now_us: int,
+        *,
+        id_number_unverified: bool = False,
     ) -> PreparedRecord:
         """Validate one record and prepare it; raises the first rule it breaks."""
-        checked = check_record(record, province_code, today=today, now_us=now_us, index=index)
+        checked = check_record(
+            record, province_code, today=today, now_us=now_us, index=index, id_number_unverified=id_number_unverified
+        )
         if checked.errors:
             raise checked.errors[0]
         id_number = checked.id_number
-        assert id_number is not None  # a record without errors has a valid ID number
         rid = record.record_id
+        if id_number is None:  # flagged unverified: linked by the linker, not keyed by the number
+            return self._prepare_unverified(index, province_code, record, checked.active_programs)
         resident = id_number.kind == identity.IdKind.RESIDENT
         gender = record.gender or (int(id_number.gender) if resident else 0)
         pii = f"{id_number.value}\x1f{record.name.strip()}".encode()
@@ -555,6 +646,32 @@ class RecordPreparer:
             enrollments=encode_enrollments(record.enrollments),
             active_programs=checked.active_programs,
             updated_at_us=record.updated_at_us,
+        )
+
+    def _prepare_unverified(
+        self, index: int, province_code: str, record: PersonRecord, active_programs: int
+    ) -> PreparedRecord:
+        """A flagged record without a valid number: provisional key, the number as sent kept sealed."""
+        rid = record.record_id
+        birth = record.birth_date
+        assert birth is not None  # check_record requires it of an unverified record
+        pii = f"{record.id_number.strip()}\x1f{record.name.strip()}".encode()
+        return PreparedRecord(
+            position=index,
+            record_id=rid,
+            version=record.version,
+            content_hash=record.content_hash,
+            person_key=self._keyer.person_key(provisional_key_input(province_code, rid)),
+            sealed_pii=self._sealer.seal(pii, pii_associated_data(province_code, rid)),
+            gender=record.gender,
+            birth_yyyymmdd=_yyyymmdd(birth),
+            hukou_division=record.hukou_division,
+            residence_division=record.residence_division,
+            household_id=record.household_id,
+            enrollments=encode_enrollments(record.enrollments),
+            active_programs=active_programs,
+            updated_at_us=record.updated_at_us,
+            identity_unverified=True,
         )
 
     def prepare_household(self, index: int, province_code: str, household: Household) -> PreparedHousehold:
@@ -589,6 +706,13 @@ class RecordPreparer:
                 field="monthly_income_per_member_fen",
                 record=hid,
             )
+        if household.income_unknown and household.monthly_income_per_member_fen:
+            raise InvalidRecord(
+                "an income is given although income_unknown is set",
+                reason="INCOME_CONTRADICTORY",
+                field="monthly_income_per_member_fen",
+                record=hid,
+            )
         return PreparedHousehold(
             position=index,
             household_id=hid,
@@ -596,5 +720,6 @@ class RecordPreparer:
             content_hash=household.content_hash,
             residence_division=household.residence_division,
             members="\n".join(lines),
-            monthly_income_per_member_fen=household.monthly_income_per_member_fen,
+            # Stored as -1 when not assessed: the wire never carries a negative income.
+            monthly_income_per_member_fen=-1 if household.income_unknown else household.monthly_income_per_member_fen,
         )

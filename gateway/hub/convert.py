@@ -105,6 +105,7 @@ def household_from_proto(pb: person_pb2.Household, digest: bytes) -> Household:
         members=tuple(HouseholdMember(m.record_id, m.relation) for m in pb.members),
         monthly_income_per_member_fen=pb.monthly_income_per_member_fen,
         content_hash=digest,
+        income_unknown=pb.income_unknown,
     )
 
 

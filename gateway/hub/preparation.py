@@ -6,6 +6,10 @@ bytes it arrived in, to a pool of worker processes; the event loop only moves by
 acknowledgements, and the store's writer thread commits. With ``workers=0`` preparation runs
 inline on the event loop (tests, tiny hubs).
 
+A record its province flags ``id_number_unverified`` is prepared under the unverified-identity
+rule of :mod:`gateway.domain.records` (a provisional person key); the store links it to a person
+within the batch's transaction (:mod:`gateway.store.sqlite_linkage`).
+
 The worker never raises across the process boundary: whatever goes wrong becomes a
 :class:`PreparedRequest` with a ``refusal``, so a malformed batch is refused inside the
 stream, never by breaking it.
@@ -87,9 +91,13 @@ def prepare_request(preparer: RecordPreparer, province_code: str, raw: bytes, ma
     records: list[PersonRecord | None] = []
     rejected: list[Rejection] = []
     hashes: list[bytes] = []
+    # Positions of the records whose province flagged their ID number unverified (identity linkage).
+    unverified: list[int] = []
     for index, pb in enumerate(request.records):
         digest = content_hash(pb)
         hashes.append(digest)
+        if pb.id_number_unverified:
+            unverified.append(index)
         try:
             records.append(record_from_proto(pb, digest))
         except errors.HutongError as exc:
@@ -100,7 +108,9 @@ def prepare_request(preparer: RecordPreparer, province_code: str, raw: bytes, ma
         digest = content_hash(hpb)
         hashes.append(digest)
         households.append(household_from_proto(hpb, digest))
-    batch = preparer.prepare_batch(province_code, records, households, record_rejections=rejected)
+    batch = preparer.prepare_batch(
+        province_code, records, households, record_rejections=rejected, unverified=frozenset(unverified)
+    )
     batch_digest = hashlib.sha256(f"{n_records}/{n_households}/".encode() + b"".join(hashes)).digest()
     return PreparedRequest(batch_id, batch_digest, batch)
 

@@ -12,7 +12,6 @@ import contextlib
 import gc
 import ipaddress
 import os
-import signal
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -27,26 +26,33 @@ from grpc_reflection.v1alpha import reflection
 
 from gateway.audit.archive import hash_function
 from gateway.domain.access import AccessPolicy
+from gateway.domain.linkage import LinkSettings
+from gateway.domain.monitoring import MonitoringRules
 from gateway.domain.protection import FieldSealer, PersonKeyer
 from gateway.errors import ConfigError
 from gateway.hub.audit import AuditKey, AuditRecorder, default_origin, log_hash_name
 from gateway.hub.audit_service import AuditServicer
 from gateway.hub.auth_service import AuthServicer
 from gateway.hub.federation import DetailFetcher, FederationSettings, NodeDirectory
-from gateway.hub.interceptors import Authenticator, Authorizer, HubInterceptor, LogContext
+from gateway.hub.interceptors import Authenticator, Authorizer, CallInfo, HubInterceptor, LogContext
 from gateway.hub.keys import load_or_create_keys
+from gateway.hub.linkage_service import LinkageReviewServicer, linkage_started
 from gateway.hub.loop_service import NotificationServicer, SignalServicer
 from gateway.hub.preparation import BatchPreparer
 from gateway.hub.query_service import AssistanceQueryServicer
 from gateway.hub.records_service import MAX_BATCH_ITEMS, RecordExchangeServicer, raw_sync_handler
 from gateway.hub.revocation import RevocationList
 from gateway.hub.tokens import TokenKeys, TokenService
+from gateway.serving import serve_until_signalled
 from gateway.store.sqlite import SqliteStore
+from gateway.store.sqlite_linkage import LinkageLedger
 from hutong.v1 import (
     audit_pb2,
     audit_pb2_grpc,
     auth_pb2,
     auth_pb2_grpc,
+    linkage_pb2,
+    linkage_pb2_grpc,
     notification_pb2,
     notification_pb2_grpc,
     query_pb2,
@@ -88,6 +94,11 @@ SCOPES_BY_METHOD = {
     "AcknowledgeEvents": "records:write",
     "ReportOutcome": "records:write",
     "SubmitSignals": "signals:write",
+    # Identity linkage's review queue and lineage (gateway.hub.linkage_service).
+    "ListReviewItems": "linkage:review",
+    "DecideReviewItem": "linkage:review",
+    "SplitLink": "linkage:review",
+    "GetLineage": "linkage:review",
 }
 _MAX_MESSAGE = 32 * 1024 * 1024
 _STATUS_FLUSH_SECONDS = 0.2
@@ -98,6 +109,7 @@ _SERVICES = (
     audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
     notification_pb2.DESCRIPTOR.services_by_name["NotificationService"].full_name,
     signal_pb2.DESCRIPTOR.services_by_name["SignalService"].full_name,
+    linkage_pb2.DESCRIPTOR.services_by_name["LinkageReviewService"].full_name,
 )
 
 
@@ -152,6 +164,13 @@ class HubSettings:
     federation: FederationSettings = field(default_factory=FederationSettings)
     #: Seconds between looks for events past their respond_by time (escalated as OVERDUE).
     escalate_seconds: float = 60.0
+    #: Monitoring rules evaluated on households as they change (``--monitoring-rules``); None: none.
+    monitoring_rules: MonitoringRules | None = None
+    #: Identity linkage's thresholds: link at or above ``link_threshold`` (0.99), review from
+    #: ``review_threshold`` (0.5).
+    linkage: LinkSettings = field(default_factory=LinkSettings)
+    #: A hub without a linkage model trains one at start from this many live records; below, the bootstrap model.
+    linkage_train_min_records: int = 10_000
 
 
 def _is_loopback(host: str) -> bool:
@@ -219,7 +238,12 @@ class HubServer:
         await self.store.open()
         self.audit = AuditRecorder(self.store, audit_key, tree_hash, checkpoint_seconds=s.checkpoint_seconds)
         await self.audit.start()
+        if s.monitoring_rules is not None:
+            await self._load_rules(s.monitoring_rules)
         keyer = PersonKeyer(keys.person_key_secret, suite=keys.suite)
+        # Identity linkage: the model and the warm index, before the first batch (README, "Identity linkage").
+        ledger = LinkageLedger(keyer, FieldSealer(keys), s.linkage, train_min_records=s.linkage_train_min_records)
+        await linkage_started(await self.store.open_linkage(ledger), self.audit)
         workers = s.prepare_workers if s.prepare_workers >= 0 else (os.cpu_count() or 2)
         self._preparer = BatchPreparer(keys, workers=workers, max_items=s.max_batch_items)
         await asyncio.get_running_loop().run_in_executor(None, self._preparer.warm_up)
@@ -279,6 +303,9 @@ class HubServer:
             server, signal_pb2_grpc.add_SignalServiceServicer_to_server, SignalServicer(self.store, keyer, sealer)
         )
         chain.register(server, auth_pb2_grpc.add_AuthServiceServicer_to_server, AuthServicer(self.tokens, policy))
+        chain.register(
+            server, linkage_pb2_grpc.add_LinkageReviewServiceServicer_to_server, LinkageReviewServicer(self.store)
+        )
         chain.register(
             server, audit_pb2_grpc.add_AuditServiceServicer_to_server, AuditServicer(self.store, self.audit, binding)
         )
@@ -358,6 +385,24 @@ class HubServer:
             await self.store.close()
         log.info("hub_stopped")
 
+    async def _load_rules(self, rules: MonitoringRules) -> None:
+        """Run with these rules; a set the hub has not run with before is an entry in the exchange log."""
+        assert self.store is not None
+        assert self.audit is not None
+        self.store.loop.rules = rules
+        canonical = rules.canonical()
+        if await self.store.record_monitoring_rules(rules.digest, canonical):
+            call = CallInfo(
+                method="LoadMonitoringRules",
+                request_id=rules.digest.hex()[:32],
+                started=time.perf_counter(),
+                full_method="/hutong.hub.Operator/LoadMonitoringRules",
+                subject="hub-operator",
+                counts={"rules": len(rules.rules)},
+            )
+            await self.audit.record(call, canonical.encode(), None)
+            log.info("monitoring_rules_changed", digest=rules.digest.hex(), rules=len(rules.rules))
+
     async def _escalate_overdue(self, every: float) -> None:
         """Now and then: events past their respond_by without an outcome become OVERDUE notices."""
         assert self.store is not None
@@ -399,14 +444,4 @@ def load_policy(path: Path) -> AccessPolicy:
 async def serve_forever(settings: HubSettings, *, port_file: Path | None = None) -> None:
     """Run a hub until SIGTERM or SIGINT, then drain and stop."""
     hub = HubServer(settings)
-    port = await hub.start()
-    if port_file is not None:
-        tmp = port_file.with_suffix(".tmp")
-        tmp.write_text(f"{port}\n", encoding="utf-8")
-        tmp.replace(port_file)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await hub.stop()
+    await serve_until_signalled(hub.start, hub.stop, port_file=port_file)

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import hashlib
 import json
 import shutil
 import signal
@@ -18,10 +19,11 @@ from rich.progress import Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from gateway import errors
-from gateway.client import HubClient
+from gateway.client import RetryConfig
 from gateway.node.config import NodeConfig, load_node_config
 from gateway.node.outbox import Outbox
 from gateway.node.sync import SyncProgress, SyncReport, retryable, sync_files
+from hutong.v1 import notification_pb2
 from pki import load_certificate
 
 __all__ = ["node_status", "run_node", "watch_drop_dir"]
@@ -30,15 +32,49 @@ EXIT_OK, EXIT_REJECTS, EXIT_UNAVAILABLE = 0, 4, 5
 
 
 def run_node(args: argparse.Namespace) -> int:
-    """Dispatch ``hutong node sync|status``."""
+    """Dispatch ``hutong node sync|status|inbox|report``."""
     config = load_node_config(args.config)
     if args.node_command == "status":
         return asyncio.run(node_status(config, ask_hub=args.hub, as_json=args.json))
+    if args.node_command == "inbox":
+        return asyncio.run(_inbox(config, once=args.once))
+    if args.node_command == "report":
+        return asyncio.run(_report(config, args.event_id, args.outcome, args.reason))
     if args.watch:
         if args.files:
             raise errors.ConfigError("--watch takes its files from sync.drop_dir, not the command line", field="files")
         return asyncio.run(watch_drop_dir(config, allow_mass_retire=args.allow_mass_retire))
     return asyncio.run(_sync_once(config, [Path(f) for f in args.files], allow_mass_retire=args.allow_mass_retire))
+
+
+async def _inbox(config: NodeConfig, *, once: bool) -> int:
+    from gateway.node.inbox import run_inbox
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    delivered = await run_inbox(config, stop=stop, idle_exit=2.0 if once else 0.0)
+    Console(stderr=True).print(f"delivered {delivered:,} events")
+    return EXIT_OK
+
+
+_OUTCOMES = {
+    "assisted": notification_pb2.EVENT_OUTCOME_ASSISTED,
+    "not-eligible": notification_pb2.EVENT_OUTCOME_NOT_ELIGIBLE,
+    "already-handled": notification_pb2.EVENT_OUTCOME_ALREADY_HANDLED,
+}
+
+
+async def _report(config: NodeConfig, event_id: str, outcome: str, reason: str) -> int:
+    # The same report (event, outcome, reason) always has the same request id: repeating it is safe.
+    request_id = "report-" + hashlib.sha256(f"{event_id}\n{outcome}\n{reason}".encode()).hexdigest()[:32]
+    async with config.hub_client(RetryConfig()) as client:
+        result = await client.report_outcome(request_id, event_id, _OUTCOMES[outcome], reason)
+    state = "closed" if result.closed else "recorded; other provinces have yet to report"
+    print(f"{event_id}: {outcome} {state}{' (already reported)' if result.replayed else ''}")
+    return EXIT_OK
 
 
 async def _sync_once(config: NodeConfig, files: list[Path], *, allow_mass_retire: bool) -> int:
@@ -208,12 +244,7 @@ async def node_status(config: NodeConfig, *, ask_hub: bool = False, as_json: boo
         "certificate_days_left": round(days_left, 1),
     }
     if ask_hub:
-        async with HubClient(
-            config.hub.address,
-            tls=config.hub.tls(),
-            server_name=config.hub.server_name or None,
-            scopes=config.hub.scopes,
-        ) as client:
+        async with config.hub_client(RetryConfig()) as client:
             state = await client.get_sync_state()
         out["hub"] = {
             "province": state.province_code,

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.client import RetryConfig
+from gateway.client import HubClient, RetryConfig
 from gateway.errors import ConfigError
 from pki import TlsMaterial
 
@@ -111,6 +111,16 @@ class NodeConfig:
     sync: SyncSettings
     serve: ServeSettings
     inbox: InboxSettings = field(default_factory=InboxSettings)
+
+    def hub_client(self, retry: RetryConfig | None = None) -> HubClient:
+        """A client of the hub as this node: its certificate, its scopes, the sync's retries unless given others."""
+        return HubClient(
+            self.hub.address,
+            tls=self.hub.tls(),
+            server_name=self.hub.server_name or None,
+            retry=self.sync.retry if retry is None else retry,
+            scopes=self.hub.scopes,
+        )
 
     @property
     def outbox_path(self) -> Path:

@@ -228,13 +228,7 @@ async def run_inbox(
     inbox = Inbox(config.inbox_path)
     own = client is None
     if client is None:
-        client = HubClient(
-            config.hub.address,
-            tls=config.hub.tls(),
-            server_name=config.hub.server_name or None,
-            retry=config.sync.retry,
-            scopes=config.hub.scopes,
-        )
+        client = config.hub_client()
     delivered = 0
     try:
         async with aiohttp.ClientSession() as session:

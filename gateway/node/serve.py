@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -55,6 +54,7 @@ from gateway.hub.interceptors import CallInfo, HubInterceptor, LogContext, curre
 from gateway.hub.revocation import RevocationList
 from gateway.hub.tokens import certificate_thumbprint
 from gateway.node.config import load_node_config
+from gateway.serving import serve_until_signalled
 from gateway.store.base import NodeRef
 from gateway.store.sqlite import SqliteStore
 from hutong.v1 import node_pb2, node_pb2_grpc
@@ -392,17 +392,7 @@ class NodeServer:
 async def serve_forever(settings: NodeServerSettings, source: DetailSource, *, port_file: Path | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then drain and stop."""
     server = NodeServer(settings, source)
-    port = await server.start()
-    if port_file is not None:
-        tmp = port_file.with_suffix(".tmp")
-        tmp.write_text(f"{port}\n", encoding="utf-8")
-        tmp.replace(port_file)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await server.stop()
+    await serve_until_signalled(server.start, server.stop, port_file=port_file)
 
 
 def serve_command(config_path: Path, *, port_file: Path | None) -> int:

@@ -62,6 +62,7 @@ def household_to_proto(household: Household) -> person_pb2.Household:
         version=household.version,
         residence_division=household.residence_division,
         monthly_income_per_member_fen=household.monthly_income_per_member_fen,
+        income_unknown=household.income_unknown,
     )
     for m in household.members:
         pb.members.add(record_id=m.record_id, relation=m.relation)

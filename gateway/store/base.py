@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from gateway.audit import AuditEntry
 from gateway.domain.model import Outcome, Program
@@ -22,9 +22,17 @@ __all__ = [
     "Finding",
     "HeldEnrollments",
     "HubStats",
+    "LineageEventView",
+    "LineageView",
+    "LinkView",
     "NodeRef",
+    "PersonKeyChange",
+    "RecordKey",
     "RetireAck",
     "Retirement",
+    "ReviewDecisionResult",
+    "ReviewView",
+    "SplitResult",
     "Store",
     "SyncState",
     "decode_rejections",
@@ -235,3 +243,125 @@ class Store(Protocol):
 
     async def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
         """RFC 9162 consistency proof; TreeRangeInvalid beyond the committed log."""
+
+    # -- identity linkage (gateway.store.sqlite_linkage): review queue, splits, lineage --------
+
+    async def review_items(self, *, province_code: str, state: int, after: int, limit: int) -> list[ReviewView]:
+        """Review items with an id above ``after``, oldest first; ``province_code``/``state`` filter when set."""
+
+    async def decide_review(
+        self, node: NodeRef, request_id: str, review_id: int, accept: bool, reason: str
+    ) -> ReviewDecisionResult:
+        """Accept or reject an open review item as ``node``; idempotent by request_id.
+
+        Tells both records' provinces (EVENT_KIND_REVIEW_DECISION) in the same transaction.
+        """
+
+    async def split_link(
+        self, node: NodeRef, request_id: str, record: RecordKey, other: RecordKey, reason: str
+    ) -> SplitResult:
+        """Undo the link between two records as ``node``; idempotent by request_id."""
+
+    async def lineage(self, record: RecordKey) -> LineageView | None:
+        """One record's person, its cluster's links and lineage events; None when the hub holds no such record."""
+
+
+#: A record as linkage names it: (province code, record id).
+RecordKey = tuple[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewView:
+    """One review item as stored."""
+
+    review_id: int
+    #: hutong.v1.ReviewState: 1 open, 2 accepted, 3 rejected.
+    state: int
+    #: The record whose arrival raised it.
+    record: RecordKey
+    other_record: RecordKey
+    #: ``LinkDecision.as_dict()``: the score and every comparison's level and weight.
+    decision: Mapping[str, Any]
+    model_version: int
+    created_at_us: int
+    decided_at_us: int = 0
+    decided_by: str = ""
+    reason: str = ""
+    #: The person keys the two records hold now (record, other record); empty for a record gone.
+    person_keys: tuple[bytes, bytes] = (b"", b"")
+
+
+@dataclass(frozen=True, slots=True)
+class LinkView:
+    """One link between two records, holding or undone."""
+
+    record: RecordKey
+    other_record: RecordKey
+    decision: Mapping[str, Any]
+    model_version: int
+    #: ``linker`` or the reviewer's node URI.
+    made_by: str
+    created_at_us: int
+    #: 0 while the link holds.
+    ended_at_us: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PersonKeyChange:
+    """A record re-keyed by a linkage event."""
+
+    record: RecordKey
+    before: bytes
+    after: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class LineageEventView:
+    """One lineage event as stored."""
+
+    seq: int
+    #: hutong.v1.LineageEventKind: 1 linked, 2 review accepted, 3 review rejected, 4 split, 5 detached.
+    kind: int
+    records: tuple[RecordKey, ...]
+    #: The scored pair behind it (``LinkDecision.as_dict()``); None for a detach.
+    decision: Mapping[str, Any] | None
+    model_version: int
+    actor: str
+    reason: str
+    at_us: int
+    rekeyed: tuple[PersonKeyChange, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class LineageView:
+    """One record's person, the links of its cluster and the events that touched it."""
+
+    record: RecordKey
+    person_key: bytes
+    unverified: bool
+    #: Every live record held under ``person_key``.
+    person_records: tuple[RecordKey, ...]
+    links: tuple[LinkView, ...]
+    events: tuple[LineageEventView, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewDecisionResult:
+    """What a review decision did."""
+
+    review: ReviewView
+    #: The person keys of the item's two records after the decision (record, other record).
+    person_keys: tuple[bytes, bytes]
+    replayed: bool
+    #: Every person key the decision touched (before and after), for the audit entry.
+    touched: tuple[bytes, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SplitResult:
+    """What a split did."""
+
+    event: LineageEventView
+    person_keys: tuple[bytes, bytes]
+    replayed: bool
+    touched: tuple[bytes, ...] = ()

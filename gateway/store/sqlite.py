@@ -45,8 +45,13 @@ from gateway.store.base import (
     Finding,
     HeldEnrollments,
     HubStats,
+    LineageView,
     NodeRef,
+    RecordKey,
     RetireAck,
+    ReviewDecisionResult,
+    ReviewView,
+    SplitResult,
     SyncState,
     decode_rejections,
     encode_rejections,
@@ -59,6 +64,7 @@ from gateway.store.sqlite_audit import (
     stored_tree,
     subtree_hash,
 )
+from gateway.store.sqlite_linkage import LinkageLedger, LinkageStatus
 from gateway.store.sqlite_loop import LoopEvent, LoopLedger, PreparedSignal, ProvinceLoop, ReportResult, SignalOutcome
 
 __all__ = ["SqliteStore"]
@@ -72,6 +78,7 @@ _Job = tuple[Any, tuple[Any, ...], asyncio.AbstractEventLoop, "asyncio.Future[An
 _MAX_GROUP = 16
 _EXCLUSIVE_MASK = sum(p.bit for p in EXCLUSIVE_PROGRAMS)
 _REJECTED = int(Outcome.REJECTED)
+_WRITTEN = (int(Outcome.CREATED), int(Outcome.UPDATED))
 
 
 def _now_us() -> int:
@@ -418,6 +425,9 @@ class SqliteStore:
             con.executemany(_INSERT_RECORD, created)
         if updated:
             con.executemany(_UPSERT_RECORD, updated)
+        if self.linkage is not None:
+            # Identity linkage: unverified records are linked (and re-keyed) before findings are refreshed.
+            touched |= self.linkage.link_batch(con, self._ledger, node, batch_id, batch.records, outcomes, now)
         if touched:
             self._refresh_findings(con, province, touched, now)
         if elsewhere:
@@ -426,6 +436,12 @@ class SqliteStore:
         h_outcomes = bytearray([_REJECTED]) * batch.household_count
         h_rejections = list(batch.household_rejections)
         self._apply_households(con, province, batch, h_outcomes, h_rejections, now)
+        if self.loop.rules is not None:
+            # Monitoring rules look at households whose income or members' enrollments just changed.
+            changed = {row[10] for row in (*created, *updated) if row[10]}
+            changed.update(h.household_id for h in batch.households if h_outcomes[h.position] in _WRITTEN)
+            if changed:
+                self.loop.monitor(con, province, sorted(changed), now)
 
         rejections.sort(key=lambda x: x.index)
         h_rejections.sort(key=lambda x: x.index)
@@ -763,19 +779,9 @@ class SqliteStore:
     ) -> ReportResult | None:
         province = node.province_code
         digest = hashlib.sha256(f"{event_id}\n{outcome}\n{reason}".encode()).digest()
-        row = con.execute(
-            "SELECT digest, response FROM requests WHERE province=? AND node=? AND request_id=?",
-            (province, node.node_name, request_id),
-        ).fetchone()
-        if row is not None:
-            if row[0] != digest:
-                raise FailedPrecondition(
-                    "this request_id was already used for a different report; use a new request_id",
-                    reason="REQUEST_ID_REUSED",
-                    field="request_id",
-                )
-            at, _, closed = row[1].partition("\n")
-            return ReportResult(int(at), True, closed == "1")
+        earlier = self._replayed(con, node, request_id, digest)
+        if earlier is not None:
+            return ReportResult(int(earlier["recorded_at_us"]), True, bool(earlier["closed"]))
         held = self.loop.event(con, event_id)
         if held is None or held[0] != province:
             return None
@@ -792,7 +798,7 @@ class SqliteStore:
             "INSERT INTO requests VALUES (?,?,?,?,?,?,?)",
             (
                 province, node.node_name, request_id, "ReportOutcome", digest,
-                f"{result.recorded_at_us}\n{int(result.closed)}", result.recorded_at_us,
+                json.dumps({"recorded_at_us": result.recorded_at_us, "closed": result.closed}), result.recorded_at_us,
             ),
         )  # fmt: skip
         return result
@@ -809,20 +815,10 @@ class SqliteStore:
     def _submit_signals(
         self, con: sqlite3.Connection, node: NodeRef, request_id: str, digest: bytes, signals: Sequence[PreparedSignal]
     ) -> tuple[list[SignalOutcome], bool]:
-        row = con.execute(
-            "SELECT digest, response FROM requests WHERE province=? AND node=? AND request_id=?",
-            (node.province_code, node.node_name, request_id),
-        ).fetchone()
-        if row is not None:
-            if row[0] != digest:
-                raise FailedPrecondition(
-                    "this request_id was already used for other signals; use a new request_id",
-                    reason="REQUEST_ID_REUSED",
-                    field="request_id",
-                )
+        earlier = self._replayed(con, node, request_id, digest)
+        if earlier is not None:
             return [
-                SignalOutcome(o["index"], o["signal_id"], tuple(o["provinces"]), o["matched"])
-                for o in json.loads(row[1])
+                SignalOutcome(o["index"], o["signal_id"], tuple(o["provinces"]), o["matched"]) for o in earlier
             ], True
         now = _now_us()
         outcomes = self.loop.submit_signals(con, node.uri, signals, now)
@@ -978,3 +974,104 @@ class SqliteStore:
             return consistency_path(old_size, new_size, lambda a, b: subtree_hash(con, a, b, hash_fn))
 
         return await self._audit_read(prove)
+
+    # -- identity linkage (gateway.store.sqlite_linkage) -----------------------------------------
+
+    #: The warm linkage index and its tables; None until :meth:`open_linkage` (batches are not linked).
+    linkage: LinkageLedger | None = None
+
+    async def open_linkage(self, ledger: LinkageLedger) -> LinkageStatus:
+        """Load (or train, or bootstrap) the linkage model and build the index; batches are linked from now on."""
+        status: LinkageStatus = await self._write(lambda con: ledger.open(con, _now_us()))
+        self.linkage = ledger
+        return status
+
+    def _linkage(self) -> LinkageLedger:
+        if self.linkage is None:
+            raise StoreError("identity linkage is not open on this store", reason="LINKAGE_CLOSED")
+        return self.linkage
+
+    async def review_items(self, *, province_code: str, state: int, after: int, limit: int) -> list[ReviewView]:
+        """Review items with an id above ``after``, oldest first; ``province_code``/``state`` filter when set."""
+        return LinkageLedger.review_items(self._r, province=province_code, state=state, after=after, limit=limit)
+
+    def _replayed(self, con: sqlite3.Connection, node: NodeRef, request_id: str, digest: bytes) -> Any:
+        """The stored response of an earlier call with this request_id (None if there was none)."""
+        row = con.execute(
+            "SELECT digest, response FROM requests WHERE province=? AND node=? AND request_id=?",
+            (node.province_code, node.node_name, request_id),
+        ).fetchone()
+        if row is None:
+            return None
+        if row[0] != digest:
+            raise FailedPrecondition(
+                "this request_id was already used for a different request; use a new request_id",
+                reason="REQUEST_ID_REUSED",
+                field="request_id",
+            )
+        return json.loads(row[1])
+
+    async def decide_review(
+        self, node: NodeRef, request_id: str, review_id: int, accept: bool, reason: str
+    ) -> ReviewDecisionResult:
+        """Accept or reject an open review item as ``node``; idempotent by request_id."""
+        result: ReviewDecisionResult = await self._write(
+            self._decide_review, node, request_id, review_id, accept, reason
+        )
+        return result
+
+    def _decide_review(
+        self, con: sqlite3.Connection, node: NodeRef, request_id: str, review_id: int, accept: bool, reason: str
+    ) -> ReviewDecisionResult:
+        linkage = self._linkage()
+        digest = hashlib.sha256(f"DecideReviewItem\n{review_id}\n{int(accept)}\n{reason}".encode()).digest()
+        replay = self._replayed(con, node, request_id, digest)
+        if replay is None:
+            now = _now_us()
+            keys, touched = linkage.decide(con, self.loop, node, review_id, accept, reason, now)
+            self._refresh_findings(con, "", touched, now)
+            replay = {"person_keys": [k.hex() for k in keys], "touched": sorted(k.hex() for k in touched)}
+            con.execute(
+                "INSERT INTO requests VALUES (?,?,?,?,?,?,?)",
+                (node.province_code, node.node_name, request_id, "DecideReviewItem", digest, json.dumps(replay), now),
+            )
+            replayed = False
+        else:
+            replayed = True
+        review = LinkageLedger.review(con, review_id)
+        assert review is not None
+        a, b = (bytes.fromhex(k) for k in replay["person_keys"])
+        return ReviewDecisionResult(review, (a, b), replayed, tuple(bytes.fromhex(k) for k in replay["touched"]))
+
+    async def split_link(
+        self, node: NodeRef, request_id: str, record: RecordKey, other: RecordKey, reason: str
+    ) -> SplitResult:
+        """Undo the link between two records as ``node``; idempotent by request_id."""
+        result: SplitResult = await self._write(self._split_link, node, request_id, record, other, reason)
+        return result
+
+    def _split_link(
+        self, con: sqlite3.Connection, node: NodeRef, request_id: str, record: RecordKey, other: RecordKey, reason: str
+    ) -> SplitResult:
+        linkage = self._linkage()
+        a, b = "/".join(record), "/".join(other)
+        digest = hashlib.sha256(f"SplitLink\n{a}\n{b}\n{reason}".encode()).digest()
+        replay = self._replayed(con, node, request_id, digest)
+        replayed = replay is not None
+        if replay is None:
+            now = _now_us()
+            seq, keys, touched = linkage.split(con, self.loop, node, a, b, reason, now)
+            self._refresh_findings(con, "", touched, now)
+            replay = {"seq": seq, "person_keys": [k.hex() for k in keys], "touched": sorted(k.hex() for k in touched)}
+            con.execute(
+                "INSERT INTO requests VALUES (?,?,?,?,?,?,?)",
+                (node.province_code, node.node_name, request_id, "SplitLink", digest, json.dumps(replay), now),
+            )
+        event = LinkageLedger.event(con, replay["seq"])
+        assert event is not None
+        x, y = (bytes.fromhex(k) for k in replay["person_keys"])
+        return SplitResult(event, (x, y), replayed, tuple(bytes.fromhex(k) for k in replay["touched"]))
+
+    async def lineage(self, record: RecordKey) -> LineageView | None:
+        """One record's person, its cluster's links and lineage events; None when the hub holds no such record."""
+        return LinkageLedger.lineage(self._r, record)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.domain.divisions import province_of
+from gateway.domain.monitoring import HouseholdFacts, MonitoringRules
 from gateway.errors import InvalidDivision
 
 __all__ = [
@@ -141,6 +142,8 @@ class LoopLedger:
 
     def __init__(self, deadlines: Deadlines | None = None) -> None:
         self.deadlines = deadlines or Deadlines()
+        #: The monitoring rules the hub runs with (None: no rules, nothing is evaluated).
+        self.rules: MonitoringRules | None = None
 
     # -- raising events (inside the cause's transaction) ---------------------------------------
 
@@ -345,6 +348,56 @@ class LoopLedger:
             fields={"ruleId": rule_id, "householdId": household_id, "recordIds": list(record_ids), "summary": summary},
             now=now,
         )
+
+    def monitor(self, con: sqlite3.Connection, province: str, household_ids: Sequence[str], now: int) -> None:
+        """Evaluate the rules on these households of ``province``, as they stand in this transaction."""
+        rules = self.rules
+        if rules is None:
+            return
+        for start in range(0, len(household_ids), 500):
+            chunk = list(household_ids[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            members: dict[str, list[tuple[str, int]]] = {}
+            for hid, rid, active in con.execute(
+                "SELECT household_id, record_id, active_programs FROM records"
+                f" WHERE province=? AND household_id IN ({marks}) AND retired_reason=0",
+                (province, *chunk),
+            ):
+                members.setdefault(hid, []).append((rid, active))
+            for hid, residence, income in con.execute(
+                "SELECT household_id, residence_division, income_fen FROM households"
+                f" WHERE province=? AND household_id IN ({marks})",
+                (province, *chunk),
+            ):
+                held = members.get(hid, [])
+                if not held:
+                    continue  # no live member: nobody to help
+                mask = 0
+                for _, active in held:
+                    mask |= active
+                facts = HouseholdFacts(
+                    province=province,
+                    household_id=hid,
+                    residence_division=residence,
+                    income_per_member_fen=income,
+                    active_programs=mask,
+                    members=len(held),
+                    record_ids=tuple(sorted(rid for rid, _ in held)),
+                )
+                matched = {rule.id: why for rule, why in rules.evaluate(facts)}
+                for rule in rules.rules:
+                    if rule.id in matched:
+                        self.monitoring_hit(
+                            con,
+                            rule_id=rule.id,
+                            province=province,
+                            household_id=hid,
+                            record_ids=facts.record_ids,
+                            summary=matched[rule.id],
+                            now=now,
+                        )
+                    else:
+                        self.monitoring_cleared(con, rule.id, province, hid)
 
     @staticmethod
     def monitoring_cleared(con: sqlite3.Connection, rule_id: str, province: str, household_id: str) -> None:

@@ -25,33 +25,33 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16hutong/v1/person.proto\x12\thutong.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"0\n\x04\x44\x61te\x12\x0c\n\x04year\x18\x01 \x01(\x05\x12\r\n\x05month\x18\x02 \x01(\x05\x12\x0b\n\x03\x64\x61y\x18\x03 \x01(\x05\"\xdd\x01\n\nEnrollment\x12#\n\x07program\x18\x01 \x01(\x0e\x32\x12.hutong.v1.Program\x12+\n\x06status\x18\x02 \x01(\x0e\x32\x1b.hutong.v1.EnrollmentStatus\x12#\n\nstart_date\x18\x03 \x01(\x0b\x32\x0f.hutong.v1.Date\x12!\n\x08\x65nd_date\x18\x04 \x01(\x0b\x32\x0f.hutong.v1.Date\x12\x1a\n\x12monthly_amount_fen\x18\x05 \x01(\x03\x12\x19\n\x11granting_division\x18\x06 \x01(\t\"\xc1\x02\n\x0cPersonRecord\x12\x11\n\trecord_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x11\n\tid_number\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12!\n\x06gender\x18\x05 \x01(\x0e\x32\x11.hutong.v1.Gender\x12#\n\nbirth_date\x18\x06 \x01(\x0b\x32\x0f.hutong.v1.Date\x12\x16\n\x0ehukou_division\x18\x07 \x01(\t\x12\x1a\n\x12residence_division\x18\x08 \x01(\t\x12\x14\n\x0chousehold_id\x18\t \x01(\t\x12*\n\x0b\x65nrollments\x18\n \x03(\x0b\x32\x15.hutong.v1.Enrollment\x12.\n\nupdated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"T\n\x0fHouseholdMember\x12\x11\n\trecord_id\x18\x01 \x01(\t\x12.\n\x08relation\x18\x02 \x01(\x0e\x32\x1c.hutong.v1.HouseholdRelation\"\xa2\x01\n\tHousehold\x12\x14\n\x0chousehold_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x1a\n\x12residence_division\x18\x03 \x01(\t\x12+\n\x07members\x18\x04 \x03(\x0b\x32\x1a.hutong.v1.HouseholdMember\x12%\n\x1dmonthly_income_per_member_fen\x18\x05 \x01(\x03\"i\n\tRejection\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\r\n\x05\x66ield\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x0c\n\x04\x63ode\x18\x06 \x01(\x05*D\n\x06Gender\x12\x16\n\x12GENDER_UNSPECIFIED\x10\x00\x12\x0f\n\x0bGENDER_MALE\x10\x01\x12\x11\n\rGENDER_FEMALE\x10\x02*\x88\x02\n\x07Program\x12\x17\n\x13PROGRAM_UNSPECIFIED\x10\x00\x12\x11\n\rPROGRAM_DIBAO\x10\x01\x12\x1b\n\x17PROGRAM_EXTREME_POVERTY\x10\x02\x12\x1a\n\x16PROGRAM_DIBAO_MARGINAL\x10\x03\x12\x1d\n\x19PROGRAM_RIGID_EXPENDITURE\x10\x04\x12 \n\x1cPROGRAM_TEMPORARY_ASSISTANCE\x10\x05\x12\x13\n\x0fPROGRAM_MEDICAL\x10\x06\x12\x15\n\x11PROGRAM_EDUCATION\x10\x07\x12\x13\n\x0fPROGRAM_HOUSING\x10\x08\x12\x16\n\x12PROGRAM_EMPLOYMENT\x10\t*\xb2\x01\n\x10\x45nrollmentStatus\x12!\n\x1d\x45NROLLMENT_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x45NROLLMENT_STATUS_ACTIVE\x10\x01\x12\x1f\n\x1b\x45NROLLMENT_STATUS_SUSPENDED\x10\x02\x12\x1c\n\x18\x45NROLLMENT_STATUS_EXITED\x10\x03\x12\x1e\n\x1a\x45NROLLMENT_STATUS_DECEASED\x10\x04*\xba\x01\n\x07Purpose\x12\x17\n\x13PURPOSE_UNSPECIFIED\x10\x00\x12\x1e\n\x1aPURPOSE_ELIGIBILITY_REVIEW\x10\x01\x12\x1b\n\x17PURPOSE_DUPLICATE_CHECK\x10\x02\x12$\n PURPOSE_CROSS_REGION_APPLICATION\x10\x03\x12 \n\x1cPURPOSE_MONITORING_FOLLOW_UP\x10\x04\x12\x11\n\rPURPOSE_AUDIT\x10\x05*\xf1\x01\n\x11HouseholdRelation\x12\"\n\x1eHOUSEHOLD_RELATION_UNSPECIFIED\x10\x00\x12\x1b\n\x17HOUSEHOLD_RELATION_HEAD\x10\x01\x12\x1d\n\x19HOUSEHOLD_RELATION_SPOUSE\x10\x02\x12\x1c\n\x18HOUSEHOLD_RELATION_CHILD\x10\x03\x12\x1d\n\x19HOUSEHOLD_RELATION_PARENT\x10\x04\x12!\n\x1dHOUSEHOLD_RELATION_GRANDCHILD\x10\x05\x12\x1c\n\x18HOUSEHOLD_RELATION_OTHER\x10\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16hutong/v1/person.proto\x12\thutong.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"0\n\x04\x44\x61te\x12\x0c\n\x04year\x18\x01 \x01(\x05\x12\r\n\x05month\x18\x02 \x01(\x05\x12\x0b\n\x03\x64\x61y\x18\x03 \x01(\x05\"\xdd\x01\n\nEnrollment\x12#\n\x07program\x18\x01 \x01(\x0e\x32\x12.hutong.v1.Program\x12+\n\x06status\x18\x02 \x01(\x0e\x32\x1b.hutong.v1.EnrollmentStatus\x12#\n\nstart_date\x18\x03 \x01(\x0b\x32\x0f.hutong.v1.Date\x12!\n\x08\x65nd_date\x18\x04 \x01(\x0b\x32\x0f.hutong.v1.Date\x12\x1a\n\x12monthly_amount_fen\x18\x05 \x01(\x03\x12\x19\n\x11granting_division\x18\x06 \x01(\t\"\xdf\x02\n\x0cPersonRecord\x12\x11\n\trecord_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x11\n\tid_number\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12!\n\x06gender\x18\x05 \x01(\x0e\x32\x11.hutong.v1.Gender\x12#\n\nbirth_date\x18\x06 \x01(\x0b\x32\x0f.hutong.v1.Date\x12\x16\n\x0ehukou_division\x18\x07 \x01(\t\x12\x1a\n\x12residence_division\x18\x08 \x01(\t\x12\x14\n\x0chousehold_id\x18\t \x01(\t\x12*\n\x0b\x65nrollments\x18\n \x03(\x0b\x32\x15.hutong.v1.Enrollment\x12.\n\nupdated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x14id_number_unverified\x18\x0c \x01(\x08\"T\n\x0fHouseholdMember\x12\x11\n\trecord_id\x18\x01 \x01(\t\x12.\n\x08relation\x18\x02 \x01(\x0e\x32\x1c.hutong.v1.HouseholdRelation\"\xba\x01\n\tHousehold\x12\x14\n\x0chousehold_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x1a\n\x12residence_division\x18\x03 \x01(\t\x12+\n\x07members\x18\x04 \x03(\x0b\x32\x1a.hutong.v1.HouseholdMember\x12%\n\x1dmonthly_income_per_member_fen\x18\x05 \x01(\x03\x12\x16\n\x0eincome_unknown\x18\x06 \x01(\x08\"i\n\tRejection\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\r\n\x05\x66ield\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x0c\n\x04\x63ode\x18\x06 \x01(\x05*D\n\x06Gender\x12\x16\n\x12GENDER_UNSPECIFIED\x10\x00\x12\x0f\n\x0bGENDER_MALE\x10\x01\x12\x11\n\rGENDER_FEMALE\x10\x02*\x88\x02\n\x07Program\x12\x17\n\x13PROGRAM_UNSPECIFIED\x10\x00\x12\x11\n\rPROGRAM_DIBAO\x10\x01\x12\x1b\n\x17PROGRAM_EXTREME_POVERTY\x10\x02\x12\x1a\n\x16PROGRAM_DIBAO_MARGINAL\x10\x03\x12\x1d\n\x19PROGRAM_RIGID_EXPENDITURE\x10\x04\x12 \n\x1cPROGRAM_TEMPORARY_ASSISTANCE\x10\x05\x12\x13\n\x0fPROGRAM_MEDICAL\x10\x06\x12\x15\n\x11PROGRAM_EDUCATION\x10\x07\x12\x13\n\x0fPROGRAM_HOUSING\x10\x08\x12\x16\n\x12PROGRAM_EMPLOYMENT\x10\t*\xb2\x01\n\x10\x45nrollmentStatus\x12!\n\x1d\x45NROLLMENT_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x45NROLLMENT_STATUS_ACTIVE\x10\x01\x12\x1f\n\x1b\x45NROLLMENT_STATUS_SUSPENDED\x10\x02\x12\x1c\n\x18\x45NROLLMENT_STATUS_EXITED\x10\x03\x12\x1e\n\x1a\x45NROLLMENT_STATUS_DECEASED\x10\x04*\xba\x01\n\x07Purpose\x12\x17\n\x13PURPOSE_UNSPECIFIED\x10\x00\x12\x1e\n\x1aPURPOSE_ELIGIBILITY_REVIEW\x10\x01\x12\x1b\n\x17PURPOSE_DUPLICATE_CHECK\x10\x02\x12$\n PURPOSE_CROSS_REGION_APPLICATION\x10\x03\x12 \n\x1cPURPOSE_MONITORING_FOLLOW_UP\x10\x04\x12\x11\n\rPURPOSE_AUDIT\x10\x05*\xf1\x01\n\x11HouseholdRelation\x12\"\n\x1eHOUSEHOLD_RELATION_UNSPECIFIED\x10\x00\x12\x1b\n\x17HOUSEHOLD_RELATION_HEAD\x10\x01\x12\x1d\n\x19HOUSEHOLD_RELATION_SPOUSE\x10\x02\x12\x1c\n\x18HOUSEHOLD_RELATION_CHILD\x10\x03\x12\x1d\n\x19HOUSEHOLD_RELATION_PARENT\x10\x04\x12!\n\x1dHOUSEHOLD_RELATION_GRANDCHILD\x10\x05\x12\x1c\n\x18HOUSEHOLD_RELATION_OTHER\x10\x06\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'hutong.v1.person_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GENDER']._serialized_start=1026
-  _globals['_GENDER']._serialized_end=1094
-  _globals['_PROGRAM']._serialized_start=1097
-  _globals['_PROGRAM']._serialized_end=1361
-  _globals['_ENROLLMENTSTATUS']._serialized_start=1364
-  _globals['_ENROLLMENTSTATUS']._serialized_end=1542
-  _globals['_PURPOSE']._serialized_start=1545
-  _globals['_PURPOSE']._serialized_end=1731
-  _globals['_HOUSEHOLDRELATION']._serialized_start=1734
-  _globals['_HOUSEHOLDRELATION']._serialized_end=1975
+  _globals['_GENDER']._serialized_start=1080
+  _globals['_GENDER']._serialized_end=1148
+  _globals['_PROGRAM']._serialized_start=1151
+  _globals['_PROGRAM']._serialized_end=1415
+  _globals['_ENROLLMENTSTATUS']._serialized_start=1418
+  _globals['_ENROLLMENTSTATUS']._serialized_end=1596
+  _globals['_PURPOSE']._serialized_start=1599
+  _globals['_PURPOSE']._serialized_end=1785
+  _globals['_HOUSEHOLDRELATION']._serialized_start=1788
+  _globals['_HOUSEHOLDRELATION']._serialized_end=2029
   _globals['_DATE']._serialized_start=70
   _globals['_DATE']._serialized_end=118
   _globals['_ENROLLMENT']._serialized_start=121
   _globals['_ENROLLMENT']._serialized_end=342
   _globals['_PERSONRECORD']._serialized_start=345
-  _globals['_PERSONRECORD']._serialized_end=666
-  _globals['_HOUSEHOLDMEMBER']._serialized_start=668
-  _globals['_HOUSEHOLDMEMBER']._serialized_end=752
-  _globals['_HOUSEHOLD']._serialized_start=755
-  _globals['_HOUSEHOLD']._serialized_end=917
-  _globals['_REJECTION']._serialized_start=919
-  _globals['_REJECTION']._serialized_end=1024
+  _globals['_PERSONRECORD']._serialized_end=696
+  _globals['_HOUSEHOLDMEMBER']._serialized_start=698
+  _globals['_HOUSEHOLDMEMBER']._serialized_end=782
+  _globals['_HOUSEHOLD']._serialized_start=785
+  _globals['_HOUSEHOLD']._serialized_end=971
+  _globals['_REJECTION']._serialized_start=973
+  _globals['_REJECTION']._serialized_end=1078
 # @@protoc_insertion_point(module_scope)

@@ -297,6 +297,7 @@ class PersonRecord(_message.Message):
     HOUSEHOLD_ID_FIELD_NUMBER: _builtins.int
     ENROLLMENTS_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    ID_NUMBER_UNVERIFIED_FIELD_NUMBER: _builtins.int
     record_id: _builtins.str
     """The province's own identifier for this record, unique within the province, 1 to 64 characters."""
     version: _builtins.int
@@ -313,6 +314,13 @@ class PersonRecord(_message.Message):
     """The 6-digit division code where the person lives and is assisted (居住地); must lie in the writing province."""
     household_id: _builtins.str
     """The province's identifier of the person's household, empty if unknown."""
+    id_number_unverified: _builtins.bool
+    """Set by the province when it cannot vouch for the person's ID number: the number is missing, or fails the
+    GB 11643 check or date rules (a mistyped or legacy number), or is otherwise doubtful. Only then may id_number be
+    empty or invalid; the record must still carry name, birth_date and residence_division. The hub keys it
+    provisionally and links it to a person by identity linkage instead of by the number (a held record with the same
+    valid number is still linked outright). Unset (the default), a record without a valid ID number is rejected.
+    """
     @_builtins.property
     def birth_date(self) -> Global___Date:
         """Date of birth; when set it must agree with the ID number."""
@@ -339,10 +347,11 @@ class PersonRecord(_message.Message):
         household_id: _builtins.str = ...,
         enrollments: _abc.Iterable[Global___Enrollment] | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        id_number_unverified: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["birth_date", b"birth_date", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["birth_date", b"birth_date", "enrollments", b"enrollments", "gender", b"gender", "household_id", b"household_id", "hukou_division", b"hukou_division", "id_number", b"id_number", "name", b"name", "record_id", b"record_id", "residence_division", b"residence_division", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["birth_date", b"birth_date", "enrollments", b"enrollments", "gender", b"gender", "household_id", b"household_id", "hukou_division", b"hukou_division", "id_number", b"id_number", "id_number_unverified", b"id_number_unverified", "name", b"name", "record_id", b"record_id", "residence_division", b"residence_division", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -385,6 +394,7 @@ class Household(_message.Message):
     RESIDENCE_DIVISION_FIELD_NUMBER: _builtins.int
     MEMBERS_FIELD_NUMBER: _builtins.int
     MONTHLY_INCOME_PER_MEMBER_FEN_FIELD_NUMBER: _builtins.int
+    INCOME_UNKNOWN_FIELD_NUMBER: _builtins.int
     household_id: _builtins.str
     """The province's identifier of the household, unique within the province, 1 to 64 characters."""
     version: _builtins.int
@@ -393,6 +403,10 @@ class Household(_message.Message):
     """The 6-digit division code where the household lives; must lie in the writing province."""
     monthly_income_per_member_fen: _builtins.int
     """Assessed monthly income per member in integer fen; never negative."""
+    income_unknown: _builtins.bool
+    """True when the province has not assessed the household's income: monthly_income_per_member_fen must then be 0,
+    and monitoring rules about income do not apply to the household.
+    """
     @_builtins.property
     def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___HouseholdMember]:
         """The members, at most 32."""
@@ -405,10 +419,11 @@ class Household(_message.Message):
         residence_division: _builtins.str = ...,
         members: _abc.Iterable[Global___HouseholdMember] | None = ...,
         monthly_income_per_member_fen: _builtins.int = ...,
+        income_unknown: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["household_id", b"household_id", "members", b"members", "monthly_income_per_member_fen", b"monthly_income_per_member_fen", "residence_division", b"residence_division", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["household_id", b"household_id", "income_unknown", b"income_unknown", "members", b"members", "monthly_income_per_member_fen", b"monthly_income_per_member_fen", "residence_division", b"residence_division", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -256,3 +256,70 @@ async def test_every_loop_call_is_in_the_exchange_log(
     finally:
         con.close()
     assert "/hutong.v1.NotificationService/AcknowledgeEvents" in methods
+
+
+RULES = """
+[lines.dibao]
+"44" = 950
+
+[[rules]]
+id = "dibao-marginal-candidate"
+description = "income below 1.5 x the dibao line and not on dibao"
+income_below = { line = "dibao", times = 1.5 }
+not_enrolled = ["dibao", "dibao-marginal", "extreme-poverty"]
+"""
+
+
+async def test_monitoring_rules_push_a_matching_household_once_and_their_change_is_audited(
+    hub_factory: Any,
+    client_for: Callable[..., HubClient],
+    make_record: Callable[..., Any],
+    make_enrollment: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    from gateway.domain.monitoring import parse_rules
+
+    data = tmp_path / "hub-rules"
+    hub: HubServer = await hub_factory(data_dir=data, monitoring_rules=parse_rules(RULES))
+    gz = client_for(GZ, port=hub.port)
+    temporary = make_enrollment(program=person_pb2.PROGRAM_TEMPORARY_ASSISTANCE)
+    member = make_record("gz-a", household_id="H1", enrollments=[temporary])
+
+    def household(income_yuan: int, version: int) -> person_pb2.Household:
+        return person_pb2.Household(
+            household_id="H1",
+            version=version,
+            residence_division="440106",
+            members=[person_pb2.HouseholdMember(record_id="gz-a", relation=person_pb2.HOUSEHOLD_RELATION_HEAD)],
+            monthly_income_per_member_fen=income_yuan * 100,
+        )
+
+    async def send(batch_id: str, *households: person_pb2.Household) -> None:
+        request = records_pb2.SyncRecordsRequest(batch_id=batch_id, records=[member], households=households)
+        (ack,) = [a async for a in gz.sync([request])]
+        assert not ack.household_rejections, ack
+
+    await send("b1", household(1200, 1))  # 1,200 < 1.5 x 950: a candidate
+    await send("b2", household(1300, 2))  # still matching: not pushed again
+    alerts = [e for e in await drain(gz, want=1) if e.kind == KIND.Value("EVENT_KIND_MONITORING_ALERT")]
+    assert [(e.rule_id, e.household_id, list(e.record_ids)) for e in alerts] == [
+        ("dibao-marginal-candidate", "H1", ["gz-a"])
+    ]
+    assert "1200.00" in alerts[0].summary
+    await send("b3", household(2000, 3))  # no longer matching
+    await send("b4", household(1000, 4))  # matching again: a new alert
+    again = [e for e in await drain(gz, want=2) if e.kind == KIND.Value("EVENT_KIND_MONITORING_ALERT")]
+    assert len(again) == 2
+    assert again[0].event_id != again[1].event_id
+
+    await hub.stop(0)
+    restarted: HubServer = await hub_factory(data_dir=data, monitoring_rules=parse_rules(RULES), port=hub.port)
+    await restarted.stop(0)
+    con = sqlite3.connect(data / DATABASE_FILE)
+    try:
+        loads = con.execute(
+            "SELECT count(*) FROM audit_entries WHERE method='/hutong.hub.Operator/LoadMonitoringRules'"
+        ).fetchone()[0]
+    finally:
+        con.close()
+    assert loads == 1  # the same rules again are not a change

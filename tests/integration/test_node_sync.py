@@ -281,3 +281,20 @@ async def test_the_drop_directory_takes_each_file_once_it_is_complete(
     assert (drop / "done" / "export-1.csv").exists()
     assert (drop / "failed" / "not-an-export.csv").exists()
     assert len(hub_records(hub)) == 20
+
+
+async def test_a_large_export_is_read_in_a_process_of_its_own_with_the_same_result(
+    node_config: MakeConfig, hub: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gateway.node.sync as node_sync
+
+    monkeypatch.setattr(node_sync, "PROCESS_THRESHOLD_BYTES", 0)  # every export counts as large here
+    export = tmp_path / "export.csv"
+    write_guangdong_export(export, range(1500))
+    progress = SyncProgress()
+    report = await sync_files(node_config(), [export, GD_SAMPLE], progress=progress)
+    assert report.adapt is not None
+    assert (report.adapt["rows_read"], report.adapt["rejected"]) == (1525, 7)
+    assert progress.rows_read == 1525
+    assert report.counts["created"] == 1518
+    assert len(hub_records(hub)) == 1518

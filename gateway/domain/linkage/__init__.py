@@ -9,7 +9,9 @@ co-members, a mistyped ID number's remains and, where a source has one, the addr
 * :func:`train_model` — m and u estimated from the data (random pairs, EM over blocked pairs),
   λ from the sessions' recall, term frequencies of names → a :class:`LinkageModel` (JSON);
 * :class:`LinkageIndex` — incremental: ``add(record)`` links a record as it arrives;
-  ``candidates(record)`` asks without adding; clusters, lineage, split, detach, review queue.
+  ``candidates(record)`` asks without adding; clusters, lineage, split, detach, review queue;
+  ``hold``/``replace``/``relink`` and ``restore_*`` for a hub that rebuilds it from its store;
+* :func:`bootstrap_model` — the model shipped with Hutong, for a hub with no population yet.
 
 Modules: ``_names`` (normalisation, pinyin), ``_compare`` (features and comparison levels),
 ``_blocking`` (rules), ``_model`` (weights, probability, JSON), ``_training`` (u, EM, λ),
@@ -28,6 +30,7 @@ from gateway.domain.linkage._model import (
     ComparisonEvidence,
     ComparisonParameters,
     LinkageModel,
+    bootstrap_model,
     probability_of_weight,
 )
 from gateway.domain.linkage._names import name_features, normalize_name
@@ -59,6 +62,7 @@ __all__ = [
     "ReviewStatus",
     "TrainingSettings",
     "blocking_keys",
+    "bootstrap_model",
     "compare",
     "expectation_maximisation",
     "features_of",

@@ -89,6 +89,15 @@ class ClusterLedger:
         self._events_of[key] = []
         return cluster
 
+    def remove(self, key: str) -> None:
+        """Forget a record without links (alone in its cluster); the events that named it stay in the log."""
+        self._require(key)
+        if self._links[key]:
+            raise FailedPrecondition("a linked record cannot be removed", reason="LINKAGE_RECORD_LINKED", record=key)
+        cluster = self._cluster_of.pop(key)
+        del self._members[cluster]
+        del self._order[key], self._links[key], self._events_of[key]
+
     def _require(self, key: str) -> None:
         if key not in self._order:
             raise NotFound("record is not in the index", reason="LINKAGE_RECORD_NOT_FOUND", record=key)

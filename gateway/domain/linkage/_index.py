@@ -16,11 +16,19 @@ decisions for one record:
 
 Every link and every review decision is a :class:`LineageEvent` carrying the scored
 :class:`LinkDecision`, so the hub can persist and audit it.
+
+A pair a person kept apart (a rejected review item, a split link) is never linked or proposed
+again by the linker. For a hub that keeps its decisions elsewhere and rebuilds the index at
+start, :meth:`LinkageIndex.hold` files a record without scoring it (a link target, or a record
+whose links are about to be restored), :meth:`~LinkageIndex.restore_link` and
+:meth:`~LinkageIndex.restore_review` put back what was decided, :meth:`~LinkageIndex.replace`
+swaps a held record's fields for a new version, :meth:`~LinkageIndex.relink` scores a held
+record afresh and :meth:`~LinkageIndex.drop` forgets one without links.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
@@ -115,6 +123,9 @@ class LinkageIndex:
         self._ledger = ClusterLedger()
         self._reviews: dict[int, ReviewItem] = {}
         self._open: dict[frozenset[str], int] = {}
+        #: Pairs a person kept apart (rejected, split): never linked or proposed again.
+        self._apart: set[frozenset[str]] = set()
+        self._next_review = 1
 
     def __len__(self) -> int:
         return len(self._features)
@@ -122,7 +133,9 @@ class LinkageIndex:
     def __contains__(self, key: object) -> bool:
         return key in self._features
 
-    def _candidates(self, features: RecordFeatures, keys: list[str]) -> Iterator[RecordFeatures]:
+    def _candidates(
+        self, features: RecordFeatures, keys: list[str], among: Container[str] | None = None
+    ) -> Iterator[RecordFeatures]:
         seen = {features.key}
         cap = self.settings.max_block_size
         within = self.settings.link_within_source
@@ -136,16 +149,21 @@ class LinkageIndex:
                     continue
                 seen.add(other_key)
                 other = held[other_key]
-                if within or other.province != features.province:
+                if (within or other.province != features.province) and (among is None or other_key in among):
                     yield other
 
-    def _score(self, features: RecordFeatures, keys: list[str]) -> CandidateSet:
+    def _settled(self, a: str, b: str) -> bool:
+        """Whether a person already decided the pair (kept apart) or it waits for one (open review)."""
+        pair = frozenset((a, b))
+        return pair in self._apart or pair in self._open
+
+    def _score(self, features: RecordFeatures, keys: list[str], among: Container[str] | None = None) -> CandidateSet:
         model = self.model
         link_at, review_at = self.settings.link_threshold, self.settings.review_threshold
         links: list[LinkDecision] = []
         reviews: list[LinkDecision] = []
         compared = 0
-        for other in self._candidates(features, keys):
+        for other in self._candidates(features, keys, among):
             compared += 1
             gamma = compare(features, other)
             weight = model.match_weight(gamma, features, other)
@@ -159,6 +177,8 @@ class LinkageIndex:
                     outcome = LinkOutcome.REVIEW
                 else:
                     continue
+            if (self._apart or self._open) and self._settled(features.key, other.key):
+                continue
             decision = LinkDecision(
                 features.key, other.key, rule, outcome, weight, probability, model.evidence(gamma, features, other)
             )
@@ -167,46 +187,140 @@ class LinkageIndex:
         reviews.sort(key=lambda d: (-d.match_probability, -d.match_weight, d.other_key))
         return CandidateSet(tuple(links), tuple(reviews), compared)
 
-    def candidates(self, record: LinkageRecord) -> CandidateSet:
-        """What ``record`` would be linked to and what would go to review; changes nothing."""
-        features = features_of(record)
-        return self._score(features, [key for _, key in blocking_keys(features)])
+    def candidates(self, record: LinkageRecord, *, among: Container[str] | None = None) -> CandidateSet:
+        """What ``record`` would be linked to and what would go to review; changes nothing.
 
-    def add(self, record: LinkageRecord) -> AddResult:
-        """Hold ``record``, link it where the evidence suffices, queue the grey band for review."""
-        if record.key in self._features:
-            raise FailedPrecondition(
-                "record is already in the index", reason="LINKAGE_RECORD_EXISTS", record=record.key
-            )
+        ``among`` restricts the comparison to the held records it contains (see :meth:`add`).
+        """
         features = features_of(record)
-        keys = [key for _, key in blocking_keys(features)]
-        scored = self._score(features, keys)
-        self._features[record.key] = features
+        return self._score(features, [key for _, key in blocking_keys(features)], among)
+
+    def _require_new(self, key: str) -> None:
+        if key in self._features:
+            raise FailedPrecondition("record is already in the index", reason="LINKAGE_RECORD_EXISTS", record=key)
+
+    def _require_held(self, key: str) -> RecordFeatures:
+        features = self._features.get(key)
+        if features is None:
+            raise NotFound("record is not in the index", reason="LINKAGE_RECORD_NOT_FOUND", record=key)
+        return features
+
+    def _file(self, features: RecordFeatures, keys: list[str]) -> None:
+        self._features[features.key] = features
         for key in keys:
             members = self._blocks.get(key)
             if members is None:
-                self._blocks[key] = [record.key]
-            elif members[-1] != record.key:
-                members.append(record.key)
-        self._ledger.add(record.key)
+                self._blocks[key] = [features.key]
+            elif members[-1] != features.key:
+                members.append(features.key)
+
+    def _unfile(self, features: RecordFeatures) -> None:
+        for _, key in blocking_keys(features):
+            members = self._blocks.get(key)
+            if members is not None and features.key in members:
+                members.remove(features.key)
+                if not members:
+                    del self._blocks[key]
+
+    def _apply(self, record_key: str, scored: CandidateSet) -> AddResult:
+        """Link the scored links, queue the scored reviews."""
         events = [
             self._ledger.link(decision, kind=EventKind.LINKED, actor=LINKER, reason=decision.rule.value)
             for decision in scored.links
         ]
         reviews = []
         for decision in scored.reviews:
-            item = ReviewItem(len(self._reviews) + 1, decision)
+            item = ReviewItem(self._next_review, decision)
+            self._next_review += 1
             self._reviews[item.review_id] = item
             self._open[decision.pair] = item.review_id
             reviews.append(item)
         return AddResult(
-            record.key,
-            self._ledger.cluster_of(record.key),
+            record_key,
+            self._ledger.cluster_of(record_key),
             scored.links,
             tuple(reviews),
             tuple(events),
             scored.compared,
         )
+
+    def add(self, record: LinkageRecord, *, among: Container[str] | None = None) -> AddResult:
+        """Hold ``record``, link it where the evidence suffices, queue the grey band for review.
+
+        ``among`` compares it only with the held records it contains: for a hub that links a
+        record identified by its number only to the records it cannot identify by theirs.
+        """
+        self._require_new(record.key)
+        features = features_of(record)
+        keys = [key for _, key in blocking_keys(features)]
+        scored = self._score(features, keys, among)
+        self._file(features, keys)
+        self._ledger.add(record.key)
+        return self._apply(record.key, scored)
+
+    def hold(self, record: LinkageRecord) -> str:
+        """File ``record`` without scoring it (a link target); returns its cluster, a new singleton."""
+        self._require_new(record.key)
+        features = features_of(record)
+        self._file(features, [key for _, key in blocking_keys(features)])
+        return self._ledger.add(record.key)
+
+    def drop(self, record_key: str) -> None:
+        """Forget a held record that has no links (a link target no longer wanted); its review items stay."""
+        features = self._require_held(record_key)
+        self._ledger.remove(record_key)
+        self._unfile(features)
+        del self._features[record_key]
+
+    def features(self, record_key: str) -> RecordFeatures:
+        """What the index holds of one record."""
+        return self._require_held(record_key)
+
+    def replace(self, record: LinkageRecord) -> bool:
+        """Swap a held record's fields for a new version's, keeping its links; False when nothing changed."""
+        old = self._require_held(record.key)
+        features = features_of(record)
+        if features == old:
+            return False
+        self._unfile(old)
+        self._file(features, [key for _, key in blocking_keys(features)])
+        return True
+
+    def relink(self, record_key: str, *, among: Container[str] | None = None) -> AddResult:
+        """Score a held record against the others again: link it, queue the grey band (after :meth:`replace`).
+
+        Pairs already linked, kept apart or waiting for review are left as they are.
+        """
+        features = self._require_held(record_key)
+        linked = {d.other_key if d.record_key == record_key else d.record_key for d in self.links_of(record_key)}
+        scored = self._score(features, [key for _, key in blocking_keys(features)], among)
+        if linked:
+            scored = CandidateSet(
+                tuple(d for d in scored.links if d.other_key not in linked),
+                tuple(d for d in scored.reviews if d.other_key not in linked),
+                scored.compared,
+            )
+        return self._apply(record_key, scored)
+
+    def restore_link(self, decision: LinkDecision, *, kind: EventKind, actor: str, reason: str) -> LineageEvent:
+        """Put back a link decided earlier (both records held); the index's own lineage records it again."""
+        return self._ledger.link(decision, kind=kind, actor=actor, reason=reason)
+
+    def restore_review(self, item: ReviewItem) -> None:
+        """Put back a review item with its id and status (both records need not be held)."""
+        self._reviews[item.review_id] = item
+        pair = item.decision.pair
+        if item.status is ReviewStatus.OPEN:
+            self._open[pair] = item.review_id
+        else:
+            self._open.pop(pair, None)
+            if item.status is ReviewStatus.REJECTED:
+                self._apart.add(pair)
+        self._next_review = max(self._next_review, item.review_id + 1)
+
+    def keep_apart(self, record_key: str, other_key: str) -> None:
+        """Never link or propose the pair again (restoring a split or a rejection)."""
+        self._apart.add(frozenset((record_key, other_key)))
 
     # --- Clusters and lineage --------------------------------------------------------------
 
@@ -237,8 +351,10 @@ class LinkageIndex:
         return self._ledger.events
 
     def split(self, record_key: str, other_key: str, *, actor: str, reason: str) -> LineageEvent:
-        """Undo the link between two records; the lineage keeps the link and its undoing."""
-        return self._ledger.split(record_key, other_key, actor=actor, reason=reason)
+        """Undo the link between two records; the lineage keeps the link and its undoing; the pair stays apart."""
+        event = self._ledger.split(record_key, other_key, actor=actor, reason=reason)
+        self._apart.add(frozenset((record_key, other_key)))
+        return event
 
     def detach(self, record_key: str, *, actor: str, reason: str) -> LineageEvent:
         """Undo every link of one record."""
@@ -283,4 +399,5 @@ class LinkageIndex:
     def reject(self, review_id: int, *, actor: str, reason: str) -> LineageEvent:
         """Refuse a grey-band pair on a person's word; the refusal joins both records' lineage."""
         item = self._decide(review_id, ReviewStatus.REJECTED, actor, reason)
+        self._apart.add(item.decision.pair)
         return self._ledger.record_rejection(item.decision, actor=actor, reason=reason)

@@ -25,6 +25,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any
 
 from gateway.domain.linkage._compare import COMPARISONS, NULL, RecordFeatures, names_of
@@ -35,6 +36,7 @@ __all__ = [
     "ComparisonEvidence",
     "ComparisonParameters",
     "LinkageModel",
+    "bootstrap_model",
     "probability_of_weight",
 ]
 
@@ -243,3 +245,17 @@ class LinkageModel:
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise InvalidArgument("model is missing a field or has one of the wrong type", reason=_REASON) from exc
         return cls(comparisons, prior, training)
+
+
+def bootstrap_model() -> LinkageModel:
+    """The model a hub links with until it holds a population to train on (``bootstrap_model.json``).
+
+    Trained on the benchmark's synthetic Chinese population (``bench/linkage_population.py``:
+    the demo's persons in four provinces, with second registrations carrying missing, 15-digit
+    and mistyped ID numbers, homophones, traditional characters, swapped day and month), without
+    households, whose co-members the hub does not feed the linker. Its term-frequency tables list
+    only synthetic names. Made with ``train_model`` from ``generate(6000)``; its ``training``
+    summary says so. A hub trains its own with ``hutong hub linkage train``.
+    """
+    text = resources.files("gateway.domain.linkage").joinpath("bootstrap_model.json").read_text(encoding="utf-8")
+    return LinkageModel.from_json(text)

@@ -25,9 +25,9 @@ import functools
 import re
 import unicodedata
 from dataclasses import dataclass
+from types import ModuleType
 
 from opencc import OpenCC
-from pypinyin import Style, pinyin
 from rapidfuzz.distance import Hamming, JaroWinkler
 
 __all__ = [
@@ -69,16 +69,27 @@ def _converter() -> OpenCC:
     return OpenCC("t2s")
 
 
+@functools.cache
+def _pypinyin() -> ModuleType:
+    # Imported on first use: its dictionaries take about 55 MiB, which a hub that never links a
+    # name (every record carries a valid ID number) should not pay.
+    import pypinyin
+
+    return pypinyin
+
+
 @functools.lru_cache(maxsize=65536)
 def _readings(char: str) -> frozenset[str]:
     """Every tone-less pinyin reading of one character (itself for a non-Chinese one)."""
-    return frozenset(pinyin(char, style=Style.NORMAL, heteronym=True)[0])
+    py = _pypinyin()
+    return frozenset(py.pinyin(char, style=py.Style.NORMAL, heteronym=True)[0])
 
 
 @functools.lru_cache(maxsize=65536)
 def _primary(char: str) -> str:
     """The usual reading of one character, for keys and string similarity."""
-    return pinyin(char, style=Style.NORMAL)[0][0]
+    py = _pypinyin()
+    return str(py.pinyin(char, style=py.Style.NORMAL)[0][0])
 
 
 def normalize_name(raw: str) -> str:
