@@ -349,7 +349,21 @@ class RowMapper:
             enrollments=tuple(enrollments),
             updated_at_us=_int(updated),
         )
-        checked = check_record(record, self.profile.province, today=self._today, now_us=time.time_ns() // 1000)
+        now_us = time.time_ns() // 1000
+        checked = check_record(record, self.profile.province, today=self._today, now_us=now_us)
+        if (
+            checked.errors
+            and self.profile.send_unverified
+            and all(e.field == "id_number" or e.reason in _ID_DERIVED for e in checked.errors)
+        ):
+            # Only the number is wrong: send the row flagged, for the hub's linkage to identify.
+            flagged = check_record(
+                record, self.profile.province, today=self._today, now_us=now_us, id_number_unverified=True
+            )
+            if not flagged.errors and not problems:
+                record.id_number_unverified = True
+                return record, problems
+            checked = flagged
         if checked.errors:
             known = {p.field for p in problems}
             for error in checked.errors:
@@ -392,6 +406,9 @@ class RowMapper:
             residence_division=record.residence_division,
         )
 
+
+#: Disagreements with the ID number that flagging the number as unverified makes moot.
+_ID_DERIVED = frozenset({"GENDER_MISMATCH", "BIRTH_DATE_MISMATCH"})
 
 _ENROLLMENT_FIELD = re.compile(r"enrollments\[(\d+)\]")
 

@@ -123,6 +123,9 @@ class Profile:
     utc_offset_minutes: int = 480
     #: Source fields the rules read (readers of XML and fixed-width extract only these).
     source_fields: tuple[str, ...] = field(default=())
+    #: A row whose ID number is missing or invalid is sent flagged ``id_number_unverified`` (for the hub's
+    #: identity linkage) instead of rejected; its other fields must still be right.
+    send_unverified: bool = False
 
 
 def load_profile(path: Path | str) -> Profile:
@@ -353,7 +356,7 @@ def parse_profile(data: Mapping[str, Any], *, path: Path = Path("<profile>")) ->
     """Validate a profile given as parsed TOML."""
     _unknown(data, {"source", "format", "fields", "record", "enrollments", "household", "codes"}, "")
     source = _table(data, "source", "source")
-    _unknown(source, {"name", "province", "format", "encoding", "utc_offset"}, "source")
+    _unknown(source, {"name", "province", "format", "encoding", "utc_offset", "invalid_id_numbers"}, "source")
     name = _text(source, "name", "source.name")
     province = _text(source, "province", "source.province")
     if province not in PROVINCE_CODES:
@@ -369,6 +372,9 @@ def parse_profile(data: Mapping[str, Any], *, path: Path = Path("<profile>")) ->
     if match is None:
         raise _fail("source.utc_offset", "must be like +08:00")
     offset = (int(match[2]) * 60 + int(match[3])) * (1 if match[1] == "+" else -1)
+    invalid_ids = source.get("invalid_id_numbers", "reject")
+    if invalid_ids not in ("reject", "send-unverified"):
+        raise _fail("source.invalid_id_numbers", "must be reject or send-unverified")
 
     options = _format_options(fmt, _table(data, "format", "format", required=False))
     byte_fields: dict[str, tuple[int, int]] = {}
@@ -454,4 +460,5 @@ def parse_profile(data: Mapping[str, Any], *, path: Path = Path("<profile>")) ->
         household=household,
         utc_offset_minutes=offset,
         source_fields=sources,
+        send_unverified=invalid_ids == "send-unverified",
     )

@@ -365,6 +365,8 @@ def _date_json(day: dt.date | None) -> dict[str, int] | None:
 def record_to_json(record: PersonRecord) -> str:
     """A record as one line of ``hutong.v1.PersonRecord`` in the protobuf JSON mapping (json_format can parse it)."""
     obj: dict[str, Any] = {"recordId": record.record_id, "version": str(record.version), "idNumber": record.id_number}
+    if record.id_number_unverified:
+        obj["idNumberUnverified"] = True
     obj["name"] = record.name
     if record.gender:
         obj["gender"] = _GENDER[record.gender]

@@ -144,6 +144,8 @@ class PersonRecord:
     updated_at_us: int
     #: Digest of the record's canonical encoding; equal records have equal digests.
     content_hash: bytes = field(default=b"", compare=False)
+    #: The province cannot vouch for ``id_number`` (missing or invalid): linkage identifies the person.
+    id_number_unverified: bool = False
 
 
 @dataclass(slots=True)

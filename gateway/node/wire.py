@@ -29,6 +29,7 @@ def record_to_proto(record: PersonRecord) -> person_pb2.PersonRecord:
         hukou_division=record.hukou_division,
         residence_division=record.residence_division,
         household_id=record.household_id,
+        id_number_unverified=record.id_number_unverified,
     )
     if record.birth_date is not None:
         d = pb.birth_date

@@ -357,18 +357,33 @@ class LoopLedger:
         for start in range(0, len(household_ids), 500):
             chunk = list(household_ids[start : start + 500])
             marks = ",".join("?" * len(chunk))
-            members: dict[str, list[tuple[str, int]]] = {}
-            for hid, rid, active in con.execute(
-                "SELECT household_id, record_id, active_programs FROM records"
-                f" WHERE province=? AND household_id IN ({marks}) AND retired_reason=0",
-                (province, *chunk),
-            ):
-                members.setdefault(hid, []).append((rid, active))
-            for hid, residence, income in con.execute(
-                "SELECT household_id, residence_division, income_fen FROM households"
+            # Households by primary key, then their members' records by primary key: no scan of the
+            # province's records (the records table has no index by household).
+            households = con.execute(
+                "SELECT household_id, residence_division, income_fen, members FROM households"
                 f" WHERE province=? AND household_id IN ({marks})",
                 (province, *chunk),
-            ):
+            ).fetchall()
+            wanted = sorted({line.split("\t", 1)[0] for *_, text in households for line in text.splitlines() if line})
+            active_of: dict[str, int] = {}
+            for at in range(0, len(wanted), 500):
+                part = wanted[at : at + 500]
+                active_of.update(
+                    con.execute(
+                        "SELECT record_id, active_programs FROM records"
+                        f" WHERE province=? AND record_id IN ({','.join('?' * len(part))}) AND retired_reason=0",
+                        (province, *part),
+                    ).fetchall()
+                )
+            members = {
+                hid: [
+                    (rid, active_of[rid])
+                    for rid in (line.split("\t", 1)[0] for line in text.splitlines() if line)
+                    if rid in active_of
+                ]
+                for hid, _residence, _income, text in households
+            }
+            for hid, residence, income, _text in households:
                 held = members.get(hid, [])
                 if not held:
                     continue  # no live member: nobody to help

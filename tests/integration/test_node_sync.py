@@ -298,3 +298,28 @@ async def test_a_large_export_is_read_in_a_process_of_its_own_with_the_same_resu
     assert progress.rows_read == 1525
     assert report.counts["created"] == 1518
     assert len(hub_records(hub)) == 1518
+
+
+async def test_records_with_invalid_id_numbers_reach_the_hub_flagged_for_linkage(
+    node_config: MakeConfig, hub: HubServer, tmp_path: Path
+) -> None:
+    profile = tmp_path / "guangdong-unverified.toml"
+    profile.write_text(
+        GD_PROFILE.read_text(encoding="utf-8").replace(
+            'encoding = "gbk"', 'encoding = "gbk"\ninvalid_id_numbers = "send-unverified"', 1
+        ),
+        encoding="utf-8",
+    )
+    report = await sync_files(node_config(profile=profile), [GD_SAMPLE])
+    assert report.adapt is not None
+    flagged = report.adapt["produced"] - 18
+    assert flagged > 0
+    assert report.counts["created"] == 18 + flagged
+    assert report.counts["rejected"] == 0
+    assert len(hub_records(hub)) == 18 + flagged
+    con = sqlite3.connect(hub.settings.data_dir / DATABASE_FILE)
+    try:
+        held = con.execute("SELECT count(*) FROM linkage_unverified WHERE province='440000'").fetchone()[0]
+    finally:
+        con.close()
+    assert held == flagged
