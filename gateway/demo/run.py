@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,7 +49,7 @@ from gateway.hub.audit import open_audit_source
 from gateway.hub.server import DATABASE_FILE
 from gateway.store.base import HubStats
 from gateway.store.sqlite import SqliteStore
-from hutong.v1 import query_pb2, records_pb2
+from hutong.v1 import notification_pb2, query_pb2, records_pb2
 from pki import DemoPki, write_demo_pki
 from pki.operator import RevokedEntry, write_public_pem
 
@@ -80,6 +81,7 @@ class _Result:
     lookup: query_pb2.LookupPersonResponse | None
     revocation: str
     witnessed: tuple[int, int]
+    loop: str = ""
 
 
 def _province(code: str) -> str:
@@ -198,6 +200,7 @@ async def _exchange(pki: DemoPki, root: Path, port: int, population: Population,
             asker = clients[DEMO_NODES[1][0]]
             check = await asker.check_enrollment(mover, Purpose.DUPLICATE_CHECK, [Program.DIBAO])
             lookup = await asker.lookup_person(mover, Purpose.CROSS_REGION_APPLICATION)
+        loop = await _close_one_loop(clients, DEMO_NODES[0][0])
         revocation = await _revoke_live(pki, root, clients[DEMO_NODES[2][0]], DEMO_NODES[2])
         # ...and, once the hub has signed a newer one, checks that it extends the first.
         latest = first_seen
@@ -211,8 +214,54 @@ async def _exchange(pki: DemoPki, root: Path, port: int, population: Population,
             await client.close()
     return _Result(
         tallies, elapsed, tally.first_ack, replay, again, mover, check, lookup, revocation,
-        (first_seen.size, latest.size),
+        (first_seen.size, latest.size), loop,
     )  # fmt: skip
+
+
+async def _first_event(
+    client: HubClient, wanted: Callable[[notification_pb2.Event], bool], limit: int
+) -> notification_pb2.Event | None:
+    """The first event of the province's stream that ``wanted`` accepts (reading at most ``limit``)."""
+    read = 0
+    events = client.subscribe()
+    try:
+        async with asyncio.timeout(20):
+            async for event in events:
+                read += 1
+                if wanted(event):
+                    return event
+                if read >= limit:
+                    break
+    except TimeoutError:
+        pass
+    finally:
+        await events.aclose()
+    return None
+
+
+async def _close_one_loop(clients: dict[str, HubClient], code: str) -> str:
+    """Both provinces of one duplicate finding take its notice and report back; the finding closes."""
+    duplicate = notification_pb2.EVENT_KIND_DUPLICATE_ENROLLMENT
+    event = await _first_event(clients[code], lambda e: e.kind == duplicate, 100_000)
+    if event is None:
+        return "no duplicate notice arrived"
+    other_code = event.other_province_codes[0]
+    other = await _first_event(clients[other_code], lambda e: e.finding_id == event.finding_id, 100_000)
+    if other is None:
+        return f"{_province(other_code)}'s notice did not arrive"
+    await clients[code].acknowledge_events([event.event_id])
+    await clients[other_code].acknowledge_events([other.event_id])
+    one = await clients[code].report_outcome(
+        "demo-report-1", event.event_id, notification_pb2.EVENT_OUTCOME_ASSISTED, "ended the dibao granted here"
+    )
+    two = await clients[other_code].report_outcome(
+        "demo-report-2", other.event_id, notification_pb2.EVENT_OUTCOME_ALREADY_HANDLED, "moved; case closed here"
+    )
+    return (
+        f"finding {event.finding_id[:12]}… pushed to {_province(code)} and {_province(other_code)}; "
+        f"{_province(code)} reported assisted (closed={one.closed}), {_province(other_code)} already handled "
+        f"(closed={two.closed})"
+    )
 
 
 async def _revoke_live(pki: DemoPki, root: Path, client: HubClient, node: tuple[str, str]) -> str:
@@ -326,10 +375,10 @@ def _summary(console: Console, r: _Result, stats: HubStats, total: int, hub_exit
     )
     open_findings = sum(stats.open_findings_by_program.values())
     console.print(
-        f"[bold]duplicate enrollments found: {open_findings:,}[/] "
-        + "("
+        f"[bold]duplicate enrollments found: {open_findings + stats.resolved_findings:,}[/] "
+        + "(open: "
         + ", ".join(f"{p.name.lower()} {n}" for p, n in sorted(stats.open_findings_by_program.items()))
-        + ")"
+        + f"; closed by the provinces' reports: {stats.resolved_findings})"
     )
     mover, check, lookup = r.mover, r.check, r.lookup
     if mover is not None and check is not None and lookup is not None:
@@ -353,6 +402,8 @@ def _summary(console: Console, r: _Result, stats: HubStats, total: int, hub_exit
     console.print(
         f"revoked {_province(node[0])}'s node certificate live (CRL #2): its next call was refused, {r.revocation}"
     )
+    if r.loop:
+        console.print(f"closed loop (因需推送 → 结果反馈): {r.loop}")
     console.print(f"hub stopped gracefully (exit code {hub_exit})")
 
 

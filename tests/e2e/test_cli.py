@@ -31,6 +31,8 @@ def test_demo_runs_the_whole_exchange_and_reports_duplicates(tmp_path: Path) -> 
     assert "records synced: 2,472 of 2,472" in out
     assert "replayed=True, original acknowledgement returned: True" in out
     assert "duplicate enrollments found: 72" in out
+    assert "closed by the provinces' reports: 1" in out
+    assert "(closed=True)" in out
     assert "enrolled=True" in out
     assert "its next call was refused, CLIENT_CERTIFICATE_REVOKED" in out
     assert "hub stopped gracefully (exit code 0)" in out
