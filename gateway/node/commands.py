@@ -243,6 +243,21 @@ async def node_status(config: NodeConfig, *, ask_hub: bool = False, as_json: boo
         "certificate_expires": expires.isoformat(timespec="seconds"),
         "certificate_days_left": round(days_left, 1),
     }
+    if config.inbox_path.exists():
+        from gateway.node.inbox import Inbox
+
+        inbox = Inbox(config.inbox_path)
+        try:
+            i = inbox.status()
+        finally:
+            inbox.close()
+        out["inbox"] = {
+            "events": i.received,
+            "undelivered": i.undelivered,
+            "unacknowledged": i.unacknowledged,
+            "last_sequence": i.last_sequence,
+            "last_error": i.last_error,
+        }
     if ask_hub:
         async with config.hub_client(RetryConfig()) as client:
             state = await client.get_sync_state()

@@ -70,6 +70,7 @@ async def test_events_reach_the_webhook_and_the_directory_once_in_order(
     make_record: Callable[..., Any],
     receiver: tuple[Receiver, int],
     tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     target, port = receiver
     gz, zz = client_for(GZ), client_for(ZZ)
@@ -110,6 +111,15 @@ async def test_events_reach_the_webhook_and_the_directory_once_in_order(
     finally:
         inbox.close()
     assert await hub.store.event_cursor(NodeRef("440000", "gz-01")) == max(sequences)
+    # hutong node status shows the inbox too.
+    from gateway.node.commands import node_status
+
+    capsys.readouterr()
+    assert await node_status(config, as_json=True) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["inbox"] == {
+        "events": 2, "undelivered": 0, "unacknowledged": 0, "last_sequence": max(sequences), "last_error": None
+    }  # fmt: skip
 
     # Run again: nothing new, nothing delivered twice — even if the hub sends an event again.
     assert await run_inbox(config, idle_exit=0.5) == 0
