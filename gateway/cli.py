@@ -208,6 +208,22 @@ def _parser() -> argparse.ArgumentParser:
     linkage_model.add_argument("--data-dir", type=Path, required=True, help="the hub's data directory")
     linkage_model.add_argument("--version", type=int, help="the model version (default: the newest)")
 
+    signals = sub.add_parser(
+        "signals", help="departments: submit risk signals to the hub (scope signals:write)"
+    ).add_subparsers(dest="signals_command", required=True)
+    submit = signals.add_parser(
+        "submit",
+        help="submit a JSON Lines file of hutong.v1.Signal (protobuf JSON) to the hub",
+        description="Each line is one Signal: signalId, kind (SIGNAL_KIND_LARGE_MEDICAL_EXPENSE, ..._DISASTER, "
+        "..._JOB_LOSS, ..._DEATH), idNumber, name, occurredOn {year, month, day}, amountFen, residenceDivision, note. "
+        "The hub pushes each to the provinces holding the person, or to the stated residence. Safe to run again "
+        "over the same file. Exit 0 when all were pushed, 4 when some were refused, 3 when a line is not a Signal.",
+    )
+    submit.add_argument("file", type=Path, help="the signals, one JSON object per line")
+    submit.add_argument("--hub", required=True, help="HOST:PORT of the hub")
+    submit.add_argument("--server-name", help="name to verify in the hub's certificate, if not the --hub host")
+    _add_tls(submit, "department")
+
     query = sub.add_parser("query", help="ask the hub cross-province questions").add_subparsers(
         dest="query_command", required=True
     )
@@ -637,6 +653,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         )
     if args.command == "audit":
         return _audit(args)
+    if args.command == "signals":
+        from gateway.loop_commands import submit_signals
+
+        return submit_signals(args.file, hub=args.hub, tls=_tls(args), server_name=args.server_name)
     if args.command == "node":
         if args.node_command == "serve":
             from gateway.node.serve import serve_command

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
-
-from gateway.client import HubClient
-from hutong.v1 import notification_pb2, signal_pb2
-from pki import TlsMaterial
 
 from .conftest import ServeHub
 
@@ -43,7 +38,7 @@ def test_a_node_reports_back_and_the_loop_shows_it(serve_hub: ServeHub, tmp_path
         encoding="utf-8",
     )
     rules = ROOT / "deploy" / "monitoring.example.toml"
-    certs, port = serve_hub("--monitoring-rules", str(rules), "--policy", str(policy))
+    _, port = serve_hub("--monitoring-rules", str(rules), "--policy", str(policy))
     config = tmp_path / "node.toml"
     (tmp_path / "events").mkdir()
     config.write_text(
@@ -57,24 +52,23 @@ def test_a_node_reports_back_and_the_loop_shows_it(serve_hub: ServeHub, tmp_path
     synced = hutong("node", "sync", "--config", str(config), str(sample), cwd=tmp_path)
     assert synced.returncode == 4, synced.stderr  # the sample's bad rows
     # A department (here the same certificate, granted signals:write) reports a large medical expense for
-    # the sample's first person: the hub pushes it to 广东, which holds them.
-    tls = TlsMaterial.from_files(
-        certs / "nodes" / "440000-gd-gz-01.pem", certs / "nodes" / "440000-gd-gz-01.key", certs / "ca.pem"
+    # the sample's first person, and one with a mistyped ID number: the hub pushes the first to 广东.
+    signals = tmp_path / "signals.jsonl"
+    signals.write_text(
+        '{"signalId": "yb-2026-0001", "kind": "SIGNAL_KIND_LARGE_MEDICAL_EXPENSE", "idNumber": "440103196709156699",'
+        ' "name": "何伟", "amountFen": "12000000"}\n'
+        '{"signalId": "yb-2026-0002", "kind": "SIGNAL_KIND_DEATH", "idNumber": "440103196709156690", "name": "何伟"}\n',
+        encoding="utf-8",
     )
-
-    async def submit() -> list[str]:
-        async with HubClient(f"localhost:{port}", tls=tls, scopes=["records:write", "signals:write"]) as client:
-            signal = signal_pb2.Signal(
-                signal_id="yb-2026-0001",
-                kind=notification_pb2.SIGNAL_KIND_LARGE_MEDICAL_EXPENSE,
-                id_number="440103196709156699",
-                name="何伟",
-                amount_fen=12_000_000,
-            )
-            response = await client.submit_signals("yb-batch-1", [signal])
-            return list(response.results[0].province_codes)
-
-    assert asyncio.run(submit()) == ["440000"]
+    tls_args = ["--cert", "certs/nodes/440000-gd-gz-01.pem", "--key", "certs/nodes/440000-gd-gz-01.key"]
+    for _ in range(2):  # the second run is answered with the first's results
+        sent = hutong(
+            "signals", "submit", str(signals), "--hub", f"localhost:{port}", *tls_args, "--ca", "certs/ca.pem",
+            cwd=tmp_path,
+        )  # fmt: skip
+        assert sent.returncode == 4, sent.stderr
+        assert "1 pushed, 1 refused" in sent.stdout
+        assert "ID_NUMBER_BAD_CHECK_CHARACTER (id_number)" in sent.stdout
     inbox = hutong("node", "inbox", "--config", str(config), "--once", cwd=tmp_path)
     assert inbox.returncode == 0, inbox.stderr
     events = [json.loads(p.read_text(encoding="utf-8")) for p in sorted((tmp_path / "events").glob("*.json"))]
