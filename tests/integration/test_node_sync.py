@@ -177,21 +177,15 @@ async def test_a_hub_that_goes_away_mid_sync_is_waited_for_and_nothing_is_counte
     node_config: MakeConfig, hub_factory: Any, tmp_path: Path
 ) -> None:
     first = await hub_factory(data_dir=tmp_path / "hub-data")
-    # The hub dies after the stream has run longer than the retry deadline: the deadline counts
-    # from the last acknowledgement, not from when the stream opened.
-    deadline = 1.0
-    config = node_config(port=first.port, batch_size=20, window=2, retry_deadline_seconds=deadline)
+    config = node_config(port=first.port, batch_size=100, window=2, retry_deadline_seconds=60)
     export = tmp_path / "export.csv"
-    write_guangdong_export(export, range(12_000))
+    write_guangdong_export(export, range(3000))
     progress = SyncProgress()
-    loop = asyncio.get_running_loop()
-    started = loop.time()
     task = asyncio.ensure_future(sync_files(config, [export], progress=progress))
-    while progress.batches_acked < 3 or loop.time() - started < deadline * 1.5:  # noqa: ASYNC110 - counters
+    while progress.batches_acked < 3:  # noqa: ASYNC110 - a counter the sync task advances
         await asyncio.sleep(0.01)
-    assert not task.done()
     await first.stop(0)  # the hub dies with batches in flight
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.2)
     second = await hub_factory(data_dir=tmp_path / "hub-data", port=first.port)
     report = await asyncio.wait_for(task, 120)
 
@@ -199,9 +193,86 @@ async def test_a_hub_that_goes_away_mid_sync_is_waited_for_and_nothing_is_counte
     assert report.run.state == "complete"
     c = report.counts
     # Every batch's outcomes counted once: a replayed acknowledgement is not applied again.
-    assert c["created"] + c["updated"] + c["unchanged"] + c["stale"] + c["rejected"] == c["queued"] == 12_000
+    assert c["created"] + c["updated"] + c["unchanged"] + c["stale"] + c["rejected"] == c["queued"] == 3000
     assert c["rejected"] == 0
-    assert len(hub_records(second)) == 12_000
+    assert len(hub_records(second)) == 3000
+
+
+class _CuttableProxy:
+    """A TCP relay to the hub that can drop every connection and refuse new ones for a while."""
+
+    def __init__(self, target_port: int) -> None:
+        self._target = target_port
+        self._writers: set[asyncio.StreamWriter] = set()
+        self.refusing = False
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.refusing:
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._target)
+        self._writers.update((writer, up_writer))
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    def cut(self) -> None:
+        self.refusing = True
+        for writer in self._writers:
+            writer.close()
+        self._writers.clear()
+
+    async def stop(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+async def test_the_retry_deadline_counts_from_the_last_acknowledgement(
+    node_config: MakeConfig, hub: HubServer, tmp_path: Path
+) -> None:
+    # The connection breaks after the stream has run longer than the retry deadline; the hub is
+    # back well within it. The node must wait: the deadline counts from the last acknowledgement,
+    # not from when the stream opened.
+    proxy = _CuttableProxy(hub.port)
+    await proxy.start()
+    deadline = 2.0
+    config = node_config(port=proxy.port, batch_size=10, window=1, retry_deadline_seconds=deadline)
+    export = tmp_path / "export.csv"
+    write_guangdong_export(export, range(20_000))
+    progress = SyncProgress()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    task = asyncio.ensure_future(sync_files(config, [export], progress=progress))
+    try:
+        while progress.batches_acked < 3 or loop.time() - started < deadline * 1.5:  # noqa: ASYNC110 - counters
+            await asyncio.sleep(0.01)
+        assert not task.done()
+        proxy.cut()
+        await asyncio.sleep(0.2)
+        proxy.refusing = False
+        report = await asyncio.wait_for(task, 300)
+    finally:
+        await proxy.stop()
+    assert progress.reconnects >= 1
+    assert report.counts["created"] + report.counts["unchanged"] == report.counts["queued"] == 20_000
+    assert len(hub_records(hub)) == 20_000
 
 
 async def test_an_interrupted_run_resumes_with_the_same_batches(
