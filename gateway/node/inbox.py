@@ -40,6 +40,9 @@ __all__ = ["Inbox", "InboxStatus", "deliver_pending", "run_inbox", "sign_body"]
 
 log = structlog.get_logger("hutong.node.inbox")
 
+#: Seconds an ``idle_exit`` run gives its subscription to connect and bring the first event.
+_CONNECT_GRACE = 5.0
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     seq          INTEGER PRIMARY KEY,   -- the hub's sequence for this province
@@ -267,14 +270,15 @@ async def _follow(
 ) -> int:
     """One subscription: keep each event, deliver it, acknowledge it."""
     delivered = 0
+    received = False
     events = client.subscribe(inbox.cursor())
     try:
         while not stop.is_set():
             next_event = asyncio.ensure_future(anext(events))
             stopped = asyncio.ensure_future(stop.wait())
-            done, _ = await asyncio.wait(
-                {next_event, stopped}, timeout=idle_exit or None, return_when=asyncio.FIRST_COMPLETED
-            )
+            # The first wait also covers connecting (TLS, token): it gets a few seconds more.
+            wait = (idle_exit if received else max(idle_exit, _CONNECT_GRACE)) if idle_exit else None
+            done, _ = await asyncio.wait({next_event, stopped}, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
             stopped.cancel()
             if next_event not in done:
                 next_event.cancel()
@@ -284,6 +288,7 @@ async def _follow(
                 event = next_event.result()
             except StopAsyncIteration:
                 break
+            received = True
             inbox.keep(event)
             delivered += await deliver_pending(inbox, sinks, client, retry_max=config.inbox.retry_max_seconds)
     finally:
