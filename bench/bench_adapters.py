@@ -32,16 +32,13 @@ from pathlib import Path
 
 from adapters.profile import load_profile
 from adapters.run import adapt, record_to_json
+from adapters.samples.synthetic import write_guangdong_export
 from gateway.domain.divisions import counties_of
 from gateway.domain.identity import make_id_number
 
 ROOT = Path(__file__).resolve().parent.parent
 GD = ROOT / "adapters" / "profiles" / "guangdong-440000.toml"
 ZJ = ROOT / "adapters" / "profiles" / "zhejiang-330000.toml"
-HEADER = (
-    "序号,救助证编号,户编号,姓名,性别,公民身份号码,出生日期,户籍地区划,居住地区划,与户主关系,救助类别,保障状态,"
-    "起始日期,终止日期,月保障金(元),审批机关区划,备注"
-)
 
 
 def _people(n: int, province: str, seed: int) -> list[tuple[str, str, str, dt.date, dt.date]]:
@@ -58,17 +55,7 @@ def _people(n: int, province: str, seed: int) -> list[tuple[str, str, str, dt.da
 
 
 def write_csv(path: Path, rows: int) -> None:
-    pool = _people(rows, "440000", 1)
-    with path.open("w", encoding="gbk", newline="") as fh:
-        fh.write("广东省社会救助信息系统 低保对象导出\n导出时间：2026年11月28日\n" + HEADER + "\n")
-        for i in range(rows):
-            county, idn, name, birth, start = pool[i % len(pool)]
-            sex = "男" if int(idn[16]) % 2 else "女"
-            fh.write(
-                f"{i + 1},GD{i + 1:010d},H{i // 3:09d},{name},{sex},{idn},{birth:%Y%m%d},{county},{county},户主,"
-                f"城市低保,在保,{start.year}年{start.month}月{start.day}日,,880.00,{county},\n"
-            )
-        fh.write(f"合计,,,,,,,,,,,,,,{rows}人,,\n")
+    write_guangdong_export(path, range(rows))
 
 
 def write_fixed(path: Path, rows: int) -> None:

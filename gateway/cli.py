@@ -291,7 +291,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     node_status = node.add_parser(
         "status",
-        help="outbox depth, last acknowledgement, last error, certificate expiry",
+        help="outbox depth, inbox, last acknowledgement, last error, certificate expiry",
         description="Reads the outbox and the node certificate; with --hub also asks the hub what it holds.",
     )
     node_status.add_argument("--hub", action="store_true", help="also ask the hub (GetSyncState)")

@@ -261,18 +261,9 @@ class HubClient:
         Runs until the caller stops iterating; a broken stream raises a HutongError (subscribe again
         from the last event handled).
         """
-        try:
-            metadata = await self._md()
-        except grpc.aio.AioRpcError as exc:
-            raise _translate(exc) from exc
-        call = self.notifications.Subscribe(notification_pb2.SubscribeRequest(cursor=cursor), metadata=metadata)
-        try:
-            async for response in call:
-                yield response.event
-        except grpc.aio.AioRpcError as exc:
-            raise _translate(exc) from exc
-        finally:
-            call.cancel()
+        request = notification_pb2.SubscribeRequest(cursor=cursor)
+        async for response in self._stream(lambda md: self.notifications.Subscribe(request, metadata=md)):
+            yield response.event
 
     async def acknowledge_events(self, event_ids: Sequence[str]) -> notification_pb2.AcknowledgeEventsResponse:
         """Tell the hub these events were delivered to the province's system."""
@@ -361,11 +352,19 @@ class HubClient:
 
         The node's outbox keeps each batch as the bytes it sends, so a resend is the same batch byte for byte.
         """
+        async for response in self._stream(lambda md: self._sync_serialized(requests, metadata=md)):
+            yield response
+
+    async def _stream(self, open_call: Callable[[tuple[tuple[str, str], ...]], Any]) -> AsyncGenerator[Any, None]:
+        """The responses of a server-streaming call opened with this node's metadata; errors as HutongError.
+
+        Not retried: a stream's caller knows where to resume (a cursor, the first unacknowledged batch).
+        """
         try:
             metadata = await self._md()
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc) from exc
-        call = self._sync_serialized(requests, metadata=metadata)
+        call = open_call(metadata)
         try:
             async for response in call:
                 yield response

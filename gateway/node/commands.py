@@ -9,7 +9,6 @@ import datetime as dt
 import hashlib
 import json
 import shutil
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from gateway.client import RetryConfig
 from gateway.node.config import NodeConfig, load_node_config
 from gateway.node.outbox import Outbox
 from gateway.node.sync import SyncProgress, SyncReport, retryable, sync_files
+from gateway.serving import set_on_signals
 from hutong.v1 import notification_pb2
 from pki import load_certificate
 
@@ -51,10 +51,7 @@ async def _inbox(config: NodeConfig, *, once: bool) -> int:
     from gateway.node.inbox import run_inbox
 
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+    set_on_signals(stop)
     delivered = await run_inbox(config, stop=stop, idle_exit=2.0 if once else 0.0)
     Console(stderr=True).print(f"delivered {delivered:,} events")
     return EXIT_OK
@@ -173,10 +170,7 @@ async def watch_drop_dir(config: NodeConfig, *, allow_mass_retire: bool = False,
     (drop / "failed").mkdir(parents=True, exist_ok=True)
     console = Console(stderr=True)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+    set_on_signals(stop)
     sizes: dict[Path, tuple[int, int]] = {}
     runs = 0
     worst = EXIT_OK

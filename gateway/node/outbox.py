@@ -390,14 +390,6 @@ class Outbox:
             self._set_meta("last_ack_us", str(now))
         return True
 
-    def fail_batch(self, batch: Batch, reason: str) -> None:
-        """The hub refused a batch outright (not to be resent): keep the reason, stop resending it."""
-        with self._transaction() as con:
-            con.execute(
-                "UPDATE batches SET acked_us=?, request=NULL, failure=? WHERE seq=? AND acked_us IS NULL",
-                (_now_us(), reason, batch.seq),
-            )
-
     # -- retirements ---------------------------------------------------------------------------
 
     def retirement_candidates(self, run_id: int) -> tuple[int, int]:

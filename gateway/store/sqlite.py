@@ -757,7 +757,7 @@ class SqliteStore:
         return self.loop.events_after(self._r, province, after, limit)
 
     async def event_cursor(self, node: NodeRef) -> int:
-        """The node's cursor: its province's events up to it were acknowledged by the node."""
+        """The node's cursor: its province's events up to it were acknowledged (by a node of the province)."""
         return self.loop.cursor(self._r, node.province_code, node.node_name)
 
     async def acknowledge_events(self, node: NodeRef, event_ids: Sequence[str]) -> tuple[int, list[str]]:

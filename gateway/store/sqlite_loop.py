@@ -44,6 +44,7 @@ EVENT_KINDS = {
     "overdue": 6,
     "review_decision": 7,
 }
+_KIND_NAMES = {number: name for name, number in EVENT_KINDS.items()}
 _DAY_US = 86_400_000_000
 
 
@@ -61,8 +62,7 @@ class Deadlines:
 
     def respond_by(self, kind: int, now_us: int) -> int:
         """When an event of ``kind`` raised now is due."""
-        name = next(n for n, k in EVENT_KINDS.items() if k == kind)
-        return now_us + int(getattr(self, name)) * _DAY_US
+        return now_us + int(getattr(self, _KIND_NAMES[kind])) * _DAY_US
 
 
 @dataclass(frozen=True)
@@ -131,6 +131,10 @@ class ProvinceLoop:
 def subject_of_finding(finding_id: str, detected_at_us: int) -> str:
     """The matter of one occurrence of a duplicate finding."""
     return f"finding:{finding_id}:{detected_at_us}"
+
+
+def _overdue_subject(event_id: str) -> str:
+    return f"overdue:{event_id}"
 
 
 def _event_id(subject: str, province: str) -> str:
@@ -444,7 +448,7 @@ class LoopLedger:
 
     @staticmethod
     def cursor(con: sqlite3.Connection, province: str, node: str) -> int:
-        """The node's cursor: every event of its province up to it was acknowledged by the node."""
+        """The node's cursor: every event of its province up to it was acknowledged (by a node of the province)."""
         row = con.execute("SELECT cursor FROM event_cursors WHERE province=? AND node=?", (province, node)).fetchone()
         return 0 if row is None else int(row[0])
 
@@ -453,30 +457,23 @@ class LoopLedger:
     ) -> tuple[int, list[str]]:
         """Mark events acknowledged by ``node``; returns its new cursor and the ids that are not its province's."""
         unknown = []
-        seqs = []
         for event_id in event_ids:
-            row = con.execute("SELECT seq FROM events WHERE event_id=? AND province=?", (event_id, province)).fetchone()
-            if row is None:
-                unknown.append(event_id)
-                continue
-            seqs.append(int(row[0]))
-            con.execute("UPDATE events SET acked_at_us=? WHERE seq=? AND acked_at_us=0", (now, row[0]))
-        cursor = self.cursor(con, province, node)
-        if seqs:
-            # The cursor moves over every event of the province up to the first one this node has not acknowledged.
-            acked = set(seqs)
-            acked.update(
-                s
-                for (s,) in con.execute(
-                    "SELECT seq FROM events WHERE province=? AND seq>? AND acked_at_us<>0", (province, cursor)
-                )
+            cur = con.execute(
+                "UPDATE events SET acked_at_us=CASE WHEN acked_at_us=0 THEN ? ELSE acked_at_us END"
+                " WHERE event_id=? AND province=?",
+                (now, event_id, province),
             )
-            for (s,) in con.execute(
-                "SELECT seq FROM events WHERE province=? AND seq>? ORDER BY seq", (province, cursor)
-            ):
-                if s not in acked:
-                    break
-                cursor = s
+            if cur.rowcount == 0:
+                unknown.append(event_id)
+        # The cursor moves over the province's events in order up to the first one not yet acknowledged.
+        cursor = start = self.cursor(con, province, node)
+        for seq, acked in con.execute(
+            "SELECT seq, acked_at_us FROM events WHERE province=? AND seq>? ORDER BY seq", (province, cursor)
+        ):
+            if not acked:
+                break
+            cursor = seq
+        if cursor != start:
             con.execute(
                 "INSERT INTO event_cursors VALUES (?,?,?)"
                 " ON CONFLICT (province, node) DO UPDATE SET cursor=excluded.cursor",
@@ -520,10 +517,10 @@ class LoopLedger:
                 "UPDATE findings SET is_open=0, resolved_at_us=? WHERE finding_id=? AND is_open=1", (now, finding_id)
             )
         if kind != EVENT_KINDS["overdue"]:
-            # An overdue notice is settled by the outcome of the event it is about.
+            # An overdue notice is settled by the outcome of the event it is about (found by its subject).
             con.execute(
-                "UPDATE events SET outcome=?, outcome_at_us=? WHERE kind=? AND outcome=0 AND body LIKE ?",
-                (outcome, now, EVENT_KINDS["overdue"], f'%"overdueEventId":"{event_id}"%'),
+                "UPDATE events SET outcome=?, outcome_at_us=? WHERE subject=? AND outcome=0",
+                (outcome, now, _overdue_subject(event_id)),
             )
         return ReportResult(now, False, closed)
 
@@ -541,7 +538,7 @@ class LoopLedger:
                 con,
                 province=province,
                 kind=EVENT_KINDS["overdue"],
-                subject=f"overdue:{event_id}",
+                subject=_overdue_subject(event_id),
                 fields={
                     "overdueEventId": event_id,
                     "recordIds": original.get("recordIds", []),

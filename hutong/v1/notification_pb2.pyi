@@ -348,7 +348,9 @@ class AcknowledgeEventsResponse(_message.Message):
     CURSOR_FIELD_NUMBER: _builtins.int
     UNKNOWN_EVENT_IDS_FIELD_NUMBER: _builtins.int
     cursor: _builtins.str
-    """The calling node's cursor after this acknowledgement (the highest sequence below which all are acknowledged)."""
+    """The calling node's cursor after this acknowledgement: the highest sequence up to which every event of the
+    province has been acknowledged.
+    """
     @_builtins.property
     def unknown_event_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Event ids that are not events of the caller's province; nothing was recorded for them."""

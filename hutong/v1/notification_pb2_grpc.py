@@ -70,7 +70,8 @@ class NotificationServiceServicer:
         """Streams the events addressed to the caller's province with a sequence above the cursor, in order, then new
         events as they occur, until the caller cancels or the hub shuts down.
 
-        An empty cursor resumes after the last event the calling node acknowledged.
+        An empty cursor resumes after the calling node's cursor: the last event before the first one that no node of the
+        province has acknowledged yet (a province's events are delivered in order, so this is where it left off).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

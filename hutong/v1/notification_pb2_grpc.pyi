@@ -43,7 +43,8 @@ class NotificationServiceStub:
     """Streams the events addressed to the caller's province with a sequence above the cursor, in order, then new
     events as they occur, until the caller cancels or the hub shuts down.
 
-    An empty cursor resumes after the last event the calling node acknowledged.
+    An empty cursor resumes after the calling node's cursor: the last event before the first one that no node of the
+    province has acknowledged yet (a province's events are delivered in order, so this is where it left off).
     """
     AcknowledgeEvents: _grpc.UnaryUnaryMultiCallable[_notification_pb2.AcknowledgeEventsRequest, _notification_pb2.AcknowledgeEventsResponse]
     """Acknowledges events the calling node has delivered to its province's system; a later Subscribe with an
@@ -67,7 +68,8 @@ class NotificationServiceAsyncStub(NotificationServiceStub):
     """Streams the events addressed to the caller's province with a sequence above the cursor, in order, then new
     events as they occur, until the caller cancels or the hub shuts down.
 
-    An empty cursor resumes after the last event the calling node acknowledged.
+    An empty cursor resumes after the calling node's cursor: the last event before the first one that no node of the
+    province has acknowledged yet (a province's events are delivered in order, so this is where it left off).
     """
     AcknowledgeEvents: _aio.UnaryUnaryMultiCallable[_notification_pb2.AcknowledgeEventsRequest, _notification_pb2.AcknowledgeEventsResponse]  # type: ignore[assignment]
     """Acknowledges events the calling node has delivered to its province's system; a later Subscribe with an
@@ -94,7 +96,8 @@ class NotificationServiceServicer(metaclass=_abc_1.ABCMeta):
         """Streams the events addressed to the caller's province with a sequence above the cursor, in order, then new
         events as they occur, until the caller cancels or the hub shuts down.
 
-        An empty cursor resumes after the last event the calling node acknowledged.
+        An empty cursor resumes after the calling node's cursor: the last event before the first one that no node of the
+        province has acknowledged yet (a province's events are delivered in order, so this is where it left off).
         """
 
     @_abc_1.abstractmethod

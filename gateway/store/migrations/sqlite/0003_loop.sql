@@ -23,7 +23,8 @@ CREATE INDEX events_by_province ON events (province, seq);
 CREATE INDEX events_by_subject ON events (subject);
 CREATE INDEX events_due ON events (respond_by_us) WHERE outcome = 0 AND overdue_at_us = 0;
 
--- Per subscribing node: every event of its province up to this sequence was acknowledged by it.
+-- Per subscribing node: every event of its province up to this sequence was acknowledged (events carry one
+-- acknowledgement each, by whichever node of the province delivered them); where an empty cursor resumes.
 CREATE TABLE event_cursors (
     province TEXT    NOT NULL,
     node     TEXT    NOT NULL,
