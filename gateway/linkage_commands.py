@@ -146,6 +146,7 @@ def linkage_status(data_dir: Path, *, as_json: bool = False) -> int:
             "reviews_open": one("SELECT count(*) FROM linkage_reviews WHERE state=1"),
             "reviews_accepted": one("SELECT count(*) FROM linkage_reviews WHERE state=2"),
             "reviews_rejected": one("SELECT count(*) FROM linkage_reviews WHERE state=3"),
+            "reviews_superseded": one("SELECT count(*) FROM linkage_reviews WHERE state=4"),
             "lineage_events": one("SELECT count(*) FROM linkage_events"),
         }
     finally:

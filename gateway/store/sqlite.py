@@ -425,17 +425,20 @@ class SqliteStore:
             con.executemany(_INSERT_RECORD, created)
         if updated:
             con.executemany(_UPSERT_RECORD, updated)
+        h_outcomes = bytearray([_REJECTED]) * batch.household_count
+        h_rejections = list(batch.household_rejections)
+        self._apply_households(con, province, batch, h_outcomes, h_rejections, now)
         if self.linkage is not None:
-            # Identity linkage: unverified records are linked (and re-keyed) before findings are refreshed.
+            # Identity linkage: unverified records are linked (and re-keyed) before findings are
+            # refreshed; after the households, whose co-members are evidence.
             touched |= self.linkage.link_batch(con, self._ledger, node, batch_id, batch.records, outcomes, now)
+            # A linked unverified record now answers to its cluster's person key: the hukou
+            # province is told about the person it knows, with its own records of them.
+            elsewhere = [(*e[:3], self.linkage.person_key_of(province, e[0], e[3]), e[4]) for e in elsewhere]
         if touched:
             self._refresh_findings(con, province, touched, now)
         if elsewhere:
             self.loop.resident_enrolled(con, province, elsewhere, now)
-
-        h_outcomes = bytearray([_REJECTED]) * batch.household_count
-        h_rejections = list(batch.household_rejections)
-        self._apply_households(con, province, batch, h_outcomes, h_rejections, now)
         if self.loop.rules is not None:
             # Monitoring rules look at households whose income or members' enrollments just changed.
             changed = {row[10] for row in (*created, *updated) if row[10]}
@@ -703,6 +706,8 @@ class SqliteStore:
             self._refresh_findings(con, province, touched, now)
         if gone:
             self.loop.retired(con, province, gone, now)
+            if self.linkage is not None:
+                self.linkage.retired(con, self._ledger, node, request_id, [g[0] for g in gone], now)
         self._bump_province(con, province, 0, newly_retired, 0)
         rejections.sort(key=lambda x: x.index)
         con.execute(

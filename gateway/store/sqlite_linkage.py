@@ -72,6 +72,7 @@ from gateway.domain.linkage import (
     ReviewStatus,
     bootstrap_model,
     features_of,
+    normalize_name,
     train_model,
 )
 from gateway.domain.linkage._index import AddResult
@@ -120,8 +121,13 @@ _KIND = {
 }
 _LINKED, _ACCEPTED, _REJECTED_KIND, _SPLIT, _DETACHED = 1, 2, 3, 4, 5
 #: hutong.v1.ReviewState numbers.
-OPEN, ACCEPTED, REJECTED = 1, 2, 3
-_STATUS = {OPEN: ReviewStatus.OPEN, ACCEPTED: ReviewStatus.ACCEPTED, REJECTED: ReviewStatus.REJECTED}
+OPEN, ACCEPTED, REJECTED, SUPERSEDED = 1, 2, 3, 4
+_STATUS = {
+    OPEN: ReviewStatus.OPEN,
+    ACCEPTED: ReviewStatus.ACCEPTED,
+    REJECTED: ReviewStatus.REJECTED,
+    SUPERSEDED: ReviewStatus.SUPERSEDED,
+}
 _WRITTEN = frozenset((int(Outcome.CREATED), int(Outcome.UPDATED)))
 _UPDATED = int(Outcome.UPDATED)
 _KEY_BYTES = 16
@@ -198,6 +204,8 @@ def _linkage_record(
     birth: int,
     hukou: str,
     residence: str,
+    household_id: str,
+    household: frozenset[str] = frozenset(),
 ) -> LinkageRecord:
     id_number, name = unseal_pii(sealer, sealed, province, record_id)
     return LinkageRecord(
@@ -209,22 +217,99 @@ def _linkage_record(
         gender=gender,
         hukou_division=hukou,
         residence_division=residence,
+        household_id=household_id,
+        household_members=household,
     )
 
 
-_ROW = "province, record_id, sealed_pii, gender, birth_date, hukou_division, residence_division"
+_ROW = "province, record_id, sealed_pii, gender, birth_date, hukou_division, residence_division, household_id"
+#: Positions in a ``_ROW``.
+_PROVINCE, _RECORD_ID, _BIRTH, _HOUSEHOLD = 0, 1, 4, 7
+
+
+def co_members(
+    con: sqlite3.Connection, sealer: FieldSealer, records: Iterable[tuple[str, str, str]]
+) -> dict[tuple[str, str], frozenset[str]]:
+    """The normalised names of each record's household co-members, from the households the province sent.
+
+    ``records``: (province, record id, household id). A household is read once however many of
+    its members are asked about; its live members' names are unsealed once. Names, not person
+    keys: a household that moved is registered again with the same names, while its members'
+    keys differ wherever the new province could not give valid numbers. Records without a
+    household, or whose household the province has not sent, get an empty set.
+    """
+    wanted: dict[tuple[str, str], list[str]] = {}
+    for province, record_id, household_id in records:
+        if household_id:
+            wanted.setdefault((province, household_id), []).append(record_id)
+    if not wanted:
+        return {}
+    rosters: dict[tuple[str, str], list[str]] = {}
+    households = list(wanted)
+    for start in range(0, len(households), _CHUNK):
+        chunk = households[start : start + _CHUNK]
+        for province, household_id, members in con.execute(
+            "SELECT province, household_id, members FROM households WHERE (province, household_id) IN"
+            f" (VALUES {','.join(['(?,?)'] * len(chunk))})",
+            [v for pair in chunk for v in pair],
+        ):
+            rosters[(province, household_id)] = [line.partition("\t")[0] for line in members.splitlines() if line]
+    member_keys = list(dict.fromkeys((p, m) for (p, _), ids in rosters.items() for m in ids))
+    names: dict[tuple[str, str], str] = {}
+    for start in range(0, len(member_keys), _CHUNK):
+        chunk = member_keys[start : start + _CHUNK]
+        for province, record_id, sealed in con.execute(
+            "SELECT province, record_id, sealed_pii FROM records WHERE (province, record_id) IN"
+            f" (VALUES {','.join(['(?,?)'] * len(chunk))}) AND retired_reason=0",
+            [v for pair in chunk for v in pair],
+        ):
+            name = normalize_name(unseal_pii(sealer, sealed, province, record_id)[1])
+            if name:
+                names[(province, record_id)] = name
+    out: dict[tuple[str, str], frozenset[str]] = {}
+    for (province, household_id), record_ids in wanted.items():
+        roster = rosters.get((province, household_id), ())
+        for record_id in record_ids:
+            out[(province, record_id)] = frozenset(
+                names[(province, m)] for m in roster if m != record_id and (province, m) in names
+            )
+    return out
+
+
+def linkage_records(con: sqlite3.Connection, sealer: FieldSealer, rows: Sequence[Sequence[Any]]) -> list[LinkageRecord]:
+    """Unsealed linker records of ``_ROW`` rows, with their household co-members."""
+    household = co_members(con, sealer, ((r[_PROVINCE], r[_RECORD_ID], r[_HOUSEHOLD]) for r in rows))
+    empty: frozenset[str] = frozenset()
+    return [
+        _linkage_record(
+            sealer,
+            row[0],
+            row[1],
+            row[2],
+            row[3],
+            row[4],
+            row[5],
+            row[6],
+            row[7],
+            household.get((row[0], row[1]), empty),
+        )
+        for row in rows
+    ]
 
 
 def sample_records(con: sqlite3.Connection, sealer: FieldSealer, limit: int) -> list[LinkageRecord]:
     """Up to ``limit`` live records, evenly spread over the table in key order (deterministic), unsealed."""
     total = con.execute("SELECT count(*) FROM records WHERE retired_reason=0").fetchone()[0]
     take = min(limit, total)
-    out = []
+    picked = []
     rows = con.execute(f"SELECT {_ROW} FROM records WHERE retired_reason=0 ORDER BY province, record_id")
     for i, row in enumerate(rows):
         # Row i is taken when it crosses the next of ``take`` evenly spaced marks.
         if (i + 1) * take // total > i * take // total:
-            out.append(_linkage_record(sealer, *row))
+            picked.append(row)
+    out = []
+    for start in range(0, len(picked), _CHUNK):
+        out.extend(linkage_records(con, sealer, picked[start : start + _CHUNK]))
     return out
 
 
@@ -296,6 +381,7 @@ class _Work:
     decisions: list[dict[str, Any]] = field(default_factory=list)
     links: int = 0
     reviews: int = 0
+    superseded: int = 0
     rekeyed: int = 0
     compared: int = 0
     materialised: int = 0
@@ -382,12 +468,15 @@ class LinkageLedger:
             seconds=time.perf_counter() - started,
         )
 
-    def _hold_row(self, row: Sequence[Any], person_key: bytes) -> str:
+    def _hold_rows(self, con: sqlite3.Connection, rows: Sequence[Sequence[Any]]) -> list[str]:
+        """File ``_ROW`` rows followed by their person key in the index; their record keys."""
         assert self.index is not None
-        record = _linkage_record(self._sealer, *row)
-        self.index.hold(record)
-        self._person_key[record.key] = person_key
-        return record.key
+        keys = []
+        for row, record in zip(rows, linkage_records(con, self._sealer, rows), strict=True):
+            self.index.hold(record)
+            self._person_key[record.key] = bytes(row[8])
+            keys.append(record.key)
+        return keys
 
     def _expect(self, key: str, birth: int) -> None:
         """Remember what a valid record arriving later must have to be scored against this unverified one."""
@@ -413,13 +502,15 @@ class LinkageLedger:
                 directory[birth] = bytearray(person_key)
             else:
                 keys += person_key
-        for *row, person_key, provisional in con.execute(
+        rows = con.execute(
             f"SELECT {', '.join('r.' + c.strip() for c in _ROW.split(','))}, r.person_key, u.provisional_key"
             " FROM linkage_unverified u JOIN records r ON r.province=u.province AND r.record_id=u.record_id"
-        ):
-            key = self._hold_row(row, bytes(person_key))
-            self._unverified[key] = bytes(provisional)
-            self._expect(key, row[4])
+        ).fetchall()
+        for start in range(0, len(rows), _CHUNK):
+            chunk = rows[start : start + _CHUNK]
+            for row, key in zip(chunk, self._hold_rows(con, chunk), strict=True):
+                self._unverified[key] = bytes(row[9])
+                self._expect(key, row[_BIRTH])
         wanted: set[str] = set()
         for a, b in con.execute("SELECT record_a, record_b FROM linkage_links WHERE ended_seq=0"):
             wanted.update((a, b))
@@ -427,13 +518,7 @@ class LinkageLedger:
             self._reviewed.update((a, b))
             if state == OPEN:
                 wanted.update((a, b))
-        for key in sorted(wanted - set(self._person_key)):
-            province, record_id = split_key(key)
-            row = con.execute(
-                f"SELECT {_ROW}, person_key FROM records WHERE province=? AND record_id=?", (province, record_id)
-            ).fetchone()
-            if row is not None:
-                self._hold_row(row[:-1], bytes(row[-1]))
+        self._hold_rows(con, self._rows(con, sorted(wanted - set(self._person_key))))
         for a, b, decision, made_by, reason in con.execute(
             "SELECT l.record_a, l.record_b, l.decision, l.made_by, e.reason FROM linkage_links l"
             " JOIN linkage_events e ON e.seq=l.made_seq WHERE l.ended_seq=0 ORDER BY l.made_seq"
@@ -449,6 +534,19 @@ class LinkageLedger:
         for a, b in con.execute("SELECT record_a, record_b FROM linkage_links WHERE ended_kind=?", (_SPLIT,)):
             index.keep_apart(a, b)
         self._generation = con.execute("SELECT generation FROM linkage_state").fetchone()[0]
+
+    @staticmethod
+    def _rows(con: sqlite3.Connection, keys: Sequence[str]) -> list[Sequence[Any]]:
+        """The ``_ROW`` rows (and person keys) of the records named, those the hub holds, in ``keys`` order."""
+        out = []
+        for key in keys:
+            row = con.execute(
+                f"SELECT {_ROW}, person_key FROM records WHERE province=? AND record_id=?", split_key(key)
+            )
+            found = row.fetchone()
+            if found is not None:
+                out.append(found)
+        return out
 
     def _check(self, con: sqlite3.Connection) -> None:
         """Rebuild the index if a transaction that changed it was rolled back."""
@@ -521,6 +619,10 @@ class LinkageLedger:
         self._evict()
         return work.touched
 
+    def person_key_of(self, province: str, record_id: str, default: bytes) -> bytes:
+        """The person key a record answers to after linkage (its cluster's, if it is held), else ``default``."""
+        return self._person_key.get(record_key(province, record_id), default)
+
     def _evict(self) -> None:
         """Forget the least recently wanted candidates beyond ``max_transient`` (unless linked or reviewed since)."""
         assert self.index is not None
@@ -531,7 +633,8 @@ class LinkageLedger:
                 self.index.drop(key)
                 self._person_key.pop(key, None)
 
-    def _record(self, province: str, r: PreparedRecord) -> LinkageRecord:
+    def _record(self, con: sqlite3.Connection, province: str, r: PreparedRecord) -> LinkageRecord:
+        household = co_members(con, self._sealer, [(province, r.record_id, r.household_id)])
         return _linkage_record(
             self._sealer,
             province,
@@ -541,21 +644,26 @@ class LinkageLedger:
             r.birth_yyyymmdd,
             r.hukou_division,
             r.residence_division,
+            r.household_id,
+            household.get((province, r.record_id), frozenset()),
         )
 
     def _link_valid(self, con: sqlite3.Connection, province: str, r: PreparedRecord, work: _Work) -> None:
         """A record with a valid number arrived or changed: score it against the unverified records only."""
         assert self.index is not None
         index = self.index
-        record = self._record(province, r)
+        record = self._record(con, province, r)
         key = record.key
         if key in index:
             was_unverified = self._unverified.pop(key, None) is not None
             if was_unverified:
                 con.execute("DELETE FROM linkage_unverified WHERE province=? AND record_id=?", (province, r.record_id))
             self._person_key[key] = r.person_key
-            if not index.replace(record) and not was_unverified:
+            replaced = index.replace(record)
+            if not replaced and not was_unverified:
                 return
+            if replaced:
+                self._supersede(con, key, "the record changed", work)
             # Its identity changed (or is now its number): its links are decided afresh.
             if index.links_of(key):
                 self._detach(con, key, "the record changed", work)
@@ -572,7 +680,7 @@ class LinkageLedger:
         """A record without a valid number arrived or changed: read in its candidates and link it."""
         assert self.index is not None
         index = self.index
-        record = self._record(province, r)
+        record = self._record(con, province, r)
         key = record.key
         self._materialise(con, record, work)
         if key in index:
@@ -582,15 +690,17 @@ class LinkageLedger:
                 con.execute(
                     "INSERT OR IGNORE INTO linkage_unverified VALUES (?,?,?)", (province, r.record_id, r.person_key)
                 )
-            changed = index.replace(record) or was_valid
+            replaced = index.replace(record)
             self._expect(key, r.birth_yyyymmdd)
-            if not changed:
+            if not replaced and not was_valid:
                 # The upsert wrote the provisional key over the one its cluster gave it: put that back.
                 current = self._person_key[key]
                 if current != r.person_key:
                     self._write_key(con, key, current)
                     work.touched.update((current, r.person_key))
                 return
+            if replaced:
+                self._supersede(con, key, "the record changed", work)
             if index.links_of(key):
                 self._detach(con, key, "the record changed", work)
             else:
@@ -638,14 +748,16 @@ class LinkageLedger:
                 f" AND retired_reason=0{gender}",
                 (*chunk, features.gender) if gender else chunk,
             ).fetchall()
+            new = []
             for row in rows:
                 key = record_key(row[0], row[1])
                 if key in self._transient:
                     self._transient.move_to_end(key)
                 elif key not in index and key != record.key:
-                    self._hold_row(row[:-1], bytes(row[-1]))
-                    self._transient[key] = None
-                    work.materialised += 1
+                    new.append(row)
+            for key in self._hold_rows(con, new):
+                self._transient[key] = None
+            work.materialised += len(new)
 
     # -- decisions and their consequences --------------------------------------------------------
 
@@ -753,6 +865,45 @@ class LinkageLedger:
                 work.persons.add(person_key)
         return seq
 
+    def _supersede(self, con: sqlite3.Connection, key: str, reason: str, work: _Work) -> None:
+        """Close the record's open review items: their evidence was about what it no longer says."""
+        assert self.index is not None
+        for item in self.index.supersede(key, actor=LINKER, reason=reason):
+            con.execute(
+                "UPDATE linkage_reviews SET state=?, decided_at_us=?, decided_by=?, reason=? WHERE review_id=?",
+                (SUPERSEDED, work.now, LINKER, reason, item.review_id),
+            )
+            work.superseded += 1
+            work.decisions.append({"review_id": item.review_id, "state": ReviewStatus.SUPERSEDED.value})
+            for k in item.decision.pair:
+                if k in self._person_key:
+                    work.persons.add(self._person_key[k])
+
+    def retired(
+        self,
+        con: sqlite3.Connection,
+        audit: AuditLedger,
+        node: NodeRef,
+        request_id: str,
+        record_ids: Sequence[str],
+        now: int,
+    ) -> None:
+        """Records the province withdrew: their open review items close (nobody need decide about them)."""
+        if self.index is None:
+            return
+        keys = [record_key(node.province_code, rid) for rid in record_ids]
+        held = [key for key in keys if key in self.index]
+        if not held:
+            return
+        self._check(con)
+        self._bump(con)
+        work = _Work(now)
+        for key in held:
+            if key in self.index:
+                self._supersede(con, key, "the record was retired", work)
+        if work.decisions:
+            audit.append(con, [self._audit_entry(audit, node, request_id, work, batch=False)])
+
     def _detach(self, con: sqlite3.Connection, key: str, reason: str, work: _Work) -> None:
         assert self.index is not None
         event = self.index.detach(key, actor=LINKER, reason=reason)
@@ -803,10 +954,13 @@ class LinkageLedger:
             last = n == len(result.events) - 1
             self._persist(con, event, changes if last else (), work, model_version=self.model_version)
 
-    def _audit_entry(self, audit: AuditLedger, node: NodeRef, batch_id: str, work: _Work) -> AuditEntry:
+    def _audit_entry(
+        self, audit: AuditLedger, node: NodeRef, request_id: str, work: _Work, *, batch: bool = True
+    ) -> AuditEntry:
         counts = {
             "links": work.links,
             "reviews": work.reviews,
+            "superseded": work.superseded,
             "rekeyed": work.rekeyed,
             "compared": work.compared,
             "materialised": work.materialised,
@@ -814,7 +968,7 @@ class LinkageLedger:
         }
         return AuditEntry(
             time_us=work.now,
-            request_id=batch_id,
+            request_id=request_id,
             caller=node.uri,
             province=node.province_code,
             subject=LINKER,
@@ -824,23 +978,20 @@ class LinkageLedger:
             counts={k: v for k, v in counts.items() if v},
             person_keys=[k.hex() for k in work.persons],
             payload_digest=audit.hash_fn(_json(work.decisions).encode()).hex(),
-            batch_id=batch_id,
+            batch_id=request_id if batch else "",
         )
 
     # -- reviewers -------------------------------------------------------------------------------
 
     def _ensure_held(self, con: sqlite3.Connection, keys: Iterable[str]) -> None:
         assert self.index is not None
-        for key in keys:
-            if key in self.index:
-                continue
-            province, record_id = split_key(key)
-            row = con.execute(
-                f"SELECT {_ROW}, person_key FROM records WHERE province=? AND record_id=?", (province, record_id)
-            ).fetchone()
-            if row is None:
-                raise NotFound("the hub holds no such record", reason="RECORD_NOT_FOUND", record=key)
-            self._hold_row(row[:-1], bytes(row[-1]))
+        missing = [key for key in keys if key not in self.index]
+        rows = self._rows(con, missing)
+        if len(rows) < len(missing):
+            found = {record_key(row[_PROVINCE], row[_RECORD_ID]) for row in rows}
+            key = next(k for k in missing if k not in found)
+            raise NotFound("the hub holds no such record", reason="RECORD_NOT_FOUND", record=key)
+        self._hold_rows(con, rows)
 
     def _tell(
         self, con: sqlite3.Connection, loop: LoopLedger, keys: Sequence[str], subject: str, summary: str, now: int
@@ -888,7 +1039,7 @@ class LinkageLedger:
         a, b, state, model_version = row
         if state != OPEN:
             raise FailedPrecondition(
-                "the review item was already decided",
+                "the review item is no longer open: it was decided, or superseded by a change of its records",
                 reason="LINKAGE_REVIEW_DECIDED",
                 metadata={"review_id": str(review_id)},
             )

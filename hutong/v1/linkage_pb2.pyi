@@ -34,6 +34,11 @@ class _ReviewStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReviewSta
     """A reviewer linked the pair as one person."""
     REVIEW_STATE_REJECTED: _ReviewState.ValueType  # 3
     """A reviewer kept the pair apart."""
+    REVIEW_STATE_SUPERSEDED: _ReviewState.ValueType  # 4
+    """Closed without a decision: one of the pair's records changed or was retired before a
+    reviewer decided, so the evidence described a version that no longer stands. A changed
+    record is scored afresh, which queues a new item if the pair is still in the grey band.
+    """
 
 class ReviewState(_ReviewState, metaclass=_ReviewStateEnumTypeWrapper):
     """Where a review item stands."""
@@ -46,6 +51,11 @@ REVIEW_STATE_ACCEPTED: ReviewState.ValueType  # 2
 """A reviewer linked the pair as one person."""
 REVIEW_STATE_REJECTED: ReviewState.ValueType  # 3
 """A reviewer kept the pair apart."""
+REVIEW_STATE_SUPERSEDED: ReviewState.ValueType  # 4
+"""Closed without a decision: one of the pair's records changed or was retired before a
+reviewer decided, so the evidence described a version that no longer stands. A changed
+record is scored afresh, which queues a new item if the pair is still in the grey band.
+"""
 Global___ReviewState: _TypeAlias = ReviewState  # noqa: Y015
 
 class _ReviewDecision:

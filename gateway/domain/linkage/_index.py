@@ -99,6 +99,8 @@ class ReviewStatus(StrEnum):
     OPEN = "open"
     ACCEPTED = "accepted"
     REJECTED = "rejected"
+    #: Closed undecided: one of its records changed or was withdrawn, so its evidence no longer holds.
+    SUPERSEDED = "superseded"
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,6 +391,19 @@ class LinkageIndex:
         self._reviews[review_id] = decided
         del self._open[item.decision.pair]
         return decided
+
+    def supersede(self, record_key: str, *, actor: str, reason: str) -> tuple[ReviewItem, ...]:
+        """Close the open review items of a record whose fields changed (or that was withdrawn), oldest first.
+
+        Their evidence described the old version; a reviewer's word on it would decide a pair
+        nobody scored. :meth:`relink` after :meth:`replace` queues the pair again if the new
+        version still falls in the grey band.
+        """
+        closed = []
+        for pair, review_id in sorted(self._open.items(), key=lambda kv: kv[1]):
+            if record_key in pair:
+                closed.append(self._decide(review_id, ReviewStatus.SUPERSEDED, actor, reason))
+        return tuple(closed)
 
     def accept(self, review_id: int, *, actor: str, reason: str) -> LineageEvent:
         """Link a grey-band pair on a person's word."""

@@ -252,10 +252,11 @@ def bootstrap_model() -> LinkageModel:
 
     Trained on the benchmark's synthetic Chinese population (``bench/linkage_population.py``:
     the demo's persons in four provinces, with second registrations carrying missing, 15-digit
-    and mistyped ID numbers, homophones, traditional characters, swapped day and month), without
-    households, whose co-members the hub does not feed the linker. Its term-frequency tables list
-    only synthetic names. Made with ``train_model`` from ``generate(6000)``; its ``training``
-    summary says so. A hub trains its own with ``hutong hub linkage train``.
+    and mistyped ID numbers, homophones, traditional characters, swapped day and month), with
+    each record's household co-members by name, as the hub feeds them. Its term-frequency tables
+    list only synthetic names. ``scripts/train_bootstrap_model.py`` makes it (``--check`` tells
+    whether the committed file is what it would write). A hub trains its own with ``hutong hub
+    linkage train``.
     """
     text = resources.files("gateway.domain.linkage").joinpath("bootstrap_model.json").read_text(encoding="utf-8")
     return LinkageModel.from_json(text)

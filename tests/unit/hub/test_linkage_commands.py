@@ -85,7 +85,7 @@ def test_train_stores_a_new_version_that_status_and_model_show(
     assert model["format"] == "hutong.linkage.model/1"
     assert model["training"]["records"] == 400
     assert main(["hub", "linkage", "model", "--data-dir", str(data_dir), "--version", "1"]) == 0
-    assert "without households" in capsys.readouterr().out
+    assert "with households" in capsys.readouterr().out
 
 
 def test_train_refuses_a_hub_with_too_few_records_and_a_directory_that_is_no_hub(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
+import json
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,9 +15,24 @@ import pytest
 from gateway.audit import sha256
 from gateway.domain.identity import make_id_number
 from gateway.domain.linkage import LinkSettings
-from gateway.domain.model import Enrollment, EnrollmentStatus, Outcome, PersonRecord, Program
+from gateway.domain.model import (
+    Enrollment,
+    EnrollmentStatus,
+    Household,
+    HouseholdMember,
+    Outcome,
+    PersonRecord,
+    Program,
+    RetirementReason,
+)
 from gateway.domain.protection import FieldSealer, KeyMaterial, PersonKeyer
-from gateway.domain.records import PreparedBatch, PreparedRecord, RecordPreparer, provisional_key_input
+from gateway.domain.records import (
+    PreparedBatch,
+    PreparedRecord,
+    RecordPreparer,
+    Retirement,
+    provisional_key_input,
+)
 from gateway.errors import FailedPrecondition, NotFound
 from gateway.store.base import NodeRef
 from gateway.store.sqlite import SqliteStore
@@ -48,6 +64,7 @@ def person(
     version: int = 1,
     amount: int = 80_000,
     hukou: str = "440106",
+    household: str = "",
 ) -> PersonRecord:
     rec = PersonRecord(
         record_id=record_id,
@@ -58,7 +75,7 @@ def person(
         birth_date=birth,
         hukou_division=hukou,
         residence_division=COUNTY[province],
-        household_id="",
+        household_id=household,
         enrollments=(
             Enrollment(Program.DIBAO, EnrollmentStatus.ACTIVE, dt.date(2020, 1, 1), None, amount, COUNTY[province]),
         ),
@@ -67,8 +84,13 @@ def person(
     return dataclasses.replace(rec, content_hash=hashlib.blake2b(repr(rec).encode(), digest_size=16).digest())
 
 
-def batch(province: str, *records: PersonRecord, unverified: frozenset[int] = frozenset()) -> PreparedBatch:
-    prepared = PREPARER.prepare_batch(province, list(records), unverified=unverified)
+def batch(
+    province: str,
+    *records: PersonRecord,
+    unverified: frozenset[int] = frozenset(),
+    households: tuple[Household, ...] = (),
+) -> PreparedBatch:
+    prepared = PREPARER.prepare_batch(province, list(records), households, unverified=unverified)
     assert not prepared.record_rejections, prepared.record_rejections
     return prepared
 
@@ -131,6 +153,17 @@ async def test_an_unverified_record_is_re_keyed_to_the_person_it_links_to(linked
     assert count(db_path, "SELECT count(*) FROM audit_entries WHERE method='/hutong.hub.Linker/LinkRecords'") == 1
 
 
+async def test_the_hukou_province_is_told_of_a_linked_record_with_its_own_records_of_the_person(
+    linked: SqliteStore,
+) -> None:
+    await linked.apply_batch(GD, "g1", b"g1", batch("440000", person("gd-wang")))
+    await linked.apply_batch(HA, "h1", b"h1", batch("410000", henan_wang(), unverified=frozenset({0})))
+    (told,) = [e for e in await linked.events_after("440000", 0) if e.subject.startswith("record:410000:ha-wang:")]
+    # Linked within the call, the Henan record is 王秀英 to the hub: Guangdong learns which of its records.
+    assert told.body["recordIds"] == ["gd-wang"]
+    assert told.body["otherProvinceCodes"] == ["410000"]
+
+
 async def test_a_record_linked_to_two_held_records_at_once_is_persisted_whole(
     linked: SqliteStore, db_path: Path
 ) -> None:
@@ -145,6 +178,126 @@ async def test_a_record_linked_to_two_held_records_at_once_is_persisted_whole(
     assert [e.kind for e in lineage.events] == [1, 1]
     assert [c.record for c in lineage.events[1].rekeyed] == [("410000", "ha-wang")]
     assert len(lineage.links) == 2
+
+
+# A household of three, registered again in 河南 after it moved: nobody's number survived, and
+# 刘淑英 alone (one character off 刘淑兰, same birth date) is only a grey-band match.
+LIU_BIRTH, ZHANG_BIRTH, WEI_BIRTH = dt.date(1958, 11, 21), dt.date(1956, 2, 3), dt.date(1985, 7, 9)
+FAMILY = (
+    ("liu", "刘淑兰", "刘淑英", LIU_BIRTH, 246),
+    ("zhang", "张建国", "张建国", ZHANG_BIRTH, 131),
+    ("wei", "张伟", "张伟", WEI_BIRTH, 155),
+)
+
+
+def family(province: str, *, with_household: bool) -> PreparedBatch:
+    gd = province == "440000"
+    records = [
+        person(
+            f"{'gd' if gd else 'ha'}-{tag}",
+            province=province,
+            id_number=make_id_number("440106", birth, seq) if gd else "",
+            name=gd_name if gd else ha_name,
+            birth=birth,
+            household=f"{province}-h1",
+        )
+        for tag, gd_name, ha_name, birth, seq in FAMILY
+    ]
+    household = Household(
+        household_id=f"{province}-h1",
+        version=1,
+        residence_division=COUNTY[province],
+        members=tuple(HouseholdMember(r.record_id, n + 1) for n, r in enumerate(records)),
+        monthly_income_per_member_fen=30_000,
+        content_hash=province.encode(),
+    )
+    return batch(
+        province,
+        *records,
+        unverified=frozenset() if gd else frozenset(range(3)),
+        households=(household,) if with_household else (),
+    )
+
+
+@pytest.mark.parametrize("with_household", [True, False], ids=["household-sent", "no-household"])
+async def test_shared_household_members_are_evidence_enough_to_link(
+    linked: SqliteStore, db_path: Path, with_household: bool
+) -> None:
+    liu = KEYER.person_key(make_id_number("440106", LIU_BIRTH, 246))
+    await linked.apply_batch(GD, "g1", b"g1", family("440000", with_household=True))
+    await linked.apply_batch(HA, "h1", b"h1", family("410000", with_household=with_household))
+    con = sqlite3.connect(db_path)
+    try:
+        decisions = [
+            json.loads(d)
+            for (d,) in con.execute(
+                "SELECT decision FROM linkage_links WHERE ended_seq=0"
+                " AND (record_a='410000/ha-liu' OR record_b='410000/ha-liu')"
+            )
+        ]
+        reviews = con.execute("SELECT count(*) FROM linkage_reviews WHERE record_a='410000/ha-liu'").fetchone()[0]
+    finally:
+        con.close()
+    if with_household:
+        (decision,) = decisions
+        household = {e["comparison"]: e for e in decision["evidence"]}["household"]
+        assert household["level"] == "two_or_more_shared"
+        assert household["weight"] > 0
+        assert person_key_of(db_path, "410000", "ha-liu") == liu
+        assert reviews == 0
+    else:
+        # The same pair without the household: a reviewer must decide it.
+        assert decisions == []
+        assert reviews == 1
+        assert person_key_of(db_path, "410000", "ha-liu") != liu
+
+
+def reviews_of(db_path: Path) -> list[tuple[int, str, str, int, str, str]]:
+    con = sqlite3.connect(db_path)
+    try:
+        return con.execute(
+            "SELECT review_id, record_a, record_b, state, decided_by, reason FROM linkage_reviews ORDER BY review_id"
+        ).fetchall()
+    finally:
+        con.close()
+
+
+async def test_a_changed_record_supersedes_its_open_review_and_is_scored_afresh(
+    linked: SqliteStore, db_path: Path
+) -> None:
+    await linked.apply_batch(GD, "g1", b"g1", family("440000", with_household=True))
+    await linked.apply_batch(HA, "h1", b"h1", family("410000", with_household=False))
+    ((review_id, _, b, state, _, _),) = [r for r in reviews_of(db_path) if r[1] == "410000/ha-liu"]
+    assert (b, state) == ("440000/gd-liu", 1)
+    # 河南 corrects the name: the item's evidence is stale; the new version links outright.
+    fixed = person(
+        "ha-liu", province="410000", id_number="", name="刘淑兰", birth=LIU_BIRTH, household="410000-h1", version=2
+    )
+    await linked.apply_batch(HA, "h2", b"h2", batch("410000", fixed, unverified=frozenset({0})))
+    (row,) = [r for r in reviews_of(db_path) if r[0] == review_id]
+    assert row[3:] == (4, "linker", "the record changed")
+    assert person_key_of(db_path, "410000", "ha-liu") == KEYER.person_key(make_id_number("440106", LIU_BIRTH, 246))
+    assert linked.linkage is not None
+    assert linked.linkage.index is not None
+    assert linked.linkage.index.review_queue() == ()
+    with pytest.raises(FailedPrecondition) as late:
+        await linked.decide_review(REVIEWER, "d-late", review_id, accept=True, reason="too late")
+    assert late.value.reason == "LINKAGE_REVIEW_DECIDED"
+
+
+async def test_a_retired_record_supersedes_its_open_review_items(linked: SqliteStore, db_path: Path) -> None:
+    await linked.apply_batch(GD, "g1", b"g1", family("440000", with_household=True))
+    await linked.apply_batch(HA, "h1", b"h1", family("410000", with_household=False))
+    (review_id,) = [r[0] for r in reviews_of(db_path) if r[1] == "410000/ha-liu"]
+    ack = await linked.retire_records(GD, "r1", [Retirement(0, "gd-liu", 2, RetirementReason.DECEASED)], [], 1)
+    assert ack.outcomes == bytes([Outcome.UPDATED])
+    (row,) = [r for r in reviews_of(db_path) if r[0] == review_id]
+    assert row[3:] == (4, "linker", "the record was retired")
+    linker_entries = count(db_path, "SELECT count(*) FROM audit_entries WHERE method='/hutong.hub.Linker/LinkRecords'")
+    assert linker_entries == 2  # the link the Henan batch made (its co-members), and the retirement's closing
+    # A replay of the retirement changes nothing more.
+    again = await linked.retire_records(GD, "r1", [Retirement(0, "gd-liu", 2, RetirementReason.DECEASED)], [], 1)
+    assert again.replayed
 
 
 async def test_records_with_valid_numbers_take_the_fast_path(linked: SqliteStore, db_path: Path) -> None:

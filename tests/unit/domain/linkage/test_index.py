@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -256,6 +257,23 @@ def test_review_reject_keeps_clusters_apart_and_records_the_refusal(model: Linka
     assert event in index.lineage("410000/41-9")
     with pytest.raises(NotFound):
         index.accept(99, actor="reviewer-7", reason="")
+
+
+def test_a_changed_record_supersedes_its_open_items_and_relink_queues_the_pair_again(model: LinkageModel) -> None:
+    index = LinkageIndex(model, LinkSettings(link_threshold=1.0, review_threshold=0.5))
+    index.add(_guangdong())
+    item = index.add(_henan(name="王秀瑛")).reviews[0]
+    assert index.supersede("440000/44-1", actor="linker", reason="the record changed") == (
+        replace(item, status=ReviewStatus.SUPERSEDED, decided_by="linker", reason="the record changed"),
+    )
+    assert index.review_queue() == ()
+    assert index.supersede("440000/44-1", actor="linker", reason="again") == ()
+    with pytest.raises(FailedPrecondition):
+        index.accept(item.review_id, actor="reviewer-7", reason="too late")
+    # Superseded is not kept apart: scored again, the pair is a new item.
+    (again,) = index.relink("410000/41-9").reviews
+    assert again.review_id != item.review_id
+    assert again.decision.pair == item.decision.pair
 
 
 def test_a_review_decision_needs_an_actor(model: LinkageModel) -> None:
