@@ -21,6 +21,7 @@ from gateway.audit import AuditEntry, HashFn, MerkleAccumulator, TreeRangeInvali
 from gateway.audit.archive import hash_function
 from gateway.errors import StoreError
 from gateway.store.base import AuditFilter
+from gateway.store.engine import Connection
 
 __all__ = [
     "BLOOM_THRESHOLD",
@@ -33,7 +34,6 @@ __all__ = [
     "list_entries",
     "read_checkpoints",
     "read_entries",
-    "register_functions",
     "short_method",
     "stored_tree",
     "subtree_hash",
@@ -97,7 +97,7 @@ class AuditLedger:
         """The root over every appended entry."""
         return self._tree.root()
 
-    def load(self, con: sqlite3.Connection) -> None:
+    def load(self, con: Connection) -> None:
         """Resume from the stored compact range, after checking it against the stored entries.
 
         The size must match the entries table and every peak the hashes the entries give for its
@@ -141,7 +141,7 @@ class AuditLedger:
         self._tree = self._accumulator(size, peaks)
         self._subtrees.clear()
 
-    def append(self, con: sqlite3.Connection, entries: Sequence[AuditEntry]) -> int:
+    def append(self, con: Connection, entries: Sequence[AuditEntry]) -> int:
         """Insert ``entries`` in order; returns the index of the first."""
         first = self._tree.size
         rows = []
@@ -180,7 +180,7 @@ class AuditLedger:
         self._dirty = True
         return first
 
-    def save(self, con: sqlite3.Connection) -> None:
+    def save(self, con: Connection) -> None:
         """Write the compact range, once per transaction, before it commits."""
         if self._dirty:
             con.execute(
@@ -188,15 +188,15 @@ class AuditLedger:
             )
             self._dirty = False
 
-    def add_checkpoint(self, con: sqlite3.Connection, size: int, time_us: int, note: str) -> None:
+    def add_checkpoint(self, con: Connection, size: int, time_us: int, note: str) -> None:
         """Store a signed checkpoint of ``size`` (one per size: a second one is ignored)."""
-        con.execute("INSERT OR IGNORE INTO audit_checkpoints VALUES (?,?,?)", (size, time_us, note))
+        con.execute("INSERT INTO audit_checkpoints VALUES (?,?,?) ON CONFLICT DO NOTHING", (size, time_us, note))
 
 
 # -- reads ---------------------------------------------------------------------------------
 
 
-def stored_tree(con: sqlite3.Connection, hash_fn: HashFn) -> tuple[int, list[bytes]]:
+def stored_tree(con: Connection, hash_fn: HashFn) -> tuple[int, list[bytes]]:
     """The committed tree's size and compact range (peaks, leftmost first), as stored."""
     row = con.execute("SELECT size, peaks FROM audit_tree WHERE id=1").fetchone()
     if row is None:
@@ -212,7 +212,7 @@ def stored_tree(con: sqlite3.Connection, hash_fn: HashFn) -> tuple[int, list[byt
     return size, [bytes(peaks[i : i + width]) for i in range(0, len(peaks), width)]
 
 
-def read_entries(con: sqlite3.Connection, start: int, end: int) -> Iterator[tuple[bytes, bytes]]:
+def read_entries(con: Connection, start: int, end: int) -> Iterator[tuple[bytes, bytes]]:
     """(entry bytes, leaf hash) of entries ``start .. end-1``, in order."""
     for data, leaf in con.execute(
         "SELECT entry, leaf_hash FROM audit_entries WHERE seq >= ? AND seq < ? ORDER BY seq", (start, end)
@@ -220,7 +220,7 @@ def read_entries(con: sqlite3.Connection, start: int, end: int) -> Iterator[tupl
         yield bytes(data), bytes(leaf)
 
 
-def read_checkpoints(con: sqlite3.Connection, *, max_size: int | None = None) -> list[tuple[int, int, str]]:
+def read_checkpoints(con: Connection, *, max_size: int | None = None) -> list[tuple[int, int, str]]:
     """(size, time_us, note) of stored checkpoints, ascending size."""
     limit = 2**63 - 1 if max_size is None else max_size
     return [
@@ -231,7 +231,7 @@ def read_checkpoints(con: sqlite3.Connection, *, max_size: int | None = None) ->
     ]
 
 
-def subtree_hash(con: sqlite3.Connection, start: int, end: int, hash_fn: HashFn) -> bytes:
+def subtree_hash(con: Connection, start: int, end: int, hash_fn: HashFn) -> bytes:
     """``MTH(D[start:end])`` from stored subtree roots and leaf hashes.
 
     Proof paths only ask for ranges that split, RFC 9162 style, into perfect subtrees aligned
@@ -259,9 +259,18 @@ def subtree_hash(con: sqlite3.Connection, start: int, end: int, hash_fn: HashFn)
     return node_hash(subtree_hash(con, start, start + k, hash_fn), subtree_hash(con, start + k, end, hash_fn), hash_fn)
 
 
-def list_entries(
-    con: sqlite3.Connection, filt: AuditFilter, *, after: int, limit: int, size: int
-) -> list[tuple[int, bytes]]:
+def _entries_at(con: Connection, seqs: Sequence[int]) -> dict[int, bytes]:
+    out: dict[int, bytes] = {}
+    for start in range(0, len(seqs), 500):
+        chunk = seqs[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        out.update((seq, bytes(data)) for seq, data in con.execute(
+            f"SELECT seq, entry FROM audit_entries WHERE seq IN ({marks})", chunk
+        ))  # fmt: skip
+    return out
+
+
+def list_entries(con: Connection, filt: AuditFilter, *, after: int, limit: int, size: int) -> list[tuple[int, bytes]]:
     """Up to ``limit`` (index, entry bytes) matching ``filt`` with ``after <= index < size``, in order."""
     where = ["seq >= ?", "seq < ?"]
     args: list[object] = [after, size]
@@ -275,41 +284,51 @@ def list_entries(
         if value:
             where.append(f"{column} = ?")
             args.append(value)
+    suffix = ""
     if filt.method:
-        # A full name matches itself; a short one the method of that name in any service.
-        full = "/" in filt.method
-        where.append("method = ?" if full else "method GLOB ?")
-        args.append(filt.method if full else "*/" + filt.method)
+        # A full name matches itself; a short one the method of that name in any service
+        # (``LIKE`` narrows the rows in both engines; the exact suffix is checked below).
+        if "/" in filt.method:
+            where.append("method = ?")
+            args.append(filt.method)
+        else:
+            suffix = "/" + filt.method
+            where.append("method LIKE ? ESCAPE '\\'")
+            args.append("%/" + filt.method.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_"))
     key = filt.person_key
     if key:
+        # Batches carry a Bloom filter instead of index rows: they are tested here, in Python.
         where.append(
             "(seq IN (SELECT seq FROM audit_persons WHERE person_key = ? AND seq >= ?)"
             " OR seq IN (SELECT seq FROM audit_persons_recent WHERE person_key = ?)"
-            " OR (persons_bloom IS NOT NULL AND hutong_bloom_has(persons_bloom, ?)))"
+            " OR persons_bloom IS NOT NULL)"
         )
-        args.extend((key, after, key, key))
-    sql = f"SELECT seq, entry, persons_bloom FROM audit_entries WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?"
+        args.extend((key, after, key))
+    sql = f"SELECT seq, persons_bloom, method FROM audit_entries WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?"
     out: list[tuple[int, bytes]] = []
     wanted = key.hex()
     # A Bloom hit may be false: confirm against the entry itself, and read on until the page is full.
     while len(out) < limit:
         want = limit - len(out)
         rows = con.execute(sql, (*args, want)).fetchall()
-        for seq, data, bloom in rows:
-            if key and bloom is not None and wanted not in json.loads(bytes(data))["person_keys"]:
+        kept = [
+            (seq, bloom is not None)
+            for seq, bloom, method in rows
+            if not (suffix and not method.endswith(suffix))
+            and not (key and bloom is not None and not bloom_has(bytes(bloom), key))
+        ]
+        entries = _entries_at(con, [seq for seq, _ in kept])
+        for seq, bloomed in kept:
+            data = entries[seq]
+            if bloomed and key and wanted not in json.loads(data)["person_keys"]:
                 continue
-            out.append((seq, bytes(data)))
+            out.append((seq, data))
         if len(rows) < want:
             break
         args[0] = rows[-1][0] + 1
         if key:
-            args[-3] = args[0]
+            args[-2] = args[0]
     return out
-
-
-def register_functions(con: sqlite3.Connection) -> None:
-    """Make ``hutong_bloom_has`` available to queries on ``con``."""
-    con.create_function("hutong_bloom_has", 2, bloom_has, deterministic=True)
 
 
 class SqliteAuditSource:

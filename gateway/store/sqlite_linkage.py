@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
@@ -89,6 +88,7 @@ from gateway.store.base import (
     RecordKey,
     ReviewView,
 )
+from gateway.store.engine import Connection
 from gateway.store.sqlite_audit import AuditLedger
 from gateway.store.sqlite_loop import EVENT_KINDS, LoopLedger
 
@@ -228,7 +228,7 @@ _PROVINCE, _RECORD_ID, _BIRTH, _HOUSEHOLD = 0, 1, 4, 7
 
 
 def co_members(
-    con: sqlite3.Connection, sealer: FieldSealer, records: Iterable[tuple[str, str, str]]
+    con: Connection, sealer: FieldSealer, records: Iterable[tuple[str, str, str]]
 ) -> dict[tuple[str, str], frozenset[str]]:
     """The normalised names of each record's household co-members, from the households the province sent.
 
@@ -276,7 +276,7 @@ def co_members(
     return out
 
 
-def linkage_records(con: sqlite3.Connection, sealer: FieldSealer, rows: Sequence[Sequence[Any]]) -> list[LinkageRecord]:
+def linkage_records(con: Connection, sealer: FieldSealer, rows: Sequence[Sequence[Any]]) -> list[LinkageRecord]:
     """Unsealed linker records of ``_ROW`` rows, with their household co-members."""
     household = co_members(con, sealer, ((r[_PROVINCE], r[_RECORD_ID], r[_HOUSEHOLD]) for r in rows))
     empty: frozenset[str] = frozenset()
@@ -297,7 +297,7 @@ def linkage_records(con: sqlite3.Connection, sealer: FieldSealer, rows: Sequence
     ]
 
 
-def sample_records(con: sqlite3.Connection, sealer: FieldSealer, limit: int) -> list[LinkageRecord]:
+def sample_records(con: Connection, sealer: FieldSealer, limit: int) -> list[LinkageRecord]:
     """Up to ``limit`` live records, evenly spread over the table in key order (deterministic), unsealed."""
     total = con.execute("SELECT count(*) FROM records WHERE retired_reason=0").fetchone()[0]
     take = min(limit, total)
@@ -325,18 +325,18 @@ class ModelInfo:
     model: LinkageModel
 
 
-def store_model(con: sqlite3.Connection, model: LinkageModel, *, source: str, records: int, now: int) -> int:
+def store_model(con: Connection, model: LinkageModel, *, source: str, records: int, now: int) -> int:
     """Add ``model`` as the newest version; returns its version."""
     text = model.to_json()
-    cur = con.execute(
-        "INSERT INTO linkage_models (created_at_us, source, records, digest, model) VALUES (?,?,?,?,?)",
+    (version,) = con.execute(
+        "INSERT INTO linkage_models (created_at_us, source, records, digest, model) VALUES (?,?,?,?,?)"
+        " RETURNING version",
         (now, source, records, hashlib.sha256(text.encode()).digest(), text),
-    )
-    assert cur.lastrowid is not None
-    return int(cur.lastrowid)
+    ).fetchone()
+    return int(version)
 
 
-def current_model(con: sqlite3.Connection) -> ModelInfo | None:
+def current_model(con: Connection) -> ModelInfo | None:
     """The newest stored model, or None."""
     row = con.execute(
         "SELECT version, source, records, created_at_us, digest, model FROM linkage_models"
@@ -428,7 +428,7 @@ class LinkageLedger:
 
     # -- start-up --------------------------------------------------------------------------------
 
-    def open(self, con: sqlite3.Connection, now: int) -> LinkageStatus:
+    def open(self, con: Connection, now: int) -> LinkageStatus:
         """Load the newest model (training or bootstrapping the first) and build the index from the tables."""
         started = time.perf_counter()
         info = current_model(con)
@@ -468,7 +468,7 @@ class LinkageLedger:
             seconds=time.perf_counter() - started,
         )
 
-    def _hold_rows(self, con: sqlite3.Connection, rows: Sequence[Sequence[Any]]) -> list[str]:
+    def _hold_rows(self, con: Connection, rows: Sequence[Sequence[Any]]) -> list[str]:
         """File ``_ROW`` rows followed by their person key in the index; their record keys."""
         assert self.index is not None
         keys = []
@@ -487,7 +487,7 @@ class LinkageLedger:
             if len(number) == 18 and is_valid_id_number(number):
                 self._trigger_keys.add(self._keyer.person_key(number))
 
-    def _rebuild(self, con: sqlite3.Connection) -> None:
+    def _rebuild(self, con: Connection) -> None:
         """The index from the tables: unverified records, the records linked or in review with them, decisions."""
         assert self.model is not None
         self.index = index = LinkageIndex(self.model, self.settings)
@@ -536,7 +536,7 @@ class LinkageLedger:
         self._generation = con.execute("SELECT generation FROM linkage_state").fetchone()[0]
 
     @staticmethod
-    def _rows(con: sqlite3.Connection, keys: Sequence[str]) -> list[Sequence[Any]]:
+    def _rows(con: Connection, keys: Sequence[str]) -> list[Sequence[Any]]:
         """The ``_ROW`` rows (and person keys) of the records named, those the hub holds, in ``keys`` order."""
         out = []
         for key in keys:
@@ -548,14 +548,14 @@ class LinkageLedger:
                 out.append(found)
         return out
 
-    def _check(self, con: sqlite3.Connection) -> None:
+    def _check(self, con: Connection) -> None:
         """Rebuild the index if a transaction that changed it was rolled back."""
         stored = con.execute("SELECT generation FROM linkage_state").fetchone()[0]
         if stored != self._generation:
             log.warning("linkage_index_rebuilt", stored_generation=stored, memory_generation=self._generation)
             self._rebuild(con)
 
-    def _bump(self, con: sqlite3.Connection) -> None:
+    def _bump(self, con: Connection) -> None:
         con.execute("UPDATE linkage_state SET generation=generation+1")
         self._generation += 1
 
@@ -563,7 +563,7 @@ class LinkageLedger:
 
     def link_batch(
         self,
-        con: sqlite3.Connection,
+        con: Connection,
         audit: AuditLedger,
         node: NodeRef,
         batch_id: str,
@@ -633,7 +633,7 @@ class LinkageLedger:
                 self.index.drop(key)
                 self._person_key.pop(key, None)
 
-    def _record(self, con: sqlite3.Connection, province: str, r: PreparedRecord) -> LinkageRecord:
+    def _record(self, con: Connection, province: str, r: PreparedRecord) -> LinkageRecord:
         household = co_members(con, self._sealer, [(province, r.record_id, r.household_id)])
         return _linkage_record(
             self._sealer,
@@ -648,7 +648,7 @@ class LinkageLedger:
             household.get((province, r.record_id), frozenset()),
         )
 
-    def _link_valid(self, con: sqlite3.Connection, province: str, r: PreparedRecord, work: _Work) -> None:
+    def _link_valid(self, con: Connection, province: str, r: PreparedRecord, work: _Work) -> None:
         """A record with a valid number arrived or changed: score it against the unverified records only."""
         assert self.index is not None
         index = self.index
@@ -676,7 +676,7 @@ class LinkageLedger:
         work.materialised += 1
         self._apply(con, index.add(record, among=self._unverified), work)
 
-    def _link_unverified(self, con: sqlite3.Connection, province: str, r: PreparedRecord, work: _Work) -> None:
+    def _link_unverified(self, con: Connection, province: str, r: PreparedRecord, work: _Work) -> None:
         """A record without a valid number arrived or changed: read in its candidates and link it."""
         assert self.index is not None
         index = self.index
@@ -688,7 +688,8 @@ class LinkageLedger:
             if was_valid:  # its province can no longer vouch for its number
                 self._unverified[key] = r.person_key
                 con.execute(
-                    "INSERT OR IGNORE INTO linkage_unverified VALUES (?,?,?)", (province, r.record_id, r.person_key)
+                    "INSERT INTO linkage_unverified VALUES (?,?,?) ON CONFLICT DO NOTHING",
+                    (province, r.record_id, r.person_key),
                 )
             replaced = index.replace(record)
             self._expect(key, r.birth_yyyymmdd)
@@ -709,13 +710,16 @@ class LinkageLedger:
             return
         self._unverified[key] = r.person_key
         self._person_key[key] = r.person_key
-        con.execute("INSERT OR IGNORE INTO linkage_unverified VALUES (?,?,?)", (province, r.record_id, r.person_key))
+        con.execute(
+            "INSERT INTO linkage_unverified VALUES (?,?,?) ON CONFLICT DO NOTHING",
+            (province, r.record_id, r.person_key),
+        )
         result = index.add(record)
         self._expect(key, r.birth_yyyymmdd)
         work.persons.add(r.person_key)
         self._apply(con, result, work)
 
-    def _materialise(self, con: sqlite3.Connection, record: LinkageRecord, work: _Work) -> None:
+    def _materialise(self, con: Connection, record: LinkageRecord, work: _Work) -> None:
         """File the live records an unverified record may be (by number neighbours and birth dates) in the index."""
         assert self.index is not None
         features = features_of(record)
@@ -768,13 +772,13 @@ class LinkageLedger:
             return min(valid)
         return min(self._unverified[m] for m in members if m in self._unverified)
 
-    def _write_key(self, con: sqlite3.Connection, key: str, person_key: bytes) -> None:
+    def _write_key(self, con: Connection, key: str, person_key: bytes) -> None:
         province, record_id = split_key(key)
         con.execute(
             "UPDATE records SET person_key=? WHERE province=? AND record_id=?", (person_key, province, record_id)
         )
 
-    def _rekey(self, con: sqlite3.Connection, clusters: Iterable[str], work: _Work) -> list[PersonKeyChange]:
+    def _rekey(self, con: Connection, clusters: Iterable[str], work: _Work) -> list[PersonKeyChange]:
         """Give the unverified records of ``clusters`` their cluster's person key; returns the changes."""
         assert self.index is not None
         changes = []
@@ -797,7 +801,7 @@ class LinkageLedger:
 
     def _persist(
         self,
-        con: sqlite3.Connection,
+        con: Connection,
         event: LineageEvent,
         changes: Sequence[PersonKeyChange],
         work: _Work,
@@ -808,9 +812,9 @@ class LinkageLedger:
         assert self.index is not None
         kind = _KIND[event.kind]
         decision = event.decision.as_dict() if event.decision is not None else None
-        cur = con.execute(
+        (seq,) = con.execute(
             "INSERT INTO linkage_events (kind, records, decision, model_version, actor, reason, rekeyed, at_us)"
-            " VALUES (?,?,?,?,?,?,?,?)",
+            " VALUES (?,?,?,?,?,?,?,?) RETURNING seq",
             (
                 kind,
                 _json(list(event.record_keys)),
@@ -821,14 +825,15 @@ class LinkageLedger:
                 _json([["/".join(c.record), c.before.hex(), c.after.hex()] for c in changes]),
                 work.now,
             ),
-        )
-        seq = int(cur.lastrowid or 0)
+        ).fetchone()
         # The records of the pair's clusters as they stand (a later link of the same arrival may
         # already have merged an event's cluster into another).
         touched = set(event.record_keys)
         for cluster in {self.index.cluster_of(key) for key in event.record_keys}:
             touched.update(self.index.members(cluster))
-        con.executemany("INSERT OR IGNORE INTO linkage_event_records VALUES (?,?)", [(k, seq) for k in touched])
+        con.executemany(
+            "INSERT INTO linkage_event_records VALUES (?,?) ON CONFLICT DO NOTHING", [(k, seq) for k in touched]
+        )
         if kind in (_LINKED, _ACCEPTED) and decision is not None:
             con.execute(
                 "INSERT INTO linkage_links (record_a, record_b, decision, model_version, made_by, made_seq,"
@@ -863,9 +868,9 @@ class LinkageLedger:
             person_key = self._person_key.get(key)
             if person_key is not None:
                 work.persons.add(person_key)
-        return seq
+        return int(seq)
 
-    def _supersede(self, con: sqlite3.Connection, key: str, reason: str, work: _Work) -> None:
+    def _supersede(self, con: Connection, key: str, reason: str, work: _Work) -> None:
         """Close the record's open review items: their evidence was about what it no longer says."""
         assert self.index is not None
         for item in self.index.supersede(key, actor=LINKER, reason=reason):
@@ -881,7 +886,7 @@ class LinkageLedger:
 
     def retired(
         self,
-        con: sqlite3.Connection,
+        con: Connection,
         audit: AuditLedger,
         node: NodeRef,
         request_id: str,
@@ -904,7 +909,7 @@ class LinkageLedger:
         if work.decisions:
             audit.append(con, [self._audit_entry(audit, node, request_id, work, batch=False)])
 
-    def _detach(self, con: sqlite3.Connection, key: str, reason: str, work: _Work) -> None:
+    def _detach(self, con: Connection, key: str, reason: str, work: _Work) -> None:
         assert self.index is not None
         event = self.index.detach(key, actor=LINKER, reason=reason)
         if key in self._unverified:
@@ -916,7 +921,7 @@ class LinkageLedger:
         changes = self._rekey(con, event.clusters_after, work)
         self._persist(con, event, changes, work, model_version=self.model_version)
 
-    def _apply(self, con: sqlite3.Connection, result: AddResult, work: _Work) -> None:
+    def _apply(self, con: Connection, result: AddResult, work: _Work) -> None:
         """Persist what adding (or relinking) a record did: links, review items, re-keyed records."""
         assert self.index is not None
         work.compared += result.compared
@@ -983,7 +988,7 @@ class LinkageLedger:
 
     # -- reviewers -------------------------------------------------------------------------------
 
-    def _ensure_held(self, con: sqlite3.Connection, keys: Iterable[str]) -> None:
+    def _ensure_held(self, con: Connection, keys: Iterable[str]) -> None:
         assert self.index is not None
         missing = [key for key in keys if key not in self.index]
         rows = self._rows(con, missing)
@@ -994,7 +999,7 @@ class LinkageLedger:
         self._hold_rows(con, rows)
 
     def _tell(
-        self, con: sqlite3.Connection, loop: LoopLedger, keys: Sequence[str], subject: str, summary: str, now: int
+        self, con: Connection, loop: LoopLedger, keys: Sequence[str], subject: str, summary: str, now: int
     ) -> None:
         """Push a REVIEW_DECISION event to each province whose record the decision concerns."""
         by_province: dict[str, list[str]] = {}
@@ -1014,7 +1019,7 @@ class LinkageLedger:
 
     def decide(
         self,
-        con: sqlite3.Connection,
+        con: Connection,
         loop: LoopLedger,
         node: NodeRef,
         review_id: int,
@@ -1065,7 +1070,7 @@ class LinkageLedger:
 
     def split(
         self,
-        con: sqlite3.Connection,
+        con: Connection,
         loop: LoopLedger,
         node: NodeRef,
         a: str,
@@ -1127,9 +1132,7 @@ class LinkageLedger:
     )
 
     @classmethod
-    def review_items(
-        cls, con: sqlite3.Connection, *, province: str, state: int, after: int, limit: int
-    ) -> list[ReviewView]:
+    def review_items(cls, con: Connection, *, province: str, state: int, after: int, limit: int) -> list[ReviewView]:
         """Review items with an id above ``after``, oldest first."""
         where = ["v.review_id > ?"]
         args: list[Any] = [after]
@@ -1146,7 +1149,7 @@ class LinkageLedger:
         return [cls._review_view(row) for row in rows]
 
     @classmethod
-    def review(cls, con: sqlite3.Connection, review_id: int) -> ReviewView | None:
+    def review(cls, con: Connection, review_id: int) -> ReviewView | None:
         """One review item."""
         row = con.execute(f"SELECT {cls._REVIEW_COLUMNS} WHERE v.review_id=?", (review_id,)).fetchone()
         return None if row is None else cls._review_view(row)
@@ -1172,13 +1175,13 @@ class LinkageLedger:
     _EVENT_COLUMNS = "seq, kind, records, decision, model_version, actor, reason, rekeyed, at_us"
 
     @classmethod
-    def event(cls, con: sqlite3.Connection, seq: int) -> LineageEventView | None:
+    def event(cls, con: Connection, seq: int) -> LineageEventView | None:
         """One lineage event."""
         row = con.execute(f"SELECT {cls._EVENT_COLUMNS} FROM linkage_events WHERE seq=?", (seq,)).fetchone()
         return None if row is None else cls._event_view(row)
 
     @classmethod
-    def lineage(cls, con: sqlite3.Connection, record: RecordKey) -> LineageView | None:
+    def lineage(cls, con: Connection, record: RecordKey) -> LineageView | None:
         """One record's person, its cluster's links (holding and undone) and the events that touched it."""
         province, record_id = record
         row = con.execute(

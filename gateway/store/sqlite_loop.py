@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 from gateway.domain.divisions import province_of
 from gateway.domain.monitoring import HouseholdFacts, MonitoringRules
 from gateway.errors import InvalidDivision
+from gateway.store.engine import Connection
 
 __all__ = [
     "EVENT_KINDS",
@@ -153,7 +153,7 @@ class LoopLedger:
 
     def push(
         self,
-        con: sqlite3.Connection,
+        con: Connection,
         *,
         province: str,
         kind: int,
@@ -166,8 +166,8 @@ class LoopLedger:
         event_id = _event_id(subject, province)
         body = {"eventId": event_id, "kind": kind, **fields}
         cur = con.execute(
-            "INSERT OR IGNORE INTO events (province, event_id, kind, subject, body, created_at_us, respond_by_us,"
-            " sealed_pii) VALUES (?,?,?,?,?,?,?,?)",
+            "INSERT INTO events (province, event_id, kind, subject, body, created_at_us, respond_by_us,"
+            " sealed_pii) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
             (
                 province,
                 event_id,
@@ -179,10 +179,10 @@ class LoopLedger:
                 sealed_pii,
             ),
         )
-        return cur.rowcount > 0
+        return bool(cur.rowcount > 0)
 
     @staticmethod
-    def records_of(con: sqlite3.Connection, person_key: bytes, province: str) -> list[str]:
+    def records_of(con: Connection, person_key: bytes, province: str) -> list[str]:
         """The live record ids a province holds for a person."""
         return [
             rid
@@ -195,7 +195,7 @@ class LoopLedger:
 
     def finding_opened(
         self,
-        con: sqlite3.Connection,
+        con: Connection,
         *,
         finding_id: str,
         person_key: bytes,
@@ -224,7 +224,7 @@ class LoopLedger:
             )
 
     def resident_enrolled(
-        self, con: sqlite3.Connection, writer: str, items: Iterable[tuple[str, int, str, bytes, int]], now: int
+        self, con: Connection, writer: str, items: Iterable[tuple[str, int, str, bytes, int]], now: int
     ) -> None:
         """Records of ``writer`` newly active for persons whose hukou is elsewhere: tell the hukou province.
 
@@ -251,9 +251,7 @@ class LoopLedger:
                 now=now,
             )
 
-    def retired(
-        self, con: sqlite3.Connection, province: str, items: Iterable[tuple[str, int, bytes, int]], now: int
-    ) -> None:
+    def retired(self, con: Connection, province: str, items: Iterable[tuple[str, int, bytes, int]], now: int) -> None:
         """Records retired by ``province`` of persons still assisted elsewhere: tell those provinces.
 
         ``items``: (record id, version, person key, retirement reason).
@@ -287,7 +285,7 @@ class LoopLedger:
     # -- signals --------------------------------------------------------------------------------
 
     def submit_signals(
-        self, con: sqlite3.Connection, source: str, signals: Sequence[PreparedSignal], now: int
+        self, con: Connection, source: str, signals: Sequence[PreparedSignal], now: int
     ) -> list[SignalOutcome]:
         """Match each signal to the provinces holding the person (or its fallback) and push it there."""
         out = []
@@ -329,7 +327,7 @@ class LoopLedger:
 
     def monitoring_hit(
         self,
-        con: sqlite3.Connection,
+        con: Connection,
         *,
         rule_id: str,
         province: str,
@@ -340,7 +338,8 @@ class LoopLedger:
     ) -> None:
         """A rule matched a household: push it once, until the household stops matching."""
         cur = con.execute(
-            "INSERT OR IGNORE INTO monitoring_hits VALUES (?,?,?,?)", (rule_id, province, household_id, now)
+            "INSERT INTO monitoring_hits VALUES (?,?,?,?) ON CONFLICT DO NOTHING",
+            (rule_id, province, household_id, now),
         )
         if cur.rowcount == 0:
             return
@@ -353,7 +352,7 @@ class LoopLedger:
             now=now,
         )
 
-    def monitor(self, con: sqlite3.Connection, province: str, household_ids: Sequence[str], now: int) -> None:
+    def monitor(self, con: Connection, province: str, household_ids: Sequence[str], now: int) -> None:
         """Evaluate the rules on these households of ``province``, as they stand in this transaction."""
         rules = self.rules
         if rules is None:
@@ -419,7 +418,7 @@ class LoopLedger:
                         self.monitoring_cleared(con, rule.id, province, hid)
 
     @staticmethod
-    def monitoring_cleared(con: sqlite3.Connection, rule_id: str, province: str, household_id: str) -> None:
+    def monitoring_cleared(con: Connection, rule_id: str, province: str, household_id: str) -> None:
         """The household no longer matches the rule: a later match is a new alert."""
         con.execute(
             "DELETE FROM monitoring_hits WHERE rule_id=? AND province=? AND household_id=?",
@@ -427,15 +426,15 @@ class LoopLedger:
         )
 
     @staticmethod
-    def record_rules(con: sqlite3.Connection, digest: bytes, text: str, now: int) -> bool:
+    def record_rules(con: Connection, digest: bytes, text: str, now: int) -> bool:
         """Remember a set of rules; True when the hub has not run with it before."""
-        cur = con.execute("INSERT OR IGNORE INTO monitoring_rules VALUES (?,?,?)", (digest, now, text))
-        return cur.rowcount > 0
+        cur = con.execute("INSERT INTO monitoring_rules VALUES (?,?,?) ON CONFLICT DO NOTHING", (digest, now, text))
+        return bool(cur.rowcount > 0)
 
     # -- delivery -------------------------------------------------------------------------------
 
     @staticmethod
-    def events_after(con: sqlite3.Connection, province: str, after: int, limit: int) -> list[LoopEvent]:
+    def events_after(con: Connection, province: str, after: int, limit: int) -> list[LoopEvent]:
         """The province's events with a sequence above ``after``, in order."""
         return [
             LoopEvent(seq, event_id, kind, json.loads(body), created, respond_by, sealed, subject)
@@ -447,13 +446,13 @@ class LoopLedger:
         ]
 
     @staticmethod
-    def cursor(con: sqlite3.Connection, province: str, node: str) -> int:
+    def cursor(con: Connection, province: str, node: str) -> int:
         """The node's cursor: every event of its province up to it was acknowledged (by a node of the province)."""
         row = con.execute("SELECT cursor FROM event_cursors WHERE province=? AND node=?", (province, node)).fetchone()
         return 0 if row is None else int(row[0])
 
     def acknowledge(
-        self, con: sqlite3.Connection, province: str, node: str, event_ids: Sequence[str], now: int
+        self, con: Connection, province: str, node: str, event_ids: Sequence[str], now: int
     ) -> tuple[int, list[str]]:
         """Mark events acknowledged by ``node``; returns its new cursor and the ids that are not its province's."""
         unknown = []
@@ -482,7 +481,7 @@ class LoopLedger:
         return cursor, unknown
 
     @staticmethod
-    def event(con: sqlite3.Connection, event_id: str) -> tuple[str, int, str, int] | None:
+    def event(con: Connection, event_id: str) -> tuple[str, int, str, int] | None:
         """(province, kind, subject, outcome) of an event."""
         row = con.execute(
             "SELECT province, kind, subject, outcome FROM events WHERE event_id=?", (event_id,)
@@ -491,7 +490,7 @@ class LoopLedger:
 
     def report(
         self,
-        con: sqlite3.Connection,
+        con: Connection,
         *,
         province: str,
         node: str,
@@ -524,7 +523,7 @@ class LoopLedger:
             )
         return ReportResult(now, False, closed)
 
-    def mark_overdue(self, con: sqlite3.Connection, now: int) -> int:
+    def mark_overdue(self, con: Connection, now: int) -> int:
         """Escalate events past their respond_by without an outcome: an OVERDUE event to the same province."""
         rows = con.execute(
             "SELECT seq, province, event_id, kind, body FROM events"
@@ -549,7 +548,7 @@ class LoopLedger:
         return len(rows)
 
     @staticmethod
-    def loop_state(con: sqlite3.Connection) -> list[ProvinceLoop]:
+    def loop_state(con: Connection) -> list[ProvinceLoop]:
         """Per province: events pushed, acknowledged, reported, overdue, still open (overdue notices not counted)."""
         out: dict[str, ProvinceLoop] = {}
         for province, pushed, acked, reported, overdue, open_ in con.execute(
