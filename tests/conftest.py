@@ -7,7 +7,9 @@ builders are handed out as fixtures instead.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+import os
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,6 +34,36 @@ CD_URI = "hutong://province/510000/node/cd-01"
 FAST_RETRY = RetryConfig(
     initial_backoff=0.01, max_backoff=0.05, total_deadline=3.0, max_attempts=2, attempt_timeout=10.0
 )
+
+
+#: The PostgreSQL server tests use; CI sets HUTONG_REQUIRE_POSTGRES=1 so that its absence fails them.
+POSTGRES_URL = os.environ.get("HUTONG_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A URL of a fresh, empty schema on the test PostgreSQL server, dropped afterwards.
+
+    Skips with the reason when no server is reachable, unless HUTONG_REQUIRE_POSTGRES=1 (CI),
+    where it fails instead.
+    """
+    import psycopg
+
+    try:
+        admin = psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=3)
+    except psycopg.Error as exc:
+        reason = f"PostgreSQL is not reachable at {POSTGRES_URL} ({str(exc).strip()}); set HUTONG_TEST_POSTGRES_URL"
+        if os.environ.get("HUTONG_REQUIRE_POSTGRES") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    schema = f"t_{secrets.token_hex(6)}"
+    with admin:
+        admin.execute(f"CREATE SCHEMA {schema}")
+        try:
+            separator = "&" if "?" in POSTGRES_URL else "?"
+            yield f"{POSTGRES_URL}{separator}options=-csearch_path%3D{schema}"
+        finally:
+            admin.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 @pytest.fixture(scope="session")

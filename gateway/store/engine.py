@@ -54,6 +54,10 @@ class Engine(Protocol):
     errors: tuple[type[BaseException], ...]
     #: True when reads are cheap enough to run on the event loop's thread (an embedded engine).
     inline_reads: bool
+    #: True when other processes (hub replicas) may write the same database: in-memory state
+    #: (the audit log's compact range, the linkage index) must be checked against it in every
+    #: write transaction, and the linker reads its candidates from the database.
+    shared: bool
 
     def describe(self) -> str:
         """Where the database is, for messages (no password)."""

@@ -262,6 +262,9 @@ class SqlStore:
         group_mark = self._ledger.mark()
         try:
             con.execute(self.engine.begin)
+            if self.engine.shared:
+                self._ledger.follow(con)
+                group_mark = self._ledger.mark()
             for n, (fn, args, _loop, _future) in enumerate(jobs):
                 con.execute(f"SAVEPOINT job{n}")
                 job_mark = self._ledger.mark()
@@ -852,14 +855,14 @@ class SqlStore:
     @staticmethod
     def _stats(con: Connection) -> HubStats:
         by_province = {p: n for p, n in con.execute("SELECT province, records_held FROM province_state")}
-        retired = con.execute("SELECT coalesce(sum(records_retired), 0) FROM province_state").fetchone()[0]
+        retired = int(con.execute("SELECT coalesce(sum(records_retired), 0) FROM province_state").fetchone()[0])
         households = con.execute("SELECT count(*) FROM households").fetchone()[0]
         open_by_program = {
             Program(program): n
             for program, n in con.execute("SELECT program, count(*) FROM findings WHERE is_open=1 GROUP BY program")
         }
         resolved = con.execute("SELECT count(*) FROM findings WHERE is_open=0").fetchone()[0]
-        batches = con.execute("SELECT coalesce(sum(batches_applied), 0) FROM node_state").fetchone()[0]
+        batches = int(con.execute("SELECT coalesce(sum(batches_applied), 0) FROM node_state").fetchone()[0])
         return HubStats(by_province, retired, households, open_by_program, resolved, batches)
 
     async def sealed_pii_of(self, province_code: str, record_id: str) -> bytes | None:
@@ -971,6 +974,7 @@ class SqlStore:
 
     async def open_linkage(self, ledger: LinkageLedger) -> LinkageStatus:
         """Load (or train, or bootstrap) the linkage model and build the index; batches are linked from now on."""
+        ledger.shared = self.engine.shared
         status: LinkageStatus = await self._write(lambda con: ledger.open(con, _now_us()))
         self.linkage = ledger
         return status

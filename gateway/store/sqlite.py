@@ -30,6 +30,7 @@ class SqliteEngine:
     begin = "BEGIN IMMEDIATE"
     errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
     inline_reads = True
+    shared = False
 
     def __init__(self, path: Path, *, synchronous: str = "FULL", cache_mib: int = 64) -> None:
         self.path = path

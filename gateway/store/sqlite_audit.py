@@ -124,6 +124,17 @@ class AuditLedger:
         self._tree = self._accumulator(size, hashes)
         self._recent = con.execute("SELECT count(*) FROM audit_persons_recent").fetchone()[0]
 
+    def follow(self, con: Connection) -> None:
+        """Catch up with appends another writer committed (a hub replica on the same database).
+
+        Called at the start of a write transaction, once the writer lock is held: the stored
+        compact range is then the committed log's, and nobody else can move it until commit.
+        """
+        size, peaks = stored_tree(con, self.hash_fn)
+        if size != self._tree.size:
+            self._tree = self._accumulator(size, peaks)
+            self._recent = con.execute("SELECT count(*) FROM audit_persons_recent").fetchone()[0]
+
     def _accumulator(self, size: int, peaks: Sequence[bytes]) -> MerkleAccumulator:
         return MerkleAccumulator(self.hash_fn, size=size, peaks=peaks, on_subtree=self._completed)
 

@@ -412,6 +412,10 @@ class LinkageLedger:
         #: A hub without a model trains one at start when it holds this many live records; else bootstrap.
         self.train_min_records = train_min_records
         self.train_sample = train_sample
+        #: Other hub replicas write the same database (set by the store): candidates come from the
+        #: database's birth-date index rather than this process's directory, and the index is
+        #: checked against the tables at every batch, not only at batches that link.
+        self.shared = False
         self.model: LinkageModel | None = None
         self.model_version = 0
         self.model_source = ""
@@ -496,7 +500,8 @@ class LinkageLedger:
         self._person_key, self._unverified = {}, {}
         self._trigger_births, self._trigger_keys = set(), set()
         self._transient, self._reviewed = OrderedDict(), set()
-        for birth, person_key in con.execute("SELECT birth_date, person_key FROM records WHERE retired_reason=0"):
+        live = () if self.shared else con.execute("SELECT birth_date, person_key FROM records WHERE retired_reason=0")
+        for birth, person_key in live:
             keys = directory.get(birth)
             if keys is None:
                 directory[birth] = bytearray(person_key)
@@ -576,9 +581,12 @@ class LinkageLedger:
         The common case — records with valid numbers, none of them awaited by an unverified record —
         costs a directory entry each and nothing else.
         """
-        index = self.index
-        if index is None:
+        if self.index is None:
             return set()
+        if self.shared:
+            self._check(con)  # another replica may have linked, or held new unverified records
+        index = self.index
+        assert index is not None
         directory = self._directory
         births, keys = self._trigger_births, self._trigger_keys
         unverified: list[PreparedRecord] = []
@@ -591,11 +599,12 @@ class LinkageLedger:
                 unverified.append(r)
                 continue
             birth = r.birth_yyyymmdd
-            held = directory.get(birth)
-            if held is None:
-                directory[birth] = bytearray(r.person_key)
-            else:
-                held += r.person_key
+            if not self.shared:
+                held = directory.get(birth)
+                if held is None:
+                    directory[birth] = bytearray(r.person_key)
+                else:
+                    held += r.person_key
             if (
                 birth in births
                 or r.person_key in keys
@@ -735,6 +744,16 @@ class LinkageLedger:
         dates.update(dict.fromkeys(date for birth in births for date in probe_dates(birth)))
         cap = self.max_candidates * _KEY_BYTES
         for date in dates:
+            if self.shared:  # the newest records born that day, from the database's index
+                wanted.update(
+                    (bytes(k), None)
+                    for (k,) in con.execute(
+                        "SELECT person_key FROM records WHERE birth_date=? AND retired_reason=0"
+                        " ORDER BY received_at_us DESC LIMIT ?",
+                        (date, self.max_candidates),
+                    )
+                )
+                continue
             blob = self._directory.get(date)
             if blob:
                 tail = blob[-cap:]

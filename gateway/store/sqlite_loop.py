@@ -552,8 +552,9 @@ class LoopLedger:
         """Per province: events pushed, acknowledged, reported, overdue, still open (overdue notices not counted)."""
         out: dict[str, ProvinceLoop] = {}
         for province, pushed, acked, reported, overdue, open_ in con.execute(
-            "SELECT province, count(*), sum(acked_at_us<>0), sum(outcome<>0), sum(overdue_at_us<>0 AND outcome=0),"
-            " sum(outcome=0) FROM events WHERE kind<>? GROUP BY province ORDER BY province",
+            "SELECT province, count(*), count(*) FILTER (WHERE acked_at_us<>0), count(*) FILTER (WHERE outcome<>0),"
+            " count(*) FILTER (WHERE overdue_at_us<>0 AND outcome=0), count(*) FILTER (WHERE outcome=0)"
+            " FROM events WHERE kind<>? GROUP BY province ORDER BY province",
             (EVENT_KINDS["overdue"],),
         ):
             out[province] = ProvinceLoop(province, pushed, acked, reported, overdue, open_)

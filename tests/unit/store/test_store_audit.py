@@ -238,12 +238,12 @@ async def test_each_entry_is_stored_with_its_leaf_hash(store: SqliteStore) -> No
 
 
 async def test_every_completed_subtree_of_stored_level_is_stored_with_its_root(
-    store: SqliteStore, db_path: Path
+    sqlite_store: SqliteStore, db_path: Path
 ) -> None:
     entries = numbered(0, 1025)
     # Several appends, so that subtrees complete both inside one append and across two.
     for start, end in ((0, 200), (200, 300), (300, 700), (700, 1025)):
-        await store.append_audit(entries[start:end])
+        await sqlite_store.append_audit(entries[start:end])
     ref = Rfc9162(leaves_of(entries))
     with raw_database(db_path) as con:
         stored = {(level, start): bytes(h) for level, start, h in con.execute("SELECT * FROM audit_subtrees")}
@@ -442,27 +442,29 @@ async def test_corrupt_tree_state_stops_open(db_path: Path, sql: str) -> None:
 # -- transactions -----------------------------------------------------------------------------
 
 
-async def test_a_job_failing_after_its_appends_leaves_no_gap_in_the_group(store: SqliteStore, db_path: Path) -> None:
+async def test_a_job_failing_after_its_appends_leaves_no_gap_in_the_group(
+    sqlite_store: SqliteStore, db_path: Path
+) -> None:
     committed = numbered(0, 250)
-    await store.append_audit(committed)
+    await sqlite_store.append_audit(committed)
     before = numbered(250, 253)
     doomed = [audit_entry(n, outcome="INTERNAL") for n in range(9000, 9010)]  # would complete subtree 0..255
     after = numbered(253, 263)  # completes subtree 0..255 again, with other leaves
 
     def fail(con: sqlite3.Connection) -> None:
-        store._ledger.append(con, doomed)
+        sqlite_store._ledger.append(con, doomed)
         raise JobFailed("the job's own write failed after its audit entries")
 
     def probe(con: sqlite3.Connection) -> tuple[int, int]:
         # Inside the group's transaction the tree row is saved only at its end.
-        return con.execute("SELECT size FROM audit_tree").fetchone()[0], store._ledger.size
+        return con.execute("SELECT size FROM audit_tree").fetchone()[0], sqlite_store._ledger.size
 
-    async with writer_held(store):
+    async with writer_held(sqlite_store):
         jobs = [
-            asyncio.ensure_future(store.append_audit(before)),
-            asyncio.ensure_future(store._write(fail)),
-            asyncio.ensure_future(store.append_audit(after)),
-            asyncio.ensure_future(store._write(probe)),
+            asyncio.ensure_future(sqlite_store.append_audit(before)),
+            asyncio.ensure_future(sqlite_store._write(fail)),
+            asyncio.ensure_future(sqlite_store.append_audit(after)),
+            asyncio.ensure_future(sqlite_store._write(probe)),
         ]
     results = await asyncio.gather(*jobs, return_exceptions=True)
     assert results[0] == 250
@@ -470,18 +472,18 @@ async def test_a_job_failing_after_its_appends_leaves_no_gap_in_the_group(store:
     assert results[2] == 253
     assert results[3] == (250, 263), "the four writes were not committed as one group"
     entries = committed + before + after
-    await assert_log_holds(store, entries)
+    await assert_log_holds(sqlite_store, entries)
     leaves = leaves_of(entries)
     with raw_database(db_path) as con:
         assert con.execute("SELECT hash FROM audit_subtrees WHERE level=8 AND start=0").fetchone()[0] == root_hash(
             leaves[:256]
         )
         assert con.execute(f"SELECT count(*) FROM {PERSON_ROWS}").fetchone()[0] == len(entries)
-    verify_inclusion(leaves[255], 255, 263, await store.inclusion_proof(255, 263), root_hash(leaves))
+    verify_inclusion(leaves[255], 255, 263, await sqlite_store.inclusion_proof(255, 263), root_hash(leaves))
     # The stored tree state agrees with the entries table (open() checks it).
-    await store.close()
-    await store.open()
-    await assert_log_holds(store, entries)
+    await sqlite_store.close()
+    await sqlite_store.open()
+    await assert_log_holds(sqlite_store, entries)
 
 
 async def test_a_group_rolled_back_as_a_whole_takes_its_appends_with_it(store: SqliteStore) -> None:
@@ -614,7 +616,7 @@ async def test_a_failing_audit_callback_rolls_back_the_batch_with_it(store: Sqli
 # -- checkpoints ------------------------------------------------------------------------------
 
 
-async def test_checkpoints_sign_the_committed_tree_once_per_size(store: SqliteStore, db_path: Path) -> None:
+async def test_checkpoints_sign_the_committed_tree_once_per_size(sqlite_store: SqliteStore, db_path: Path) -> None:
     key = Ed25519PrivateKey.generate()
     signed: list[tuple[int, bytes]] = []
 
@@ -625,36 +627,36 @@ async def test_checkpoints_sign_the_committed_tree_once_per_size(store: SqliteSt
 
         return sign
 
-    assert await store.latest_checkpoint() is None
+    assert await sqlite_store.latest_checkpoint() is None
     with raw_database(db_path) as con:
         assert read_checkpoints(con) == []
-    await store.append_audit(numbered(0, 300))
-    first = await store.add_checkpoint(signer(T0 + 1))
+    await sqlite_store.append_audit(numbered(0, 300))
+    first = await sqlite_store.add_checkpoint(signer(T0 + 1))
     assert first is not None
-    tree_300 = await store.audit_tree()
+    tree_300 = await sqlite_store.audit_tree()
     assert signed == [tree_300]
     assert first[0] == 300
     checkpoint = verify_checkpoint(first[1], ORIGIN, key.public_key(), origin=ORIGIN)
     assert (checkpoint.size, checkpoint.root_hash, checkpoint.time_us) == (300, tree_300[1], T0 + 1)
 
-    assert await store.add_checkpoint(signer(T0 + 2)) is None  # same size: not signed again
+    assert await sqlite_store.add_checkpoint(signer(T0 + 2)) is None  # same size: not signed again
     assert len(signed) == 1
 
-    await store.append_audit(numbered(300, 305))
-    second = await store.add_checkpoint(signer(T0 + 3))
+    await sqlite_store.append_audit(numbered(300, 305))
+    second = await sqlite_store.add_checkpoint(signer(T0 + 3))
     assert second is not None
     assert second[0] == 305
-    assert signed[-1] == await store.audit_tree()
+    assert signed[-1] == await sqlite_store.audit_tree()
 
-    assert await store.latest_checkpoint() == second
-    assert await store.checkpoint_at(300) == first[1]
-    assert await store.checkpoint_at(305) == second[1]
-    assert await store.checkpoint_at(301) is None
+    assert await sqlite_store.latest_checkpoint() == second
+    assert await sqlite_store.checkpoint_at(300) == first[1]
+    assert await sqlite_store.checkpoint_at(305) == second[1]
+    assert await sqlite_store.checkpoint_at(301) is None
     with raw_database(db_path) as con:  # as an export reads them
         assert read_checkpoints(con) == [(300, T0 + 1, first[1]), (305, T0 + 3, second[1])]
         assert read_checkpoints(con, max_size=304) == [(300, T0 + 1, first[1])]
     # The two signed roots are of one log.
-    verify_consistency(300, 305, signed[0][1], signed[1][1], await store.consistency_proof(300, 305))
+    verify_consistency(300, 305, signed[0][1], signed[1][1], await sqlite_store.consistency_proof(300, 305))
 
 
 async def test_a_checkpoint_in_a_group_covers_the_writes_committed_before_it_and_nothing_else(
@@ -796,7 +798,9 @@ async def test_filters_page_through_exactly_the_matching_entries(corpus: SqliteS
         assert await listed(corpus, filt, size=size) == [i for i in expected if i < size]
 
 
-async def test_the_corpus_exercises_both_person_indexes(corpus: SqliteStore, db_path: Path) -> None:
+async def test_the_corpus_exercises_both_person_indexes(sqlite_store: SqliteStore, db_path: Path) -> None:
+    corpus = sqlite_store
+    await corpus.append_audit(CORPUS)
     bloom_entries = [i for i, e in enumerate(CORPUS) if len(e.person_keys) > BLOOM_THRESHOLD]
     with raw_database(db_path) as con:
         with_bloom = [seq for (seq,) in con.execute("SELECT seq FROM audit_entries WHERE persons_bloom IS NOT NULL")]
@@ -870,31 +874,31 @@ async def test_concurrent_appends_make_one_gapless_log(store: SqliteStore) -> No
 
 
 async def test_recent_person_rows_are_folded_into_the_index_in_key_order(
-    store: SqliteStore, db_path: Path, monkeypatch: pytest.MonkeyPatch
+    sqlite_store: SqliteStore, db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sqlite_audit, "FOLD_ROWS", 10)
     first = numbered(0, 6)
-    await store.append_audit(first)
+    await sqlite_store.append_audit(first)
     with raw_database(db_path) as con:
         assert con.execute("SELECT count(*) FROM audit_persons_recent").fetchone()[0] == 6
         assert con.execute("SELECT count(*) FROM audit_persons").fetchone()[0] == 0
 
     # A write that fails after crossing the mark folds nothing: its savepoint takes the fold back.
     def fail_after_fold(con: sqlite3.Connection) -> None:
-        store._ledger.append(con, numbered(6, 12))
+        sqlite_store._ledger.append(con, numbered(6, 12))
         raise RuntimeError("the job fails after appending")
 
     with pytest.raises(RuntimeError):
-        await store._write(fail_after_fold)
+        await sqlite_store._write(fail_after_fold)
     second = numbered(6, 12)
-    await store.append_audit(second)
+    await sqlite_store.append_audit(second)
     with raw_database(db_path) as con:
         assert con.execute("SELECT count(*) FROM audit_persons_recent").fetchone()[0] == 0
         assert con.execute("SELECT count(*) FROM audit_persons").fetchone()[0] == 12
     # Every person is found, whichever table holds its row.
-    await store.append_audit(numbered(12, 14))
-    size, _ = await store.audit_tree()
+    await sqlite_store.append_audit(numbered(12, 14))
+    size, _ = await sqlite_store.audit_tree()
     for index, entry in enumerate([*first, *second, *numbered(12, 14)]):
         key = bytes.fromhex(entry.person_keys[0])
-        found = await store.audit_entries(AuditFilter(person_key=key), after=0, limit=10, size=size)
+        found = await sqlite_store.audit_entries(AuditFilter(person_key=key), after=0, limit=10, size=size)
         assert [seq for seq, _ in found] == [index]

@@ -7,8 +7,8 @@ import datetime as dt
 import hashlib
 import json
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,6 +35,7 @@ from gateway.domain.records import (
 )
 from gateway.errors import FailedPrecondition, NotFound
 from gateway.store.base import NodeRef
+from gateway.store.sql import SqlStore
 from gateway.store.sqlite import SqliteStore
 from gateway.store.sqlite_audit import AuditLedger
 from gateway.store.sqlite_linkage import LinkageLedger, current_model, probe_dates, sample_records
@@ -102,33 +103,29 @@ def henan_wang(record_id: str = "ha-wang", **fields: object) -> PersonRecord:
     return person(record_id, **base)  # type: ignore[arg-type]
 
 
-def person_key_of(db_path: Path, province: str, record_id: str) -> bytes:
-    con = sqlite3.connect(db_path)
-    try:
-        row = con.execute(
-            "SELECT person_key FROM records WHERE province=? AND record_id=?", (province, record_id)
-        ).fetchone()
-    finally:
-        con.close()
-    return bytes(row[0])
+async def rows(store: SqlStore, sql: str, *args: object) -> list[Any]:
+    """What a query returns, read through the store's own reader (either engine)."""
+    result: list[Any] = await store._read(lambda con: con.execute(sql, args).fetchall())
+    return result
 
 
-def count(db_path: Path, sql: str) -> int:
-    con = sqlite3.connect(db_path)
-    try:
-        return int(con.execute(sql).fetchone()[0])
-    finally:
-        con.close()
+async def person_key_of(store: SqlStore, province: str, record_id: str) -> bytes:
+    ((key,),) = await rows(
+        store, "SELECT person_key FROM records WHERE province=? AND record_id=?", province, record_id
+    )
+    return bytes(key)
+
+
+async def count(store: SqlStore, sql: str) -> int:
+    ((n,),) = await rows(store, sql)
+    return int(n)
 
 
 @pytest.fixture
-async def linked(db_path: Path) -> AsyncIterator[SqliteStore]:
-    """A store with linkage open (the bootstrap model: it holds no population to train on)."""
-    store = SqliteStore(db_path)
-    await store.open()
+async def linked(store: SqlStore) -> SqlStore:
+    """A store (SQLite, then PostgreSQL) with linkage open (the bootstrap model: it holds no population to train on)."""
     await store.open_linkage(LinkageLedger(KEYER, SEALER))
-    yield store
-    await store.close()
+    return store
 
 
 async def test_a_new_hub_links_with_the_bootstrap_model_stored_as_version_one(db_path: Path) -> None:
@@ -138,23 +135,28 @@ async def test_a_new_hub_links_with_the_bootstrap_model_stored_as_version_one(db
         status = await store.open_linkage(LinkageLedger(KEYER, SEALER))
         await store.close()
         assert (status.model_version, status.model_source) == (1, "bootstrap")
-    assert count(db_path, "SELECT count(*) FROM linkage_models") == 1
+    store = SqliteStore(db_path)
+    await store.open()
+    try:
+        assert await count(store, "SELECT count(*) FROM linkage_models") == 1
+    finally:
+        await store.close()
 
 
-async def test_an_unverified_record_is_re_keyed_to_the_person_it_links_to(linked: SqliteStore, db_path: Path) -> None:
+async def test_an_unverified_record_is_re_keyed_to_the_person_it_links_to(linked: SqlStore) -> None:
     await linked.apply_batch(GD, "g1", b"g1", batch("440000", person("gd-wang")))
     ack = await linked.apply_batch(HA, "h1", b"h1", batch("410000", henan_wang(), unverified=frozenset({0})))
     assert ack.record_outcomes == bytes([Outcome.CREATED])
-    assert person_key_of(db_path, "410000", "ha-wang") == WANG
+    assert await person_key_of(linked, "410000", "ha-wang") == WANG
     held = await linked.enrollments_of([WANG])
     assert sorted(h.province_code for h in held[WANG]) == ["410000", "440000"]
     assert [f.province_codes for f in await linked.findings_of(WANG)] == [("410000", "440000")]
-    assert count(db_path, "SELECT count(*) FROM linkage_links WHERE ended_seq=0 AND model_version=1") == 1
-    assert count(db_path, "SELECT count(*) FROM audit_entries WHERE method='/hutong.hub.Linker/LinkRecords'") == 1
+    assert await count(linked, "SELECT count(*) FROM linkage_links WHERE ended_seq=0 AND model_version=1") == 1
+    assert await count(linked, "SELECT count(*) FROM audit_entries WHERE method='/hutong.hub.Linker/LinkRecords'") == 1
 
 
 async def test_the_hukou_province_is_told_of_a_linked_record_with_its_own_records_of_the_person(
-    linked: SqliteStore,
+    linked: SqlStore,
 ) -> None:
     await linked.apply_batch(GD, "g1", b"g1", batch("440000", person("gd-wang")))
     await linked.apply_batch(HA, "h1", b"h1", batch("410000", henan_wang(), unverified=frozenset({0})))
@@ -164,14 +166,12 @@ async def test_the_hukou_province_is_told_of_a_linked_record_with_its_own_record
     assert told.body["otherProvinceCodes"] == ["410000"]
 
 
-async def test_a_record_linked_to_two_held_records_at_once_is_persisted_whole(
-    linked: SqliteStore, db_path: Path
-) -> None:
+async def test_a_record_linked_to_two_held_records_at_once_is_persisted_whole(linked: SqlStore) -> None:
     await linked.apply_batch(GD, "g1", b"g1", batch("440000", person("gd-wang")))
     await linked.apply_batch(SC, "s1", b"s1", batch("510000", person("sc-wang", province="510000")))
     await linked.apply_batch(HA, "h1", b"h1", batch("410000", henan_wang(), unverified=frozenset({0})))
-    assert person_key_of(db_path, "410000", "ha-wang") == WANG
-    assert count(db_path, "SELECT count(*) FROM linkage_links WHERE ended_seq=0") == 2
+    assert await person_key_of(linked, "410000", "ha-wang") == WANG
+    assert await count(linked, "SELECT count(*) FROM linkage_links WHERE ended_seq=0") == 2
     assert [f.province_codes for f in await linked.findings_of(WANG)] == [("410000", "440000", "510000")]
     lineage = await linked.lineage(("410000", "ha-wang"))
     assert lineage is not None
@@ -220,63 +220,56 @@ def family(province: str, *, with_household: bool) -> PreparedBatch:
 
 
 @pytest.mark.parametrize("with_household", [True, False], ids=["household-sent", "no-household"])
-async def test_shared_household_members_are_evidence_enough_to_link(
-    linked: SqliteStore, db_path: Path, with_household: bool
-) -> None:
+async def test_shared_household_members_are_evidence_enough_to_link(linked: SqlStore, with_household: bool) -> None:
     liu = KEYER.person_key(make_id_number("440106", LIU_BIRTH, 246))
     await linked.apply_batch(GD, "g1", b"g1", family("440000", with_household=True))
     await linked.apply_batch(HA, "h1", b"h1", family("410000", with_household=with_household))
-    con = sqlite3.connect(db_path)
-    try:
-        decisions = [
-            json.loads(d)
-            for (d,) in con.execute(
-                "SELECT decision FROM linkage_links WHERE ended_seq=0"
-                " AND (record_a='410000/ha-liu' OR record_b='410000/ha-liu')"
-            )
-        ]
-        reviews = con.execute("SELECT count(*) FROM linkage_reviews WHERE record_a='410000/ha-liu'").fetchone()[0]
-    finally:
-        con.close()
+    decisions = [
+        json.loads(d)
+        for (d,) in await rows(
+            linked,
+            "SELECT decision FROM linkage_links WHERE ended_seq=0"
+            " AND (record_a='410000/ha-liu' OR record_b='410000/ha-liu')",
+        )
+    ]
+    reviews = await count(linked, "SELECT count(*) FROM linkage_reviews WHERE record_a='410000/ha-liu'")
     if with_household:
         (decision,) = decisions
         household = {e["comparison"]: e for e in decision["evidence"]}["household"]
         assert household["level"] == "two_or_more_shared"
         assert household["weight"] > 0
-        assert person_key_of(db_path, "410000", "ha-liu") == liu
+        assert await person_key_of(linked, "410000", "ha-liu") == liu
         assert reviews == 0
     else:
         # The same pair without the household: a reviewer must decide it.
         assert decisions == []
         assert reviews == 1
-        assert person_key_of(db_path, "410000", "ha-liu") != liu
+        assert await person_key_of(linked, "410000", "ha-liu") != liu
 
 
-def reviews_of(db_path: Path) -> list[tuple[int, str, str, int, str, str]]:
-    con = sqlite3.connect(db_path)
-    try:
-        return con.execute(
-            "SELECT review_id, record_a, record_b, state, decided_by, reason FROM linkage_reviews ORDER BY review_id"
-        ).fetchall()
-    finally:
-        con.close()
+async def reviews_of(store: SqlStore) -> list[tuple[int, str, str, int, str, str]]:
+    return [
+        tuple(r)
+        for r in await rows(
+            store,
+            "SELECT review_id, record_a, record_b, state, decided_by, reason FROM linkage_reviews ORDER BY review_id",
+        )
+    ]
 
 
-async def test_a_changed_record_supersedes_its_open_review_and_is_scored_afresh(
-    linked: SqliteStore, db_path: Path
-) -> None:
+async def test_a_changed_record_supersedes_its_open_review_and_is_scored_afresh(linked: SqlStore) -> None:
     await linked.apply_batch(GD, "g1", b"g1", family("440000", with_household=True))
     await linked.apply_batch(HA, "h1", b"h1", family("410000", with_household=False))
-    ((review_id, _, b, state, _, _),) = [r for r in reviews_of(db_path) if r[1] == "410000/ha-liu"]
+    ((review_id, _, b, state, _, _),) = [r for r in await reviews_of(linked) if r[1] == "410000/ha-liu"]
     assert (b, state) == ("440000/gd-liu", 1)
     # 河南 corrects the name: the item's evidence is stale; the new version links outright.
     fixed = person(
         "ha-liu", province="410000", id_number="", name="刘淑兰", birth=LIU_BIRTH, household="410000-h1", version=2
     )
     await linked.apply_batch(HA, "h2", b"h2", batch("410000", fixed, unverified=frozenset({0})))
-    (row,) = [r for r in reviews_of(db_path) if r[0] == review_id]
+    (row,) = [r for r in await reviews_of(linked) if r[0] == review_id]
     assert row[3:] == (4, "linker", "the record changed")
-    assert person_key_of(db_path, "410000", "ha-liu") == KEYER.person_key(make_id_number("440106", LIU_BIRTH, 246))
+    assert await person_key_of(linked, "410000", "ha-liu") == KEYER.person_key(make_id_number("440106", LIU_BIRTH, 246))
     assert linked.linkage is not None
     assert linked.linkage.index is not None
     assert linked.linkage.index.review_queue() == ()
@@ -285,26 +278,28 @@ async def test_a_changed_record_supersedes_its_open_review_and_is_scored_afresh(
     assert late.value.reason == "LINKAGE_REVIEW_DECIDED"
 
 
-async def test_a_retired_record_supersedes_its_open_review_items(linked: SqliteStore, db_path: Path) -> None:
+async def test_a_retired_record_supersedes_its_open_review_items(linked: SqlStore) -> None:
     await linked.apply_batch(GD, "g1", b"g1", family("440000", with_household=True))
     await linked.apply_batch(HA, "h1", b"h1", family("410000", with_household=False))
-    (review_id,) = [r[0] for r in reviews_of(db_path) if r[1] == "410000/ha-liu"]
+    (review_id,) = [r[0] for r in await reviews_of(linked) if r[1] == "410000/ha-liu"]
     ack = await linked.retire_records(GD, "r1", [Retirement(0, "gd-liu", 2, RetirementReason.DECEASED)], [], 1)
     assert ack.outcomes == bytes([Outcome.UPDATED])
-    (row,) = [r for r in reviews_of(db_path) if r[0] == review_id]
+    (row,) = [r for r in await reviews_of(linked) if r[0] == review_id]
     assert row[3:] == (4, "linker", "the record was retired")
-    linker_entries = count(db_path, "SELECT count(*) FROM audit_entries WHERE method='/hutong.hub.Linker/LinkRecords'")
+    linker_entries = await count(
+        linked, "SELECT count(*) FROM audit_entries WHERE method='/hutong.hub.Linker/LinkRecords'"
+    )
     assert linker_entries == 2  # the link the Henan batch made (its co-members), and the retirement's closing
     # A replay of the retirement changes nothing more.
     again = await linked.retire_records(GD, "r1", [Retirement(0, "gd-liu", 2, RetirementReason.DECEASED)], [], 1)
     assert again.replayed
 
 
-async def test_records_with_valid_numbers_take_the_fast_path(linked: SqliteStore, db_path: Path) -> None:
+async def test_records_with_valid_numbers_take_the_fast_path(linked: SqlStore) -> None:
     others = [person(f"gd-{i}", id_number=make_id_number("440106", BIRTH, 200 + 2 * i)) for i in range(20)]
     await linked.apply_batch(GD, "g1", b"g1", batch("440000", *others))
-    assert count(db_path, "SELECT generation FROM linkage_state") == 0
-    assert count(db_path, "SELECT count(*) FROM linkage_events") == 0
+    assert await count(linked, "SELECT generation FROM linkage_state") == 0
+    assert await count(linked, "SELECT count(*) FROM linkage_events") == 0
     assert linked.linkage is not None
     assert linked.linkage.index is not None
     assert len(linked.linkage.index) == 0  # nothing filed: they wait in the birth-date directory
@@ -328,25 +323,23 @@ async def test_a_record_needs_the_flag_and_the_flag_needs_a_birth_date() -> None
     assert valid.person_key == prepared.person_key
 
 
-async def test_an_unchanged_new_version_keeps_its_link_and_a_fixed_number_takes_its_own_key(
-    linked: SqliteStore, db_path: Path
-) -> None:
+async def test_an_unchanged_new_version_keeps_its_link_and_a_fixed_number_takes_its_own_key(linked: SqlStore) -> None:
     await linked.apply_batch(GD, "g1", b"g1", batch("440000", person("gd-wang")))
     await linked.apply_batch(HA, "h1", b"h1", batch("410000", henan_wang(), unverified=frozenset({0})))
     # Only the amount changed: the upsert wrote the provisional key; linkage puts the person's back.
     await linked.apply_batch(
         HA, "h2", b"h2", batch("410000", henan_wang(version=2, amount=90_000), unverified=frozenset({0}))
     )
-    assert person_key_of(db_path, "410000", "ha-wang") == WANG
-    assert count(db_path, "SELECT count(*) FROM linkage_events") == 1
+    assert await person_key_of(linked, "410000", "ha-wang") == WANG
+    assert await count(linked, "SELECT count(*) FROM linkage_events") == 1
     # The province fixed the number: exact linkage by it; the probabilistic link is undone.
     await linked.apply_batch(HA, "h3", b"h3", batch("410000", henan_wang(version=3, id_number=WANG_ID)))
-    assert person_key_of(db_path, "410000", "ha-wang") == WANG
-    assert count(db_path, "SELECT count(*) FROM linkage_unverified") == 0
-    assert count(db_path, "SELECT count(*) FROM linkage_links WHERE ended_seq=0") == 0
+    assert await person_key_of(linked, "410000", "ha-wang") == WANG
+    assert await count(linked, "SELECT count(*) FROM linkage_unverified") == 0
+    assert await count(linked, "SELECT count(*) FROM linkage_links WHERE ended_seq=0") == 0
 
 
-async def test_decisions_and_splits_are_idempotent_by_request_id(linked: SqliteStore, db_path: Path) -> None:
+async def test_decisions_and_splits_are_idempotent_by_request_id(linked: SqlStore) -> None:
     await linked.apply_batch(GD, "g1", b"g1", batch("440000", person("gd-wang")))
     await linked.apply_batch(HA, "h1", b"h1", batch("410000", henan_wang(), unverified=frozenset({0})))
     split = await linked.split_link(REVIEWER, "s-1", ("410000", "ha-wang"), ("440000", "gd-wang"), "two women")

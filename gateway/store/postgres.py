@@ -1,0 +1,157 @@
+"""The production store: PostgreSQL (psycopg 3), for a national hub and its replicas.
+
+The same :class:`~gateway.store.sql.SqlStore` as the embedded store runs here; this module
+gives it PostgreSQL connections that speak the sqlite3 module's interface (``?`` placeholders
+become ``%s``; statements executed often are prepared server-side by psycopg), the schema
+migrations of ``migrations/postgresql`` (tracked in ``schema_migrations``), and a write
+transaction that begins by taking a transaction-scoped advisory lock: every hub replica's
+writer queues on it, so the exchange log gets its indices from one sequencer — the database —
+and the audit log's compact range, read back when another replica moved it, stays exact.
+
+``postgresql://user@host:5432/db?options=-csearch_path%3Dhutong`` picks a schema through libpq's
+``options``; every other libpq parameter (``sslmode``, ``sslrootcert``, ``connect_timeout``, …)
+is passed through as well.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg import pq
+
+from gateway.audit import HashFn, sha256
+from gateway.errors import StoreError
+from gateway.store.engine import migrations
+from gateway.store.sql import SqlStore
+
+__all__ = ["PgConnection", "PostgresEngine", "PostgresStore", "redact"]
+
+#: The advisory lock every writer takes for its transaction (a fixed key: "hutong" in ASCII).
+WRITER_LOCK = 0x6875746F6E67
+#: Taken while migrating, so two replicas starting together do not both migrate.
+MIGRATION_LOCK = WRITER_LOCK - 1
+_TOKEN = re.compile(r"'(?:[^']|'')*'|\?|%")
+
+
+@functools.lru_cache(maxsize=4096)
+def translate(sql: str) -> str:
+    """``sql`` with ``?`` placeholders as psycopg's ``%s`` (and a literal ``%`` doubled), string literals left alone."""
+
+    def swap(match: re.Match[str]) -> str:
+        text = match.group(0)
+        if text == "?":
+            return "%s"
+        return text.replace("%", "%%")  # psycopg reads %-sequences inside literals too
+
+    return _TOKEN.sub(swap, sql)
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+class PgConnection:
+    """A psycopg connection with the sqlite3 module's interface, in autocommit (explicit BEGIN/COMMIT)."""
+
+    def __init__(self, raw: psycopg.Connection[Any]) -> None:
+        self.raw = raw
+
+    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> psycopg.Cursor[Any]:
+        cur = self.raw.cursor()
+        if parameters:
+            cur.execute(translate(sql), list(parameters))
+        else:
+            # Without parameters psycopg uses the simple protocol: several statements may go at once.
+            cur.execute(sql.encode())
+        return cur
+
+    def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> psycopg.Cursor[Any]:
+        cur = self.raw.cursor()
+        rows = [list(p) for p in parameters]
+        if rows:
+            cur.executemany(translate(sql), rows)
+        return cur
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.raw.info.transaction_status != pq.TransactionStatus.IDLE
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+class PostgresEngine:
+    """A PostgreSQL database at ``url``."""
+
+    name = "postgresql"
+    begin = f"BEGIN; SELECT pg_advisory_xact_lock({WRITER_LOCK})"
+    errors: tuple[type[BaseException], ...] = (psycopg.Error,)
+    inline_reads = False
+    shared = True
+
+    def __init__(self, url: str, *, connect_timeout: float = 10.0) -> None:
+        self.url = url
+        self._connect_timeout = connect_timeout
+
+    def describe(self) -> str:
+        return redact(self.url)
+
+    def connect(self, *, readonly: bool = False) -> PgConnection:
+        try:
+            raw = psycopg.connect(
+                self.url,
+                autocommit=True,
+                connect_timeout=max(1, round(self._connect_timeout)),
+                application_name="hutong-hub",
+            )
+        except psycopg.Error as exc:
+            raise StoreError(
+                f"cannot connect to PostgreSQL at {self.describe()}: {str(exc).strip()}", reason="STORE_UNAVAILABLE"
+            ) from exc
+        if readonly:
+            raw.execute("SET default_transaction_read_only = on")
+        return PgConnection(raw)
+
+    def migrate(self, con: Any) -> None:
+        con.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version bigint PRIMARY KEY,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        con.execute(f"SELECT pg_advisory_lock({MIGRATION_LOCK})")
+        try:
+            current = self.schema_version(con)
+            for version, sql in migrations("postgresql"):
+                if version > current:
+                    con.execute("BEGIN")
+                    try:
+                        con.execute(sql)
+                        con.execute("INSERT INTO schema_migrations (version) VALUES (?)", (version,))
+                        con.execute("COMMIT")
+                    except BaseException:
+                        con.execute("ROLLBACK")
+                        raise
+        finally:
+            con.execute(f"SELECT pg_advisory_unlock({MIGRATION_LOCK})")
+
+    def schema_version(self, con: Any) -> int:
+        row = con.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
+        return int(row[0])
+
+
+class PostgresStore(SqlStore):
+    """The Store protocol on a PostgreSQL database."""
+
+    def __init__(self, url: str, *, audit_hash: HashFn = sha256) -> None:
+        self.url = url
+        super().__init__(PostgresEngine(url), audit_hash=audit_hash)
