@@ -45,17 +45,34 @@ _PROGRAMS = {
 
 
 def _split_listen(value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
-    return host.strip("[]") or "127.0.0.1", int(port)
+    from gateway.toml_config import parse_listen
+
+    try:
+        return parse_listen(value, field="--listen", default_host="127.0.0.1")
+    except errors.ConfigError:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}") from None
 
 
-def _add_tls(p: argparse.ArgumentParser, who: str) -> None:
+def _add_tls(p: argparse.ArgumentParser, who: str, *, config_keys: bool = False) -> None:
     g = p.add_argument_group("mTLS", f"the {who}'s certificate and key, and the ministry CA certificate")
-    g.add_argument("--cert", type=Path, help=f"PEM certificate (chain) of the {who}")
-    g.add_argument("--key", type=Path, help=f"PEM private key of the {who} (mode 0600)")
-    g.add_argument("--ca", type=Path, help="PEM certificates of the ministry CA (a chain file: intermediate + root)")
+    # hutong hub serve names the hub.toml key each flag overrides.
+    key = {name: f" [tls.{name}]" if config_keys else "" for name in ("cert", "key", "ca")}
+    g.add_argument("--cert", type=Path, help=f"PEM certificate (chain) of the {who}{key['cert']}")
+    g.add_argument("--key", type=Path, help=f"PEM private key of the {who} (mode 0600){key['key']}")
+    g.add_argument(
+        "--ca", type=Path, help=f"PEM certificates of the ministry CA (a chain file: intermediate + root){key['ca']}"
+    )
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config", type=Path, metavar="FILE", help="the hub's hub.toml (deploy/hub.example.toml); flags override it"
+    )
+
+
+def _add_data_dir_or_config(p: argparse.ArgumentParser) -> None:
+    _add_config(p)
+    p.add_argument("--data-dir", type=Path, help="the hub's data directory [hub.data_dir]")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -89,59 +106,118 @@ def _parser() -> argparse.ArgumentParser:
         "serve",
         help="serve the hub's gRPC API over mTLS",
         description="Serves AuthService, RecordExchangeService and AssistanceQueryService, gRPC health and "
-        "reflection. Client certificates must chain to --ca and carry a hutong://province/<code>/node/<name> URI; "
+        "reflection. Client certificates must chain to the CA and carry a hutong://province/<code>/node/<name> URI; "
         "every call but AuthService.IssueToken needs an access token bound to that certificate. "
-        "With --node-directory the hub answers FetchRecordDetail by asking the province nodes listed there "
-        "(mTLS with the hub's own certificate). SIGTERM or SIGINT drains open streams and stops.",
+        "Settings come from --config hub.toml (every key: deploy/CONFIG.md; relative paths are the file's) and "
+        "the flags below, which override the file's keys (named in brackets). With a node directory the hub "
+        "answers FetchRecordDetail by asking the province nodes listed there (mTLS with the hub's own certificate). "
+        "SIGTERM or SIGINT drains open streams and stops. Exit 3 on a configuration error, naming the key.",
     )
-    serve.add_argument("--data-dir", type=Path, required=True, help="directory of the SQLite database and key file")
+    _add_config(serve)
+    serve.add_argument(
+        "--data-dir", type=Path, help="directory of the key files and the SQLite database [hub.data_dir]"
+    )
     serve.add_argument(
         "--listen",
         type=_split_listen,
-        default=("127.0.0.1", 7443),
-        help="HOST:PORT (default 127.0.0.1:7443; port 0 picks one)",
+        help="HOST:PORT (default 127.0.0.1:7443; port 0 picks one) [hub.listen]",
     )
-    _add_tls(serve, "hub")
     serve.add_argument(
-        "--insecure", action="store_true", help="plaintext on loopback for debugging; callers name themselves"
+        "--health-listen",
+        type=_split_listen,
+        help="HOST:PORT of a plaintext port serving only grpc.health.v1.Health, for probes that cannot present "
+        "a client certificate (Kubernetes grpc probes); default: none [hub.health_listen]",
     )
-    serve.add_argument("--port-file", type=Path, help="write the bound port here once serving")
+    _add_tls(serve, "hub", config_keys=True)
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="plaintext on loopback for debugging; callers name themselves [hub.insecure]",
+    )
+    serve.add_argument("--port-file", type=Path, help="write the bound port here once serving [hub.port_file]")
     serve.add_argument(
         "--crypto-suite",
         choices=("intl", "sm"),
         help="intl (HMAC-SHA-256, AES-256-GCM) or sm (HMAC-SM3, SM4-GCM) for person keys and sealed fields;"
-        " fixed when the data directory is created (default there: intl)",
+        " fixed when the data directory is created (default there: intl) [hub.crypto_suite]",
     )
     serve.add_argument(
-        "--policy", type=Path, help="access policy (TOML): scopes per node, purposes per scope, rate limits"
+        "--policy",
+        type=Path,
+        help="access policy (TOML): scopes per node, purposes per scope, rate limits [policy.file]",
     )
     serve.add_argument(
-        "--crl", type=Path, help="the CA's CRL (PEM or DER); checked on every call, reloaded when the file changes"
+        "--crl",
+        type=Path,
+        help="the CA's CRL (PEM or DER); checked on every call, reloaded when the file changes [tls.crl]",
     )
-    serve.add_argument("--max-batch", type=int, default=5000, help="largest batch accepted (default 5000)")
+    serve.add_argument("--max-batch", type=int, help="largest batch accepted (default 5000) [sync.max_batch]")
     serve.add_argument(
         "--audit-origin",
-        help="the exchange log's permanent name, fixed on first start (default: <hub DNS name>/hutong-audit)",
+        help="the exchange log's permanent name, fixed on first start (default: <hub DNS name>/hutong-audit)"
+        " [audit.origin]",
     )
     serve.add_argument(
         "--checkpoint-seconds",
         type=float,
-        default=10.0,
-        help="seconds between signed checkpoints of the exchange log while it grows (default 10)",
+        help="seconds between signed checkpoints of the exchange log while it grows (default 10)"
+        " [audit.checkpoint_seconds]",
     )
-    serve.add_argument("--grace", type=float, default=10.0, help="seconds open calls get on shutdown (default 10)")
+    serve.add_argument(
+        "--grace", type=float, help="seconds open calls get on shutdown (default 10) [hub.grace_seconds]"
+    )
     serve.add_argument(
         "--node-directory",
         type=Path,
         metavar="FILE",
-        help="federation directory (TOML): each province node's address, for FetchRecordDetail; see deploy/README.md",
+        help="federation directory (TOML): each province node's address, for FetchRecordDetail; see "
+        "deploy/README.md [federation.node_directory]",
     )
     serve.add_argument(
         "--monitoring-rules",
         type=Path,
         metavar="FILE",
-        help="monitoring rules (TOML) evaluated on households as they change; see deploy/monitoring.example.toml",
+        help="monitoring rules (TOML) evaluated on households as they change; see deploy/monitoring.example.toml "
+        "[monitoring.rules]",
     )
+
+    migrate = hub.add_parser(
+        "migrate",
+        help="apply pending schema migrations to the hub's database; print the version before and after",
+        description="Opens the database named by store.url (default: SQLite in the data directory), applies every "
+        "pending migration, each in its own transaction, and prints the schema version before and after. Run it "
+        "before starting a new release (with PostgreSQL: once, before the replicas). With --create-keys it also "
+        "prepares a new data directory. Exit 0; 3 on a bad config.",
+    )
+    _add_data_dir_or_config(migrate)
+    migrate.add_argument(
+        "--create-keys",
+        action="store_true",
+        help="also create the key files a first start would (keys.json in hub.crypto_suite, token-keys.json, "
+        "audit-note.key for audit.origin) where missing: replicas must share one set, so make it once, first",
+    )
+    backup = hub.add_parser(
+        "backup",
+        help="back up the database, the key files and the newest checkpoint, with a manifest of hashes",
+        description="Copies the SQLite database with SQLite's online backup API (safe while the hub runs: a "
+        "consistent copy as of one instant), keys.json, token-keys.json and audit-note.key (mode 0600), the key "
+        "binding, the newest signed checkpoint, and writes manifest.json (every file's SHA-256, the schema version, "
+        "the exchange log's size and root) last. With a PostgreSQL store.url it copies the keys and the checkpoint "
+        "and prints the pg_dump command for the database (deploy/README.md). OUT must be new or empty. "
+        "Exit 0; 3 when something is missing or OUT is not empty.",
+    )
+    _add_data_dir_or_config(backup)
+    backup.add_argument("--out", type=Path, required=True, help="the backup directory (new or empty)")
+    restore = hub.add_parser(
+        "restore",
+        help="verify a backup and restore it into a new, empty data directory",
+        description="Checks every file against the manifest's SHA-256 (naming the first that does not match) and "
+        "the checkpoint's signature before writing anything, then restores the files (keys 0600) into the data "
+        "directory, which must be new or empty. Exit 0; 3 when the backup is damaged or the target is not empty.",
+    )
+    _add_data_dir_or_config(restore)
+    restore.add_argument("--from", dest="source", type=Path, required=True, metavar="DIR", help="the backup directory")
 
     loop = hub.add_parser(
         "loop",
@@ -269,7 +345,7 @@ def _parser() -> argparse.ArgumentParser:
         help="run a province node: sync exports to the hub, serve record details",
         description="A province node reads its exports with the province's adapter profile, keeps every record in a "
         "local outbox (SQLite) and streams changes to the hub; it serves the details the ministry does not store. "
-        "Its settings are one TOML file: deploy/README.md documents every key, with an example per province.",
+        "Its settings are one TOML file: every key is in deploy/CONFIG.md, an example per province in deploy/nodes/.",
     ).add_subparsers(dest="node_command", required=True, metavar="NODE_COMMAND")
     node_sync = node.add_parser(
         "sync",
@@ -634,7 +710,9 @@ def _dispatch(args: argparse.Namespace) -> int:
             from gateway.commands import rotate_token_key
 
             return rotate_token_key(args.data_dir, keep=args.keep)
-        return _hub_serve(args)
+        from gateway.hub.ops_commands import run_hub_ops
+
+        return run_hub_ops(args)
     if args.command == "query":
         from gateway.commands import run_query
 
@@ -748,33 +826,6 @@ def _tls(args: argparse.Namespace) -> TlsMaterial:
             field=missing[0],
         )
     return TlsMaterial.from_files(args.cert, args.key, args.ca)
-
-
-def _hub_serve(args: argparse.Namespace) -> int:
-    from gateway.domain.monitoring import load_rules
-    from gateway.hub.federation import load_node_directory
-    from gateway.hub.server import HubSettings, load_policy, serve_forever
-
-    host, port = args.listen
-    tls = None if args.insecure else _tls(args)
-    settings = HubSettings(
-        data_dir=args.data_dir,
-        host=host,
-        port=port,
-        tls=tls,
-        insecure=args.insecure,
-        max_batch_items=args.max_batch,
-        crl_path=args.crl,
-        crypto_suite=args.crypto_suite,
-        policy=load_policy(args.policy) if args.policy else None,
-        grace_seconds=args.grace,
-        audit_origin=args.audit_origin,
-        checkpoint_seconds=args.checkpoint_seconds,
-        node_directory=load_node_directory(args.node_directory) if args.node_directory else None,
-        monitoring_rules=load_rules(args.monitoring_rules) if args.monitoring_rules else None,
-    )
-    asyncio.run(serve_forever(settings, port_file=args.port_file))
-    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from gateway.hub.convert import decode_page_token, encode_page_token, timestamp_
 from gateway.hub.interceptors import CallInfo, current_call, current_caller
 from gateway.hub.preparation import check_client_id
 from gateway.store.base import LineageEventView, LinkView, RecordKey, ReviewView
-from gateway.store.sqlite import SqliteStore
+from gateway.store.sql import SqlStore
 from gateway.store.sqlite_linkage import LinkageStatus
 from hutong.v1 import linkage_pb2, linkage_pb2_grpc
 
@@ -138,7 +138,7 @@ def link_to_proto(link: LinkView) -> linkage_pb2.Link:
 class LinkageReviewServicer(linkage_pb2_grpc.LinkageReviewServiceServicer):
     """Review queue, decisions, splits and lineage of identity linkage."""
 
-    def __init__(self, store: SqliteStore) -> None:
+    def __init__(self, store: SqlStore) -> None:
         self._store = store
 
     async def ListReviewItems(

@@ -26,7 +26,7 @@ from gateway.domain.records import MAX_NAME_LENGTH, rejection_from_error
 from gateway.hub.convert import rejection_to_proto, timestamp_from_us
 from gateway.hub.interceptors import current_call, current_caller
 from gateway.hub.preparation import check_client_id
-from gateway.store.sqlite import SqliteStore
+from gateway.store.sql import SqlStore
 from gateway.store.sqlite_loop import LoopEvent, PreparedSignal
 from hutong.v1 import notification_pb2, notification_pb2_grpc, signal_pb2, signal_pb2_grpc
 
@@ -53,7 +53,7 @@ def _parse_cursor(text: str) -> int | None:
 class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
     """Delivers each province's events, in order, at least once; records acknowledgements and outcomes."""
 
-    def __init__(self, store: SqliteStore, sealer: FieldSealer, *, poll_seconds: float = 0.5) -> None:
+    def __init__(self, store: SqlStore, sealer: FieldSealer, *, poll_seconds: float = 0.5) -> None:
         self._store = store
         self._sealer = sealer
         self._poll = poll_seconds
@@ -144,7 +144,7 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
 class SignalServicer(signal_pb2_grpc.SignalServiceServicer):
     """Matches departments' risk signals to persons and pushes them to the provinces that must act."""
 
-    def __init__(self, store: SqliteStore, keyer: PersonKeyer, sealer: FieldSealer) -> None:
+    def __init__(self, store: SqlStore, keyer: PersonKeyer, sealer: FieldSealer) -> None:
         self._store = store
         self._keyer = keyer
         self._sealer = sealer

@@ -33,6 +33,7 @@ from gateway.errors import ConfigError
 from gateway.hub.audit import AuditKey, AuditRecorder, default_origin, log_hash_name
 from gateway.hub.audit_service import AuditServicer
 from gateway.hub.auth_service import AuthServicer
+from gateway.hub.config import DATABASE_FILE, store_for
 from gateway.hub.federation import DetailFetcher, FederationSettings, NodeDirectory
 from gateway.hub.interceptors import Authenticator, Authorizer, CallInfo, HubInterceptor, LogContext
 from gateway.hub.keys import load_or_create_keys
@@ -44,7 +45,7 @@ from gateway.hub.records_service import MAX_BATCH_ITEMS, RecordExchangeServicer,
 from gateway.hub.revocation import RevocationList
 from gateway.hub.tokens import TokenKeys, TokenService
 from gateway.serving import serve_until_signalled
-from gateway.store.sqlite import SqliteStore
+from gateway.store.sql import SqlStore
 from gateway.store.sqlite_linkage import LinkageLedger
 from hutong.v1 import (
     audit_pb2,
@@ -68,7 +69,6 @@ __all__ = ["DATABASE_FILE", "SCOPES_BY_METHOD", "HubServer", "HubSettings", "loa
 
 log = structlog.get_logger("hutong.hub")
 
-DATABASE_FILE = "hub.sqlite3"
 
 #: The scope each RPC needs; an RPC missing here is refused.
 SCOPES_BY_METHOD = {
@@ -117,8 +117,11 @@ _SERVICES = (
 class HubSettings:
     """How to run one hub."""
 
-    #: Holds the SQLite database and the key file.
+    #: Holds the key files and, by default, the SQLite database.
     data_dir: Path
+    #: The database (``gateway.hub.config.store_location``): empty for SQLite at ``<data_dir>/hub.sqlite3``,
+    #: ``sqlite:///path``, or ``postgresql://...`` (a database replicas share).
+    store_url: str = ""
     #: Address to listen on.
     host: str = "127.0.0.1"
     #: Port to listen on; 0 picks a free one (see ``HubServer.port``).
@@ -127,6 +130,10 @@ class HubSettings:
     tls: TlsMaterial | None = None
     #: Plaintext on loopback, for local debugging only.
     insecure: bool = False
+    #: (host, port) of a plaintext port serving only ``grpc.health.v1.Health``, for probes that cannot
+    #: present a client certificate (Kubernetes ``grpc`` probes); None: no such port. It tells
+    #: SERVING or NOT_SERVING and nothing else.
+    health_listen: tuple[str, int] | None = None
     #: Largest batch (records, and separately households) accepted.
     max_batch_items: int = MAX_BATCH_ITEMS
     #: Seconds open calls get to finish on shutdown.
@@ -210,7 +217,7 @@ class HubServer:
                 "checkpoint_seconds must be positive", reason="CHECKPOINT_INTERVAL_INVALID", field="checkpoint_seconds"
             )
         self.settings = settings
-        self.store: SqliteStore | None = None
+        self.store: SqlStore | None = None
         self.audit: AuditRecorder | None = None
         self._server: grpc.aio.Server | None = None
         self._health = health_aio.HealthServicer()
@@ -222,7 +229,10 @@ class HubServer:
         self.details: DetailFetcher | None = None
         self._notifications: NotificationServicer | None = None
         self._escalation: asyncio.Task[None] | None = None
+        self._health_server: grpc.aio.Server | None = None
         self.port = 0
+        #: The bound health-only port (``health_listen``), 0 without one.
+        self.health_port = 0
 
     async def start(self) -> int:
         """Open the store, bind, and start serving; returns the bound port."""
@@ -230,8 +240,8 @@ class HubServer:
         keys = load_or_create_keys(s.data_dir, suite=s.crypto_suite)
         # The log's tree hash follows the crypto suite (SHA-256, or SM3 under sm), fixed with the keys.
         tree_hash = log_hash_name(keys.suite)
-        self.store = SqliteStore(
-            s.data_dir / DATABASE_FILE, synchronous=s.sqlite_synchronous, audit_hash=hash_function(tree_hash)
+        self.store = store_for(
+            s.store_url, s.data_dir, synchronous=s.sqlite_synchronous, audit_hash=hash_function(tree_hash)
         )
         audit_key = AuditKey.load_or_create(s.data_dir, origin=s.audit_origin, default_origin=default_origin(s.tls))
         binding = audit_key.write_binding(s.data_dir, s.tls) if s.tls is not None else b""
@@ -331,6 +341,8 @@ class HubServer:
             raise ConfigError(f"cannot listen on {address}", reason="LISTEN_FAILED", field="listen")
         await server.start()
         self._server = server
+        if s.health_listen is not None:
+            await self._start_health_port(*s.health_listen)
         self._escalation = asyncio.create_task(self._escalate_overdue(s.escalate_seconds))
         # The hub allocates many short-lived objects per batch and holds few cycles: move
         # what start-up built out of the collector's way and collect young objects less often
@@ -383,7 +395,22 @@ class HubServer:
             await self.audit.stop()
         if self.store is not None:
             await self.store.close()
+        if self._health_server is not None:
+            await self._health_server.stop(0)
+            self._health_server = None
         log.info("hub_stopped")
+
+    async def _start_health_port(self, host: str, port: int) -> None:
+        """Serve the health service alone, in plaintext: it shares the TLS port's statuses (NOT_SERVING on drain)."""
+        server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.health_port = server.add_insecure_port(address)
+        if self.health_port == 0:
+            raise ConfigError(f"cannot listen on {address}", reason="LISTEN_FAILED", field="hub.health_listen")
+        await server.start()
+        self._health_server = server
+        log.info("health_port_started", address=address, port=self.health_port, services="grpc.health.v1.Health")
 
     async def _load_rules(self, rules: MonitoringRules) -> None:
         """Run with these rules; a set the hub has not run with before is an entry in the exchange log."""

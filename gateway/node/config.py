@@ -1,24 +1,31 @@
 """``node.toml``: what a province node needs to know, validated before anything runs.
 
-Every key is documented, with an example per province, in ``deploy/README.md`` (section
-"Province node"). A mistake raises :class:`~gateway.errors.ConfigError` naming the key
-(``sync.window``, ``hub.cert``). Relative paths are read from the config file's directory, so a
-node directory can be moved or mounted as a whole.
+Every key is documented in ``deploy/CONFIG.md``; ``deploy/node.example.toml`` sets each one, and
+``deploy/nodes/`` holds an example per province. A mistake raises
+:class:`~gateway.errors.ConfigError` naming the key (``sync.window``, ``hub.cert``). Relative paths
+are read from the config file's directory, so a node directory can be moved or mounted as a whole.
+The reading helpers are shared with ``hub.toml`` (:mod:`gateway.toml_config`).
 """
 
 from __future__ import annotations
 
-import tomllib
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from gateway.client import HubClient, RetryConfig
 from gateway.errors import ConfigError
+from gateway.toml_config import parse_listen, read_sections
 from pki import TlsMaterial
 
-__all__ = ["HubSettings", "InboxSettings", "NodeConfig", "ServeSettings", "SyncSettings", "load_node_config"]
+__all__ = [
+    "SECTIONS",
+    "HubSettings",
+    "InboxSettings",
+    "NodeConfig",
+    "ServeSettings",
+    "SyncSettings",
+    "load_node_config",
+]
 
 #: What a re-export is: the whole source (records it no longer holds are retired) or only changes.
 SYNC_MODES = ("snapshot", "incremental")
@@ -138,50 +145,37 @@ class NodeConfig:
         return self.data_dir / "rejects"
 
 
-_SECTIONS = {
-    "node": {"data_dir", "profile"},
-    "hub": {"address", "server_name", "ca", "cert", "key", "scopes"},
-    "sync": {
-        "batch_size",
-        "window",
-        "mode",
-        "max_retire_fraction",
-        "retire_reason",
-        "drop_dir",
-        "poll_seconds",
-        "retry_initial_seconds",
-        "retry_max_seconds",
-        "retry_deadline_seconds",
-        "attempt_timeout_seconds",
-    },
-    "serve": {"listen", "cert", "key", "hub_name", "crl"},
-    "inbox": {"webhook_url", "webhook_secret_file", "webhook_timeout_seconds", "directory", "retry_max_seconds"},
+#: Every key ``node.toml`` accepts, by section (each one is documented in ``deploy/CONFIG.md``).
+SECTIONS: dict[str, frozenset[str]] = {
+    "node": frozenset({"data_dir", "profile"}),
+    "hub": frozenset({"address", "server_name", "ca", "cert", "key", "scopes"}),
+    "sync": frozenset(
+        {
+            "batch_size",
+            "window",
+            "mode",
+            "max_retire_fraction",
+            "retire_reason",
+            "drop_dir",
+            "poll_seconds",
+            "retry_initial_seconds",
+            "retry_max_seconds",
+            "retry_deadline_seconds",
+            "attempt_timeout_seconds",
+        }
+    ),
+    "serve": frozenset({"listen", "cert", "key", "hub_name", "crl"}),
+    "inbox": frozenset(
+        {"webhook_url", "webhook_secret_file", "webhook_timeout_seconds", "directory", "retry_max_seconds"}
+    ),
 }
 
 
 def load_node_config(path: str | Path) -> NodeConfig:
     """Read and check ``node.toml``; a ConfigError names the first key that is wrong."""
     path = Path(path)
-    try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"no node config at {path}", reason="CONFIG_MISSING", field="config") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}", reason="CONFIG_UNREADABLE", field="config") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not TOML: {exc}", reason="CONFIG_INVALID", field="config") from None
-    base = path.resolve().parent
-    for section, value in doc.items():
-        if section not in _SECTIONS:
-            raise ConfigError(f"unknown section [{section}] in {path}", field=section)
-        if not isinstance(value, dict):
-            raise ConfigError(f"{section} must be a table", field=section)
-        for key in value:
-            if key not in _SECTIONS[section]:
-                raise ConfigError(f"unknown key {section}.{key} in {path}", field=f"{section}.{key}")
-    node, hub, sync, serve, inbox = (
-        _Section(doc.get(s, {}), s, base) for s in ("node", "hub", "sync", "serve", "inbox")
-    )
+    sections = read_sections(path, SECTIONS, what="node config")
+    node, hub, sync, serve, inbox = (sections[s] for s in ("node", "hub", "sync", "serve", "inbox"))
 
     hub_settings = HubSettings(
         address=hub.text("address"),
@@ -217,18 +211,20 @@ def load_node_config(path: str | Path) -> NodeConfig:
         mode=mode,
         max_retire_fraction=fraction,
         retire_reason=reason,
-        drop_dir=sync.path("drop_dir") if "drop_dir" in sync.table else None,
+        drop_dir=sync.optional_path("drop_dir"),
         poll_seconds=sync.number("poll_seconds", defaults.poll_seconds),
         retry=retry,
     )
-    host, port = _listen(serve.text("listen", "0.0.0.0:7444"))
+    # An empty host means every interface: the hub calls in from another machine.
+    listen = serve.text("listen", "0.0.0.0:7444")
+    host, port = parse_listen(listen, field="serve.listen", default_host="0.0.0.0")  # noqa: S104
     serve_settings = ServeSettings(
         host=host,
         port=port,
-        cert=serve.path("cert") if "cert" in serve.table else None,
-        key=serve.path("key") if "key" in serve.table else None,
+        cert=serve.optional_path("cert"),
+        key=serve.optional_path("key"),
         hub_name=serve.text("hub_name") if "hub_name" in serve.table else "",
-        crl=serve.path("crl") if "crl" in serve.table else None,
+        crl=serve.optional_path("crl"),
     )
     if (serve_settings.cert is None) != (serve_settings.key is None):
         raise ConfigError("serve.cert and serve.key go together", field="serve.cert")
@@ -237,9 +233,9 @@ def load_node_config(path: str | Path) -> NodeConfig:
         raise ConfigError("inbox.webhook_url must be an http(s) URL", field="inbox.webhook_url")
     inbox_settings = InboxSettings(
         webhook_url=url,
-        webhook_secret_file=inbox.path("webhook_secret_file") if "webhook_secret_file" in inbox.table else None,
+        webhook_secret_file=inbox.optional_path("webhook_secret_file"),
         webhook_timeout_seconds=inbox.number("webhook_timeout_seconds", InboxSettings.webhook_timeout_seconds),
-        directory=inbox.path("directory") if "directory" in inbox.table else None,
+        directory=inbox.optional_path("directory"),
         retry_max_seconds=inbox.number("retry_max_seconds", InboxSettings.retry_max_seconds),
     )
     if url and inbox_settings.webhook_secret_file is None:
@@ -255,59 +251,3 @@ def load_node_config(path: str | Path) -> NodeConfig:
         serve=serve_settings,
         inbox=inbox_settings,
     )
-
-
-def _listen(value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"serve.listen must be HOST:PORT, not {value!r}", field="serve.listen")
-    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - an empty host means every interface
-
-
-class _Section:
-    """Typed reads of one table, each error naming ``section.key``."""
-
-    def __init__(self, table: Mapping[str, Any], name: str, base: Path) -> None:
-        self.table = table
-        self._name = name
-        self._base = base
-
-    def _get(self, key: str, default: Any) -> Any:
-        if key in self.table:
-            return self.table[key]
-        if default is _REQUIRED:
-            raise ConfigError(f"{self._name}.{key} is required", reason="CONFIG_MISSING", field=f"{self._name}.{key}")
-        return default
-
-    def _fail(self, key: str, what: str) -> ConfigError:
-        return ConfigError(f"{self._name}.{key} must be {what}", field=f"{self._name}.{key}")
-
-    def text(self, key: str, default: Any = None) -> str:
-        value = self._get(key, _REQUIRED if default is None else default)
-        if not isinstance(value, str) or (default is None and not value):
-            raise self._fail(key, "a non-empty string")
-        return value
-
-    def texts(self, key: str, default: tuple[str, ...]) -> list[str]:
-        value = self._get(key, list(default))
-        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            raise self._fail(key, "a list of strings")
-        return value
-
-    def path(self, key: str) -> Path:
-        return self._base / Path(self.text(key)).expanduser()
-
-    def integer(self, key: str, default: int, low: int, high: int) -> int:
-        value = self._get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise self._fail(key, f"an integer from {low} to {high}")
-        return value
-
-    def number(self, key: str, default: float) -> float:
-        value = self._get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-            raise self._fail(key, "a positive number")
-        return float(value)
-
-
-_REQUIRED = object()

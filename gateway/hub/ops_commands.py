@@ -1,0 +1,258 @@
+"""``hutong hub serve|migrate|backup|restore``: run the hub and look after its data, from ``hub.toml`` and flags.
+
+Each command takes ``--config hub.toml`` (every key: deploy/CONFIG.md) and/or the flags; a flag
+overrides the file's key. Exit codes as everywhere in ``hutong``: 0 done, 3 configuration or
+files wrong (naming the key or file), 1 unexpected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sqlite3
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+
+from gateway.audit.archive import hash_function
+from gateway.errors import ConfigError
+from gateway.hub import backup as backups
+from gateway.hub.audit import AUDIT_KEY_FILE, AuditKey, default_origin, log_hash_name
+from gateway.hub.config import HubConfig, load_hub_config, store_for
+from gateway.hub.keys import KEYS_FILE, load_or_create_keys
+from gateway.hub.server import HubSettings, load_policy, serve_forever
+from gateway.hub.tokens import TOKEN_KEYS_FILE, TokenKeys
+from gateway.store.sql import SqlStore
+from pki import TlsMaterial
+
+__all__ = ["create_key_files", "hub_config", "hub_settings", "run_hub_ops"]
+
+
+def hub_config(config: Path | None, **flags: object) -> HubConfig:
+    """``hub.toml`` (when given) with the flags that were given in place of its keys."""
+    base = load_hub_config(config) if config is not None else HubConfig()
+    return base.with_flags(**flags).checked()
+
+
+def _tls(config: HubConfig) -> TlsMaterial:
+    cert, key, ca = config.cert, config.key, config.ca
+    if cert is None or key is None or ca is None:
+        missing = [name for name, path in (("cert", cert), ("key", key), ("ca", ca)) if path is None]
+        raise ConfigError(
+            "mTLS needs tls.cert, tls.key and tls.ca (flags --cert, --key, --ca); missing: "
+            + ", ".join(f"tls.{m} (--{m})" for m in missing),
+            reason="TLS_MISSING",
+            field=f"tls.{missing[0]}",
+        )
+    return TlsMaterial.from_files(cert, key, ca)
+
+
+def hub_settings(config: HubConfig) -> HubSettings:
+    """Everything ``hutong hub serve`` runs with: certificates, policy, directory and rules read and checked."""
+    from gateway.domain.monitoring import load_rules
+    from gateway.hub.federation import load_node_directory
+
+    data_dir = config.require_data_dir()
+    config.store()  # a bad store.url stops here, before anything is created
+    return HubSettings(
+        data_dir=data_dir,
+        store_url=config.store_url,
+        host=config.host,
+        port=config.port,
+        tls=None if config.insecure else _tls(config),
+        insecure=config.insecure,
+        health_listen=config.health_listen,
+        max_batch_items=config.max_batch,
+        crl_path=config.crl,
+        crypto_suite=config.crypto_suite,
+        policy=load_policy(config.policy) if config.policy else None,
+        grace_seconds=config.grace_seconds,
+        audit_origin=config.audit_origin,
+        checkpoint_seconds=config.checkpoint_seconds,
+        node_directory=load_node_directory(config.node_directory) if config.node_directory else None,
+        monitoring_rules=load_rules(config.monitoring_rules) if config.monitoring_rules else None,
+        prepare_workers=-1 if config.prepare_workers is None else config.prepare_workers,
+    )
+
+
+def run_hub_ops(args: argparse.Namespace) -> int:
+    """Dispatch ``hutong hub serve|migrate|backup|restore``."""
+    command = args.hub_command
+    if command == "serve":
+        config = hub_config(
+            args.config,
+            data_dir=args.data_dir,
+            host=args.listen[0] if args.listen else None,
+            port=args.listen[1] if args.listen else None,
+            health_listen=args.health_listen,
+            port_file=args.port_file,
+            grace_seconds=args.grace,
+            crypto_suite=args.crypto_suite,
+            insecure=args.insecure,
+            cert=args.cert,
+            key=args.key,
+            ca=args.ca,
+            crl=args.crl,
+            audit_origin=args.audit_origin,
+            checkpoint_seconds=args.checkpoint_seconds,
+            max_batch=args.max_batch,
+            policy=args.policy,
+            node_directory=args.node_directory,
+            monitoring_rules=args.monitoring_rules,
+        )
+        asyncio.run(serve_forever(hub_settings(config), port_file=config.port_file))
+        return 0
+    config = hub_config(args.config, data_dir=args.data_dir)
+    if command == "migrate":
+        return migrate(config, create_keys=args.create_keys)
+    if command == "backup":
+        return backup(config, args.out)
+    if command == "restore":
+        return restore(config, args.source)
+    raise AssertionError(command)  # pragma: no cover - argparse enforces the choices
+
+
+# -- migrate ----------------------------------------------------------------------------------
+
+
+def _sqlite_version(path: Path) -> int | None:
+    """The schema version of an existing SQLite database, read without changing it; None if there is none."""
+    if not path.exists():
+        return None
+    con = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+    try:
+        return int(con.execute("PRAGMA user_version").fetchone()[0])
+    except sqlite3.Error as exc:
+        raise ConfigError(f"{path} is not a SQLite database: {exc}", reason="STORE_INVALID", field="store.url") from exc
+    finally:
+        con.close()
+
+
+def _shared_version(store: SqlStore) -> int:
+    """The schema version of a shared (PostgreSQL) database before migrating; 0 for one without a schema yet."""
+    engine = store.engine
+    con = engine.connect(readonly=True)
+    try:
+        return engine.schema_version(con)
+    except engine.errors:  # no schema_migrations table: nothing applied yet
+        return 0
+    finally:
+        con.close()
+
+
+async def _migrate(data_dir: Path, url: str) -> tuple[int | None, int]:
+    """(version before, or None for SQLite, which is read beforehand; version after) of the store at ``url``."""
+    # The tree hash only matters once the log has entries, and then keys.json exists and names the suite.
+    suite_hash = "sha256"
+    if (data_dir / KEYS_FILE).exists():
+        suite_hash = log_hash_name(load_or_create_keys(data_dir).suite)
+    store = store_for(url, data_dir, audit_hash=hash_function(suite_hash))
+    before = None if store.engine.name == "sqlite" else await asyncio.to_thread(_shared_version, store)
+    await store.open()  # applies every pending migration, each in its own transaction
+    try:
+        return before, int(store.schema_version)
+    finally:
+        await store.close()
+
+
+def create_key_files(config: HubConfig) -> list[str]:
+    """Create the key files a hub's first start would, where missing; the names of those created.
+
+    Hub replicas must share one set (the same person-key secret, sealing keys, token keys and log
+    key), so it is made once, before they start, rather than by whichever replica starts first.
+    """
+    data_dir = config.require_data_dir()
+    missing = [name for name in (KEYS_FILE, TOKEN_KEYS_FILE, AUDIT_KEY_FILE) if not (data_dir / name).exists()]
+    tls = None
+    if AUDIT_KEY_FILE in missing and config.audit_origin is None:
+        if config.cert is None or config.key is None or config.ca is None:
+            raise ConfigError(
+                "a new exchange log needs its permanent name: set audit.origin (--audit-origin), or tls.cert,"
+                " tls.key and tls.ca to name it after the hub certificate",
+                reason="CONFIG_MISSING",
+                field="audit.origin",
+            )
+        tls = _tls(config)
+    # Each also checks a file that exists: the suite it holds, its permissions.
+    load_or_create_keys(data_dir, suite=config.crypto_suite)
+    TokenKeys.load_or_create(data_dir)
+    AuditKey.load_or_create(data_dir, origin=config.audit_origin, default_origin=default_origin(tls))
+    return missing
+
+
+def migrate(config: HubConfig, *, create_keys: bool = False) -> int:
+    """``hutong hub migrate``: apply pending schema migrations; print the version before and after."""
+    data_dir = config.require_data_dir()
+    location = config.store()
+    console = Console()
+    if create_keys:
+        created = create_key_files(config)
+        console.print(f"created {', '.join(created)} in {escape(str(data_dir))}" if created else "the key files exist")
+    before = _sqlite_version(location.sqlite_path) if location.sqlite_path is not None else None
+    shared_before, after = asyncio.run(_migrate(data_dir, config.store_url))
+    before = shared_before if shared_before is not None else before
+    where = escape(location.describe())
+    if before is None:
+        console.print(f"created {where}: schema version {after}")
+    else:
+        applied = "nothing to apply" if before == after else f"{after - before} migration(s) applied"
+        console.print(f"{where}: schema version {before} -> {after} ({applied})")
+    return 0
+
+
+# -- backup and restore -----------------------------------------------------------------------
+
+
+def _file_error(exc: OSError, field: str) -> ConfigError:
+    return ConfigError(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "), reason="FILE_ERROR", field=field)
+
+
+def backup(config: HubConfig, out: Path) -> int:
+    """``hutong hub backup``: the database (SQLite online backup), the key files, the newest checkpoint, a manifest."""
+    data_dir = config.require_data_dir()
+    location = config.store()
+    try:
+        manifest = backups.back_up(data_dir, location, out)
+    except OSError as exc:
+        raise _file_error(exc, "out") from exc
+    console = Console()
+    checkpoint = (
+        "no checkpoint yet" if manifest.checkpoint_size is None else f"checkpoint at {manifest.checkpoint_size:,}"
+    )
+    console.print(
+        f"backed up {escape(str(data_dir))} to {escape(str(out))}: {len(manifest.files)} files, schema version"
+        f" {manifest.schema_version}, exchange log {manifest.audit_tree_size:,} entries ({checkpoint})"
+    )
+    for f in manifest.files:  # plain print: one line per file, however narrow the terminal
+        print(f"  {f.name:<24} {f.mode:04o} {f.size:>16,} bytes  sha256:{f.sha256}")
+    if location.engine == "postgresql":
+        console.print(
+            "[yellow]the database itself is in PostgreSQL: this directory holds the keys and the checkpoint only."
+            " Dump the database now, into the same directory (password from PGPASSFILE or PGPASSWORD):[/]"
+        )
+        print(backups.pg_dump_command(location, out))
+    return 0
+
+
+def restore(config: HubConfig, source: Path) -> int:
+    """``hutong hub restore``: verify every file of the backup, then restore it into an empty data directory."""
+    data_dir = config.require_data_dir()
+    location = config.store()
+    try:
+        manifest = backups.restore(source, data_dir, location)
+    except OSError as exc:
+        raise _file_error(exc, "hub.data_dir") from exc
+    console = Console()
+    console.print(
+        f"verified {len(manifest.files)} files and restored the backup of {escape(manifest.created)} into"
+        f" {escape(str(data_dir))}: schema version {manifest.schema_version}, exchange log"
+        f" {manifest.audit_tree_size:,} entries of {escape(manifest.audit_origin)}"
+    )
+    if manifest.engine == "postgresql":
+        console.print(
+            "[yellow]restored the keys only: the database was in PostgreSQL. Restore its dump into an empty"
+            " database before starting the hub:[/]"
+        )
+        print(backups.pg_restore_command(location, source))
+    return 0
