@@ -191,6 +191,13 @@ class StoreError(HutongError):
     default_reason = "STORE_ERROR"
 
 
+class StoreUnavailable(StoreError):
+    """The database cannot be reached (a restart, a failover, the network): nothing was written; retry."""
+
+    code_name = "UNAVAILABLE"
+    default_reason = "STORE_UNAVAILABLE"
+
+
 def _rebuild(
     cls: type[HutongError],
     message: str,

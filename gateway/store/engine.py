@@ -11,6 +11,7 @@ its schema migrations, and how a write transaction begins.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from importlib import resources
 from typing import Any, Protocol
 
@@ -73,6 +74,18 @@ class Engine(Protocol):
 
     def schema_version(self, con: Connection) -> int:
         """The newest applied migration."""
+        ...
+
+    def alive(self, con: Connection) -> bool:
+        """False when ``con`` is broken (the server restarted, the network dropped): the store reconnects."""
+        ...
+
+    def reading(self) -> AbstractContextManager[Connection]:
+        """A read-only connection for one read, from the engine's pool (engines without inline reads)."""
+        ...
+
+    def close(self) -> None:
+        """Release what the engine holds (its pool)."""
         ...
 
 

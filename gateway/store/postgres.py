@@ -15,17 +15,20 @@ is passed through as well.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg import pq
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from gateway.audit import HashFn, sha256
-from gateway.errors import StoreError
+from gateway.errors import StoreUnavailable
 from gateway.store.engine import migrations
 from gateway.store.sql import SqlStore
 
@@ -100,25 +103,28 @@ class PostgresEngine:
     inline_reads = False
     shared = True
 
-    def __init__(self, url: str, *, connect_timeout: float = 10.0) -> None:
+    def __init__(self, url: str, *, connect_timeout: float = 10.0, pool_size: int = 4) -> None:
         self.url = url
         self._connect_timeout = connect_timeout
+        self._pool_size = pool_size
+        self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
+        self._pool_lock = threading.Lock()
 
     def describe(self) -> str:
         return redact(self.url)
 
+    def _connect_args(self) -> dict[str, Any]:
+        return {
+            "autocommit": True,
+            "connect_timeout": max(1, round(self._connect_timeout)),
+            "application_name": "hutong-hub",
+        }
+
     def connect(self, *, readonly: bool = False) -> PgConnection:
         try:
-            raw = psycopg.connect(
-                self.url,
-                autocommit=True,
-                connect_timeout=max(1, round(self._connect_timeout)),
-                application_name="hutong-hub",
-            )
+            raw = psycopg.connect(self.url, **self._connect_args())
         except psycopg.Error as exc:
-            raise StoreError(
-                f"cannot connect to PostgreSQL at {self.describe()}: {str(exc).strip()}", reason="STORE_UNAVAILABLE"
-            ) from exc
+            raise StoreUnavailable(f"cannot connect to PostgreSQL at {self.describe()}: {str(exc).strip()}") from exc
         if readonly:
             raw.execute("SET default_transaction_read_only = on")
         return PgConnection(raw)
@@ -148,10 +154,49 @@ class PostgresEngine:
         row = con.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
         return int(row[0])
 
+    def alive(self, con: Any) -> bool:
+        raw = con.raw
+        return not (raw.closed or raw.broken)
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[PgConnection]:
+        """A pooled read-only connection; one the server dropped is replaced, not handed out again."""
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ConnectionPool(
+                    self.url,
+                    min_size=1,
+                    max_size=self._pool_size,
+                    kwargs=self._connect_args(),
+                    configure=_read_only,
+                    check=ConnectionPool.check_connection,
+                    timeout=self._connect_timeout,
+                    name="hutong-readers",
+                    open=True,
+                )
+            pool = self._pool
+        try:
+            with pool.connection() as raw:
+                yield PgConnection(raw)
+        except PoolTimeout as exc:
+            raise StoreUnavailable(
+                f"no connection to PostgreSQL at {self.describe()} within {self._connect_timeout:g}s"
+            ) from exc
+
+    def close(self) -> None:
+        with self._pool_lock:
+            if self._pool is not None:
+                self._pool.close()
+                self._pool = None
+
+
+def _read_only(raw: psycopg.Connection[Any]) -> None:
+    raw.execute("SET default_transaction_read_only = on")
+
 
 class PostgresStore(SqlStore):
     """The Store protocol on a PostgreSQL database."""
 
-    def __init__(self, url: str, *, audit_hash: HashFn = sha256) -> None:
+    def __init__(self, url: str, *, audit_hash: HashFn = sha256, readers: int = 4) -> None:
         self.url = url
-        super().__init__(PostgresEngine(url), audit_hash=audit_hash)
+        super().__init__(PostgresEngine(url, pool_size=readers), audit_hash=audit_hash, readers=readers)

@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+import structlog
+
 from gateway.audit import (
     AuditEntry,
     HashFn,
@@ -37,7 +39,7 @@ from gateway.audit import (
 from gateway.domain.model import Outcome, Program
 from gateway.domain.policy import EXCLUSIVE_PROGRAMS, duplicate_programs
 from gateway.domain.records import PreparedBatch, Rejection, Retirement, decide_outcome
-from gateway.errors import FailedPrecondition, StoreError
+from gateway.errors import FailedPrecondition, StoreError, StoreUnavailable
 from gateway.store.base import (
     AuditFilter,
     BatchAck,
@@ -69,6 +71,7 @@ from gateway.store.sqlite_loop import LoopEvent, LoopLedger, PreparedSignal, Pro
 __all__ = ["SqlStore", "finding_id"]
 
 T = TypeVar("T")
+log = structlog.get_logger("hutong.store")
 
 _CHUNK = 500
 #: A queued write: the function, its arguments, and where to deliver its result.
@@ -158,8 +161,10 @@ ON CONFLICT (province, household_id) DO UPDATE SET
 class SqlStore:
     """The Store protocol in SQL, on one engine."""
 
-    def __init__(self, engine: Engine, *, audit_hash: HashFn = sha256) -> None:
+    def __init__(self, engine: Engine, *, audit_hash: HashFn = sha256, readers: int = 4) -> None:
         self.engine = engine
+        #: Reader threads (engines without inline reads): reads in flight at once.
+        self.readers = readers
         self._ledger = AuditLedger(audit_hash)
         self.loop = LoopLedger()
         self._audit_executor: ThreadPoolExecutor | None = None
@@ -180,7 +185,9 @@ class SqlStore:
             await self._in_writer(self.engine.migrate, self._w)
             await self._in_writer(self._ledger.load, self._w)
             if not self.engine.inline_reads:
-                self._read_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.engine.name}-reader")
+                self._read_executor = ThreadPoolExecutor(
+                    max_workers=self.readers, thread_name_prefix=f"{self.engine.name}-reader"
+                )
             self._reader = self.engine.connect(readonly=True)
             self._audit_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.engine.name}-audit")
             self._audit_reader = self.engine.connect(readonly=True)
@@ -204,6 +211,7 @@ class SqlStore:
             if con is not None:
                 con.close()
         self._writer = self._reader = self._audit_reader = None
+        self.engine.close()
 
     @property
     def schema_version(self) -> int:
@@ -229,11 +237,18 @@ class SqlStore:
         return await loop.run_in_executor(self._executor, fn, *args)
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(reader, *args)``: inline on an embedded engine, else in the reader thread."""
+        """``fn(reader, *args)``: inline on an embedded engine, else in a reader thread with a pooled connection."""
         if self._read_executor is None:
             return fn(self._r, *args)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._read_executor, fn, self._r, *args)
+        return await loop.run_in_executor(self._read_executor, self._pooled, fn, args)
+
+    def _pooled(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        try:
+            with self.engine.reading() as con:
+                return fn(con, *args)
+        except self.engine.errors as exc:
+            raise StoreUnavailable(f"database read failed: {exc}") from exc
 
     async def _write(self, fn: Any, *args: Any) -> Any:
         """Run ``fn(con, *args)`` in a transaction; return its result once committed.
@@ -256,8 +271,12 @@ class SqlStore:
             jobs.append(self._queued.popleft())
         if not jobs:
             return  # an earlier group took them
-        con = self._w
         outcomes: list[tuple[bool, Any]] = []
+        try:
+            con = self._writable()
+        except StoreError as exc:
+            self._deliver(jobs, [(False, exc)] * len(jobs))
+            return
         # The audit log's Merkle state follows the transaction: back to the mark on rollback.
         group_mark = self._ledger.mark()
         try:
@@ -278,15 +297,34 @@ class SqlStore:
             self._ledger.save(con)
             con.execute("COMMIT")
         except BaseException as exc:
-            if con.in_transaction:
-                con.execute("ROLLBACK")
+            with contextlib.suppress(*self.engine.errors):  # a broken connection has nothing to roll back
+                if con.in_transaction:
+                    con.execute("ROLLBACK")
             self._ledger.reset(group_mark)
             failure = _store_error(exc, self.engine.errors) if isinstance(exc, Exception) else exc
+            if isinstance(exc, self.engine.errors) and not self.engine.alive(con):
+                # The connection died under the transaction: it was not committed (or, if the
+                # COMMIT itself was lost, it is idempotent by its request or batch id). Retryable.
+                failure = StoreUnavailable(f"lost the database connection: {exc}")
             outcomes = [(False, failure)] * len(jobs)
             if not isinstance(exc, Exception):
                 self._deliver(jobs, outcomes)
                 raise
         self._deliver(jobs, outcomes)
+
+    def _writable(self) -> Connection:
+        """The writer's connection, opened again if the server dropped it (a restart, a failover)."""
+        con = self._w
+        if self.engine.alive(con):
+            return con
+        log.warning("store_reconnecting", engine=self.engine.name, database=self.engine.describe())
+        with contextlib.suppress(*self.engine.errors):
+            con.close()
+        self._writer = con = self.engine.connect()
+        # Whatever the lost connection had not committed is gone; the tree and the linkage index
+        # are read back from what was (both check the database in the next transaction).
+        self._ledger.load(con)
+        return con
 
     @staticmethod
     def _deliver(jobs: list[_Job], outcomes: list[tuple[bool, Any]]) -> None:
@@ -902,6 +940,8 @@ class SqlStore:
         if self._audit_executor is None or self._audit_reader is None:
             raise StoreError("store is not open", reason="STORE_CLOSED")
         loop = asyncio.get_running_loop()
+        if not self.engine.inline_reads:
+            return await loop.run_in_executor(self._audit_executor, self._pooled, fn, args)
         return await loop.run_in_executor(self._audit_executor, fn, self._audit_reader, *args)
 
     async def audit_tree(self) -> tuple[int, bytes]:

@@ -11,7 +11,9 @@ not just a crash of the process.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +69,20 @@ class SqliteEngine:
 
     def schema_version(self, con: Any) -> int:
         return int(con.execute("PRAGMA user_version").fetchone()[0])
+
+    def alive(self, con: Any) -> bool:
+        return True  # a file does not go away under an open connection
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        con = self.connect(readonly=True)
+        try:
+            yield con
+        finally:
+            con.close()
+
+    def close(self) -> None:
+        return None
 
 
 class SqliteStore(SqlStore):
