@@ -53,6 +53,8 @@ class Engine(Protocol):
     begin: str
     #: Exceptions of the driver that mean the database failed a statement.
     errors: tuple[type[BaseException], ...]
+    #: True when a list can be one parameter (``column = ANY(?)``), so one statement serves every length.
+    arrays: bool
     #: True when reads are cheap enough to run on the event loop's thread (an embedded engine).
     inline_reads: bool
     #: True when other processes (hub replicas) may write the same database: in-memory state
@@ -74,6 +76,10 @@ class Engine(Protocol):
 
     def schema_version(self, con: Connection) -> int:
         """The newest applied migration."""
+        ...
+
+    def insert_rows(self, con: Connection, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """Insert new rows (no conflicts expected: a conflict fails the statement), as fast as the engine can."""
         ...
 
     def alive(self, con: Connection) -> bool:

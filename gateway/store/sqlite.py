@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ class SqliteEngine:
     name = "sqlite"
     begin = "BEGIN IMMEDIATE"
     errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
+    arrays = False
     inline_reads = True
     shared = False
 
@@ -69,6 +70,10 @@ class SqliteEngine:
 
     def schema_version(self, con: Any) -> int:
         return int(con.execute("PRAGMA user_version").fetchone()[0])
+
+    def insert_rows(self, con: Any, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        marks = ",".join("?" * len(columns))
+        con.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", rows)
 
     def alive(self, con: Any) -> bool:
         return True  # a file does not go away under an open connection
