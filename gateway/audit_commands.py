@@ -1,6 +1,7 @@
 """``hutong audit ...``: export, verify, show, prove and watch the hub's exchange log.
 
-``export`` and ``verify`` work offline: the first reads a hub's data directory, the second only an
+``export`` and ``verify`` work offline: the first reads a hub's data directory and database (as
+``hutong hub serve`` finds them: ``--config hub.toml`` or ``--data-dir``), the second only an
 export directory and a trust anchor (the ministry CA, through the hub's key binding, or a pinned
 verifier key). ``show``, ``prove`` and ``watch`` ask a hub over mTLS with scope ``audit:read``
 and check what they are given: a proof is verified against a checkpoint whose signature is
@@ -13,6 +14,7 @@ import asyncio
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
@@ -36,6 +38,9 @@ from gateway.store.base import AuditFilter
 from gateway.store.sqlite_audit import short_method
 from hutong.v1 import audit_pb2
 from pki import TlsMaterial
+
+if TYPE_CHECKING:
+    from gateway.hub.config import HubConfig
 
 __all__ = [
     "audit_export",
@@ -68,11 +73,15 @@ def _when(time_us: int) -> str:
 # -- offline ---------------------------------------------------------------------------------
 
 
-def audit_export(data_dir: Path, out: Path, *, segment_size: int) -> int:
-    """``hutong audit export``: entries, leaf hashes, checkpoints and the key binding to ``out``."""
+def audit_export(config: HubConfig, out: Path, *, segment_size: int) -> int:
+    """``hutong audit export``: entries, leaf hashes, checkpoints and the key binding to ``out``.
+
+    The keys come from the hub's data directory, the log from the database ``config`` names
+    (SQLite or PostgreSQL), read-only: safe while the hub runs.
+    """
     from gateway.hub.audit import open_audit_source
 
-    source = open_audit_source(data_dir)
+    source = open_audit_source(config.require_data_dir(), config.store_url)
     try:
         summary = export_log(source, out, segment_size=segment_size)
     finally:

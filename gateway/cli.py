@@ -222,10 +222,12 @@ def _parser() -> argparse.ArgumentParser:
     loop = hub.add_parser(
         "loop",
         help="the closed loop per province: events pushed, acknowledged, reported back, overdue",
-        description="Reads the hub's database (a running hub is fine). Overdue means past its respond_by time "
-        "without an outcome. Exit 0; 4 when some province has overdue events.",
+        description="Reads the hub's database, the one store.url names (default: SQLite in the data directory), "
+        "read-only: a running hub is fine. Overdue means past its respond_by time without an outcome. Exit 0; 3 "
+        "when there is no hub database or its schema is older than this release (run hutong hub migrate); 4 when "
+        "some province has overdue events.",
     )
-    loop.add_argument("--data-dir", type=Path, required=True, help="the hub's data directory")
+    _add_data_dir_or_config(loop)
     loop.add_argument("--json", action="store_true", help="print JSON")
     rules_check = hub.add_parser(
         "rules-check",
@@ -252,8 +254,10 @@ def _parser() -> argparse.ArgumentParser:
         "linkage",
         help="identity linkage: train a model, show what linkage holds, print a model",
         description="Records whose province flagged their ID number unverified are linked to persons within the "
-        "sync call (see the README, 'Identity linkage'). These commands read the hub's data directory; a running "
-        "hub is fine, and links with a newly trained model from its next start.",
+        "sync call (see the README, 'Identity linkage'). These commands read the hub's key files and its database "
+        "(--config hub.toml or --data-dir, as for hutong hub serve; SQLite or PostgreSQL); a running hub is fine, "
+        "and links with a newly trained model from its next start. They never migrate: a database of an older "
+        "release is refused (exit 3) until hutong hub migrate has run.",
     ).add_subparsers(dest="linkage_command", required=True, metavar="LINKAGE_COMMAND")
     train = linkage.add_parser(
         "train",
@@ -262,7 +266,7 @@ def _parser() -> argparse.ArgumentParser:
         "estimates u from random pairs, m by EM over blocked pairs and the match prior, and stores the model JSON "
         "as a new version. Exit 0; 3 when the hub holds too few records.",
     )
-    train.add_argument("--data-dir", type=Path, required=True, help="the hub's data directory")
+    _add_data_dir_or_config(train)
     train.add_argument("--sample", type=int, default=100_000, help="records to train on, at most (default 100,000)")
     train.add_argument(
         "--min-records", type=int, default=1000, help="refuse to train on fewer records than this (default 1,000)"
@@ -273,7 +277,7 @@ def _parser() -> argparse.ArgumentParser:
         help="model versions, unverified records, links, review items, lineage events",
         description="Lists every model version (source, records trained on, when first used) and counts.",
     )
-    linkage_status.add_argument("--data-dir", type=Path, required=True, help="the hub's data directory")
+    _add_data_dir_or_config(linkage_status)
     linkage_status.add_argument("--json", action="store_true", help="print JSON")
     linkage_model = linkage.add_parser(
         "model",
@@ -281,7 +285,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Prints the newest model, or --version N; links and review items name the version that "
         "scored them.",
     )
-    linkage_model.add_argument("--data-dir", type=Path, required=True, help="the hub's data directory")
+    _add_data_dir_or_config(linkage_model)
     linkage_model.add_argument("--version", type=int, help="the model version (default: the newest)")
 
     signals = sub.add_parser(
@@ -408,10 +412,12 @@ def _parser() -> argparse.ArgumentParser:
     export = audit.add_parser(
         "export",
         help="write the log (entries, leaf hashes, checkpoints, key binding) to a directory",
-        description="Reads the hub's data directory (safe while the hub runs). Run it again on the same directory "
-        "to archive: finished segments are kept, only the new tail is written. Nothing is ever deleted.",
+        description="Reads the hub's key files and, read-only, its database: the one store.url names (default: "
+        "SQLite in the data directory; on PostgreSQL in one repeatable-read snapshot), safe while the hub runs. Run "
+        "it again on the same directory to archive: finished segments are kept, only the new tail is written. "
+        "Nothing is ever deleted.",
     )
-    export.add_argument("--data-dir", type=Path, required=True, help="the hub's data directory")
+    _add_data_dir_or_config(export)
     export.add_argument("--out", type=Path, required=True, help="the export directory")
     export.add_argument(
         "--segment-size", type=int, default=65536, help="entries per segment file, a power of two (default 65536)"
@@ -681,7 +687,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hutong: {exc}", file=sys.stderr)
         if isinstance(exc, errors.ConfigError | errors.PkiError):
             return EXIT_CONFIG
-        if isinstance(exc, errors.Unavailable):
+        if isinstance(exc, errors.Unavailable | errors.StoreUnavailable):
             return EXIT_UNAVAILABLE
         return EXIT_REFUSED
     except KeyboardInterrupt:
@@ -701,7 +707,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.hub_command in ("loop", "rules-check"):
             from gateway.loop_commands import hub_loop, rules_check
 
-            return hub_loop(args.data_dir, as_json=args.json) if args.hub_command == "loop" else rules_check(args.file)
+            if args.hub_command == "rules-check":
+                return rules_check(args.file)
+            from gateway.hub.ops_commands import hub_config
+
+            return hub_loop(hub_config(args.config, data_dir=args.data_dir), as_json=args.json)
         if args.hub_command == "linkage":
             from gateway.linkage_commands import run_linkage
 
@@ -776,7 +786,11 @@ def _audit(args: argparse.Namespace) -> int:
 
     command = args.audit_command
     if command == "export":
-        return ac.audit_export(args.data_dir, args.out, segment_size=args.segment_size)
+        from gateway.hub.ops_commands import hub_config
+
+        return ac.audit_export(
+            hub_config(args.config, data_dir=args.data_dir), args.out, segment_size=args.segment_size
+        )
     if command == "verify":
         return ac.audit_verify(
             args.directory,

@@ -1,9 +1,12 @@
 """``hutong hub linkage train|status|model``: identity linkage, seen and tuned by the ministry's operators.
 
-All three read the hub's data directory; a running hub is fine. ``train`` estimates a new model
-from the records the hub holds (their ID numbers and names unsealed in this process, never
-written anywhere) and stores it as the newest version; the hub links with it from its next start,
-and the first batch it links is an exchange-log entry naming the version.
+All three find the hub's database as ``hutong hub serve`` does (``--config hub.toml`` or
+``--data-dir``; SQLite or PostgreSQL) and read it on a read-only connection: a running hub is
+fine. ``train`` estimates a new model from the records the hub holds (their ID numbers and names
+unsealed in this process, never written anywhere) and stores it as the newest version through the
+store's writer (its write transaction excludes the hub's writers, every replica's on PostgreSQL);
+the hub links with it from its next start, and the first batch it links is an exchange-log entry
+naming the version.
 """
 
 from __future__ import annotations
@@ -12,87 +15,70 @@ import argparse
 import asyncio
 import datetime as dt
 import json
-import sqlite3
 import time
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from gateway.domain.linkage import TrainingSettings, train_model
+from gateway.domain.linkage import LinkageModel, TrainingSettings, train_model
 from gateway.domain.protection import FieldSealer
 from gateway.errors import ConfigError
+from gateway.hub.config import HubConfig
 from gateway.hub.keys import KEYS_FILE, load_or_create_keys
-from gateway.hub.server import DATABASE_FILE
-from gateway.store.sqlite import SqliteStore
-from gateway.store.sqlite_linkage import current_model, sample_records, store_model
+from gateway.hub.ops_commands import hub_config, hub_database, hub_store
+from gateway.store.sqlite_linkage import current_model, sample_records
 
 __all__ = ["linkage_model", "linkage_status", "linkage_train", "run_linkage"]
 
 EXIT_OK = 0
 
 
-def _database(data_dir: Path) -> Path:
-    path = data_dir / DATABASE_FILE
-    if not path.exists() or not (data_dir / KEYS_FILE).exists():
+def _sealer(config: HubConfig) -> FieldSealer:
+    data_dir = config.require_data_dir()
+    if not (data_dir / KEYS_FILE).exists():
         raise ConfigError(
-            f"{data_dir} holds no hub database and key file: is it a hub's data directory, and has the hub run?",
+            f"{data_dir} holds no {KEYS_FILE}: is it a hub's data directory, and has the hub run?",
             reason="FILE_MISSING",
-            field="data_dir",
+            field="hub.data_dir",
         )
+    return FieldSealer(load_or_create_keys(data_dir))
 
-    async def migrate() -> None:  # a hub of an older version may not have the linkage tables yet
-        store = SqliteStore(path)
-        await store.open()
+
+async def _store_model(config: HubConfig, model: LinkageModel, records: int) -> int:
+    """Add ``model`` as the newest version, in a write transaction of the hub's store; returns its version."""
+    store = hub_store(config)
+    await store.open()
+    try:
+        return await store.add_linkage_model(model, source="trained", records=records)
+    finally:
         await store.close()
-
-    asyncio.run(migrate())
-    return path
-
-
-def _connect(path: Path) -> sqlite3.Connection:
-    con = sqlite3.connect(path, timeout=30, isolation_level=None)
-    con.execute("PRAGMA busy_timeout=30000")
-    return con
 
 
 def _time(us: int) -> str:
     return dt.datetime.fromtimestamp(us / 1e6, dt.UTC).strftime("%Y-%m-%d %H:%M:%S") if us else "-"
 
 
-def linkage_train(data_dir: Path, *, sample: int, min_records: int, as_json: bool = False) -> int:
+def linkage_train(config: HubConfig, *, sample: int, min_records: int, as_json: bool = False) -> int:
     """Train a model on (a sample of) the hub's live records and store it as the newest version."""
     if sample < 2:
         raise ConfigError("--sample must be at least 2", reason="SAMPLE_INVALID", field="sample")
-    path = _database(data_dir)
-    sealer = FieldSealer(load_or_create_keys(data_dir))
+    sealer = _sealer(config)
     console = Console(stderr=True)
-    con = _connect(path)
-    try:
-        started = time.perf_counter()
+    started = time.perf_counter()
+    with hub_database(config) as con:
         records = sample_records(con, sealer, sample)
-        if len(records) < min_records:
-            raise ConfigError(
-                f"the hub holds {len(records):,} live records; a model needs at least {min_records:,}"
-                " (--min-records). Until then the hub links with the bootstrap model",
-                reason="LINKAGE_TRAINING_TOO_SMALL",
-                field="data_dir",
-            )
-        console.print(
-            f"training on {len(records):,} records (read and unsealed in {time.perf_counter() - started:.1f}s)"
+    if len(records) < min_records:
+        raise ConfigError(
+            f"the hub holds {len(records):,} live records; a model needs at least {min_records:,}"
+            " (--min-records). Until then the hub links with the bootstrap model",
+            reason="LINKAGE_TRAINING_TOO_SMALL",
+            field="data_dir",
         )
-        model = train_model(records, TrainingSettings())
-        seconds = time.perf_counter() - started
-        con.execute("BEGIN IMMEDIATE")
-        try:
-            version = store_model(con, model, source="trained", records=len(records), now=time.time_ns() // 1000)
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-    finally:
-        con.close()
+    console.print(f"training on {len(records):,} records (read and unsealed in {time.perf_counter() - started:.1f}s)")
+    model = train_model(records, TrainingSettings())
+    seconds = time.perf_counter() - started
+    version = asyncio.run(_store_model(config, model, len(records)))
     summary = {
         "version": version,
         "records": len(records),
@@ -116,11 +102,9 @@ def linkage_train(data_dir: Path, *, sample: int, min_records: int, as_json: boo
     return EXIT_OK
 
 
-def linkage_status(data_dir: Path, *, as_json: bool = False) -> int:
+def linkage_status(config: HubConfig, *, as_json: bool = False) -> int:
     """The models the hub has, and what linkage holds: unverified records, links, review items, lineage."""
-    path = _database(data_dir)
-    con = _connect(path)
-    try:
+    with hub_database(config) as con:
         models = [
             {
                 "version": v,
@@ -149,8 +133,6 @@ def linkage_status(data_dir: Path, *, as_json: bool = False) -> int:
             "reviews_superseded": one("SELECT count(*) FROM linkage_reviews WHERE state=4"),
             "lineage_events": one("SELECT count(*) FROM linkage_events"),
         }
-    finally:
-        con.close()
     if as_json:
         print(json.dumps({"models": models, **counts}, ensure_ascii=False, indent=2))
         return EXIT_OK
@@ -169,19 +151,15 @@ def linkage_status(data_dir: Path, *, as_json: bool = False) -> int:
     return EXIT_OK
 
 
-def linkage_model(data_dir: Path, *, version: int | None = None) -> int:
+def linkage_model(config: HubConfig, *, version: int | None = None) -> int:
     """Print one model's JSON (the newest by default): every weight a link was scored with."""
-    path = _database(data_dir)
-    con = _connect(path)
-    try:
+    with hub_database(config) as con:
         if version is None:
             info = current_model(con)
             text = info.model.to_json() if info is not None else None
         else:
             row = con.execute("SELECT model FROM linkage_models WHERE version=?", (version,)).fetchone()
             text = None if row is None else str(row[0])
-    finally:
-        con.close()
     if text is None:
         raise ConfigError(
             "no such linkage model version" if version else "the hub has no linkage model yet; start it once",
@@ -194,8 +172,9 @@ def linkage_model(data_dir: Path, *, version: int | None = None) -> int:
 
 def run_linkage(args: argparse.Namespace) -> int:
     """Dispatch ``hutong hub linkage COMMAND``."""
+    config = hub_config(args.config, data_dir=args.data_dir)
     if args.linkage_command == "train":
-        return linkage_train(args.data_dir, sample=args.sample, min_records=args.min_records, as_json=args.json)
+        return linkage_train(config, sample=args.sample, min_records=args.min_records, as_json=args.json)
     if args.linkage_command == "status":
-        return linkage_status(args.data_dir, as_json=args.json)
-    return linkage_model(args.data_dir, version=args.version)
+        return linkage_status(config, as_json=args.json)
+    return linkage_model(config, version=args.version)

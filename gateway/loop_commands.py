@@ -14,9 +14,9 @@ from rich.table import Table
 from gateway.client import HubClient
 from gateway.domain.monitoring import load_rules
 from gateway.errors import ConfigError
-from gateway.hub.server import DATABASE_FILE
-from gateway.store.sqlite import SqliteStore
-from gateway.store.sqlite_loop import ProvinceLoop
+from gateway.hub.config import HubConfig
+from gateway.hub.ops_commands import hub_database
+from gateway.store.sqlite_loop import LoopLedger
 from hutong.v1 import notification_pb2, signal_pb2
 from pki import TlsMaterial
 
@@ -25,21 +25,13 @@ __all__ = ["hub_loop", "rules_check", "submit_signals"]
 EXIT_OK, EXIT_OVERDUE = 0, 4
 
 
-def hub_loop(data_dir: Path, *, as_json: bool = False) -> int:
-    """Per province: events pushed, acknowledged, reported back, overdue and open; exit 4 if any is overdue."""
-    path = data_dir / DATABASE_FILE
-    if not path.exists():
-        raise ConfigError(f"no hub database in {data_dir}", reason="FILE_MISSING", field="data_dir")
+def hub_loop(config: HubConfig, *, as_json: bool = False) -> int:
+    """Per province: events pushed, acknowledged, reported back, overdue and open; exit 4 if any is overdue.
 
-    async def read() -> list[ProvinceLoop]:
-        store = SqliteStore(path)
-        await store.open()
-        try:
-            return await store.loop_state()
-        finally:
-            await store.close()
-
-    states = asyncio.run(read())
+    Reads the database ``config`` names (SQLite or PostgreSQL) on a read-only connection: a running hub is fine.
+    """
+    with hub_database(config) as con:
+        states = LoopLedger.loop_state(con)
     names: dict[int, str] = {
         int(v): k.removeprefix("EVENT_OUTCOME_").lower() for k, v in notification_pb2.EventOutcome.items()
     }

@@ -43,7 +43,7 @@ from gateway.errors import ConfigError, HutongError
 from gateway.hub.interceptors import CallInfo
 from gateway.hub.keys import KEYS_FILE, load_or_create_keys, require_private
 from gateway.store.base import BatchAck, Store
-from gateway.store.sqlite_audit import SqliteAuditSource
+from gateway.store.sqlite_audit import StoreAuditSource
 from pki import TlsMaterial
 from pki.operator import write_public_pem, write_secret_file
 
@@ -148,24 +148,35 @@ class AuditKey:
         return document
 
 
-def open_audit_source(data_dir: Path) -> SqliteAuditSource:
-    """The exchange log in a hub's data directory, read-only, for ``hutong audit export``."""
-    from gateway.hub.server import DATABASE_FILE  # the server module imports this one
+def open_audit_source(data_dir: Path, store_url: str = "") -> StoreAuditSource:
+    """The exchange log of the hub with this data directory and ``store.url``, read-only, for ``hutong audit export``.
 
-    for name in (KEYS_FILE, AUDIT_KEY_FILE, DATABASE_FILE):
+    The database is the one ``store_url`` names (empty: SQLite in ``data_dir``); the key files
+    that name and vouch for the log are always in ``data_dir``.
+    """
+    from gateway.hub.config import store_for, store_location  # the config module imports this one
+
+    for name in (KEYS_FILE, AUDIT_KEY_FILE):
         if not (data_dir / name).exists():
             raise ConfigError(
                 f"{data_dir} holds no {name}: is it a hub's data directory, and has the hub run?",
                 reason="FILE_MISSING",
-                field="data_dir",
+                field="hub.data_dir",
             )
-    suite = load_or_create_keys(data_dir).suite
+    database = store_location(store_url, data_dir).sqlite_path
+    if database is not None and not database.exists():  # connecting would create an empty one
+        raise ConfigError(
+            f"no hub database at {database}: has the hub run?",
+            reason="FILE_MISSING",
+            field="store.url" if store_url else "hub.data_dir",
+        )
+    hash_name = log_hash_name(load_or_create_keys(data_dir).suite)
     key = AuditKey.load_or_create(data_dir, origin=None, default_origin="")
     binding_path = data_dir / KEY_BINDING_FILE
-    return SqliteAuditSource(
-        data_dir / DATABASE_FILE,
+    return StoreAuditSource.open(
+        store_for(store_url, data_dir, audit_hash=hash_function(hash_name)).engine,
         origin=key.origin,
-        hash_name=log_hash_name(suite),
+        hash_name=hash_name,
         verifier_key=key.verifier_key,
         key_binding=binding_path.read_bytes() if binding_path.exists() else None,
     )

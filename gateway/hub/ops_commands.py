@@ -3,13 +3,19 @@
 Each command takes ``--config hub.toml`` (every key: deploy/CONFIG.md) and/or the flags; a flag
 overrides the file's key. Exit codes as everywhere in ``hutong``: 0 done, 3 configuration or
 files wrong (naming the key or file), 1 unexpected.
+
+The other operator commands that read or write a hub's database (``hub loop``, ``hub linkage``,
+``audit export``) find it the same way, through :func:`hub_config` and :func:`hub_store` or
+:func:`hub_database`: SQLite or PostgreSQL, as ``store.url`` says.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 from rich.console import Console
@@ -23,10 +29,11 @@ from gateway.hub.config import HubConfig, load_hub_config, store_for
 from gateway.hub.keys import KEYS_FILE, load_or_create_keys
 from gateway.hub.server import HubSettings, load_policy, serve_forever
 from gateway.hub.tokens import TOKEN_KEYS_FILE, TokenKeys
+from gateway.store.engine import Connection, Engine, migrations
 from gateway.store.sql import SqlStore
 from pki import TlsMaterial
 
-__all__ = ["create_key_files", "hub_config", "hub_settings", "run_hub_ops"]
+__all__ = ["create_key_files", "hub_config", "hub_database", "hub_settings", "hub_store", "run_hub_ops"]
 
 
 def hub_config(config: Path | None, **flags: object) -> HubConfig:
@@ -129,25 +136,34 @@ def _sqlite_version(path: Path) -> int | None:
         con.close()
 
 
-def _shared_version(store: SqlStore) -> int:
-    """The schema version of a shared (PostgreSQL) database before migrating; 0 for one without a schema yet."""
-    engine = store.engine
-    con = engine.connect(readonly=True)
+def _schema_version(engine: Engine, con: Connection) -> int:
+    """The schema version of a database, read without changing it; 0 for a shared one without a schema yet."""
     try:
         return engine.schema_version(con)
     except engine.errors:  # no schema_migrations table: nothing applied yet
         return 0
+
+
+def _shared_version(store: SqlStore) -> int:
+    """The schema version of a shared (PostgreSQL) database before migrating; 0 for one without a schema yet."""
+    con = store.engine.connect(readonly=True)
+    try:
+        return _schema_version(store.engine, con)
     finally:
         con.close()
 
 
+def _tree_hash_name(data_dir: Path) -> str:
+    """The exchange log's tree hash: the suite's in keys.json, sha256 before there is one."""
+    # The tree hash only matters once the log has entries, and then keys.json exists and names the suite.
+    if (data_dir / KEYS_FILE).exists():
+        return log_hash_name(load_or_create_keys(data_dir).suite)
+    return "sha256"
+
+
 async def _migrate(data_dir: Path, url: str) -> tuple[int | None, int]:
     """(version before, or None for SQLite, which is read beforehand; version after) of the store at ``url``."""
-    # The tree hash only matters once the log has entries, and then keys.json exists and names the suite.
-    suite_hash = "sha256"
-    if (data_dir / KEYS_FILE).exists():
-        suite_hash = log_hash_name(load_or_create_keys(data_dir).suite)
-    store = store_for(url, data_dir, audit_hash=hash_function(suite_hash))
+    store = store_for(url, data_dir, audit_hash=hash_function(_tree_hash_name(data_dir)))
     before = None if store.engine.name == "sqlite" else await asyncio.to_thread(_shared_version, store)
     await store.open()  # applies every pending migration, each in its own transaction
     try:
@@ -256,3 +272,59 @@ def restore(config: HubConfig, source: Path) -> int:
         )
         print(backups.pg_restore_command(location, source))
     return 0
+
+
+# -- the database of a hub that exists, for the commands that read or write it -----------------
+
+
+def hub_store(config: HubConfig) -> SqlStore:
+    """The store of a hub that has run, not opened, with its log's tree hash (keys.json's suite).
+
+    A SQLite database that does not exist is refused (exit 3), never created: a mistyped
+    ``--data-dir`` must not leave an empty database behind.
+    """
+    data_dir = config.require_data_dir()
+    location = config.store()
+    if location.sqlite_path is not None and not location.sqlite_path.exists():
+        raise ConfigError(
+            f"no hub database at {location.sqlite_path}: is that the hub's data directory (or store.url), and has"
+            " the hub run?",
+            reason="FILE_MISSING",
+            field="store.url" if config.store_url else "hub.data_dir",
+        )
+    return store_for(config.store_url, data_dir, audit_hash=hash_function(_tree_hash_name(data_dir)))
+
+
+def _require_current_schema(engine: Engine, con: Connection) -> None:
+    """Refuse (exit 3) a database whose schema is older than this release's: ``hutong hub migrate`` first.
+
+    The operator commands never migrate: on a shared database that is done once, before the
+    replicas of a new release start, not as the side effect of a report.
+    """
+    newest = max(version for version, _ in migrations(engine.name))
+    version = _schema_version(engine, con)
+    if version < newest:
+        raise ConfigError(
+            f"{engine.describe()} holds schema version {version}; this release needs {newest}:"
+            " run `hutong hub migrate` first",
+            reason="SCHEMA_OUTDATED",
+            field="store.url",
+        )
+
+
+@contextlib.contextmanager
+def hub_database(config: HubConfig) -> Iterator[Connection]:
+    """A read-only connection to a hub's database (see :func:`hub_store`), closed on leaving.
+
+    Its reads run in one read transaction, so they agree with each other while a hub writes:
+    a WAL snapshot on SQLite, a REPEATABLE READ READ ONLY transaction on PostgreSQL. Neither
+    blocks the hub's writers.
+    """
+    engine = hub_store(config).engine
+    con = engine.connect(readonly=True)
+    try:
+        _require_current_schema(engine, con)
+        con.execute(engine.snapshot)
+        yield con
+    finally:
+        con.close()  # ends the read transaction: nothing was written

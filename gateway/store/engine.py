@@ -51,6 +51,8 @@ class Engine(Protocol):
     name: str
     #: The statement that opens a write transaction (it must exclude other writers).
     begin: str
+    #: The statement that opens a read transaction whose reads all see one committed state.
+    snapshot: str
     #: Exceptions of the driver that mean the database failed a statement.
     errors: tuple[type[BaseException], ...]
     #: True when a list can be one parameter (``column = ANY(?)``), so one statement serves every length.

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import re
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -39,6 +40,12 @@ WRITER_LOCK = 0x6875746F6E67
 #: Taken while migrating, so two replicas starting together do not both migrate.
 MIGRATION_LOCK = WRITER_LOCK - 1
 _TOKEN = re.compile(r"'(?:[^']|'')*'|\?|%")
+
+
+def lock_key(base: int, schema: str) -> int:
+    """A signed 64-bit advisory lock key for ``base`` in ``schema``."""
+    digest = hashlib.blake2b(f"{base}/{schema}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -98,6 +105,8 @@ class PostgresEngine:
     """A PostgreSQL database at ``url``."""
 
     name = "postgresql"
+    snapshot = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+    #: Replaced by the schema's own lock once connected (see :meth:`connect`).
     begin = f"BEGIN; SELECT pg_advisory_xact_lock({WRITER_LOCK})"
     errors: tuple[type[BaseException], ...] = (psycopg.Error,)
     arrays = True
@@ -128,6 +137,12 @@ class PostgresEngine:
             raise StoreUnavailable(f"cannot connect to PostgreSQL at {self.describe()}: {str(exc).strip()}") from exc
         if readonly:
             raw.execute("SET default_transaction_read_only = on")
+        else:
+            # Advisory locks are per database; the hub's tables are per schema. Hubs of two
+            # schemas in one database (staging beside production, parallel tests) must not queue
+            # on each other's lock: the key is the schema's, derived the same way by every replica.
+            schema = raw.execute("SELECT current_schema()").fetchone()
+            self.begin = f"BEGIN; SELECT pg_advisory_xact_lock({lock_key(WRITER_LOCK, schema[0] if schema else '')})"
         return PgConnection(raw)
 
     def migrate(self, con: Any) -> None:
@@ -135,7 +150,8 @@ class PostgresEngine:
             "CREATE TABLE IF NOT EXISTS schema_migrations (version bigint PRIMARY KEY,"
             " applied_at timestamptz NOT NULL DEFAULT now())"
         )
-        con.execute(f"SELECT pg_advisory_lock({MIGRATION_LOCK})")
+        migration_lock = lock_key(MIGRATION_LOCK, con.execute("SELECT current_schema()").fetchone()[0] or "")
+        con.execute(f"SELECT pg_advisory_lock({migration_lock})")
         try:
             current = self.schema_version(con)
             for version, sql in migrations("postgresql"):
@@ -149,7 +165,7 @@ class PostgresEngine:
                         con.execute("ROLLBACK")
                         raise
         finally:
-            con.execute(f"SELECT pg_advisory_unlock({MIGRATION_LOCK})")
+            con.execute(f"SELECT pg_advisory_unlock({migration_lock})")
 
     def schema_version(self, con: Any) -> int:
         row = con.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()

@@ -36,6 +36,7 @@ from gateway.audit import (
     inclusion_path,
     sha256,
 )
+from gateway.domain.linkage import LinkageModel
 from gateway.domain.model import Outcome, Program
 from gateway.domain.policy import EXCLUSIVE_PROGRAMS, duplicate_programs
 from gateway.domain.records import PreparedBatch, Rejection, Retirement, decide_outcome
@@ -65,7 +66,7 @@ from gateway.store.sqlite_audit import (
     stored_tree,
     subtree_hash,
 )
-from gateway.store.sqlite_linkage import LinkageLedger, LinkageStatus
+from gateway.store.sqlite_linkage import LinkageLedger, LinkageStatus, store_model
 from gateway.store.sqlite_loop import LoopEvent, LoopLedger, PreparedSignal, ProvinceLoop, ReportResult, SignalOutcome
 
 __all__ = ["SqlStore", "finding_id"]
@@ -284,14 +285,16 @@ class SqlStore:
 
     def _pooled(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
         # A pooled connection the server dropped (a restart) is found out by using it: a read is
-        # safe to run again, once, on a fresh connection (the pool discards the broken one).
-        for attempt in (1, 2):
+        # safe to run again, on the next connection (the pool discards the broken one); after a
+        # restart every pooled connection is broken, so as many times as the pool holds.
+        attempts = self.readers + 1
+        for attempt in range(1, attempts + 1):
             try:
                 with self.engine.reading() as con:
                     try:
                         return fn(con, *args)
                     except self.engine.errors:
-                        if attempt == 1 and not self.engine.alive(con):
+                        if attempt < attempts and not self.engine.alive(con):
                             continue
                         raise
             except self.engine.errors as exc:
@@ -1059,6 +1062,13 @@ class SqlStore:
 
     #: The warm linkage index and its tables; None until :meth:`open_linkage` (batches are not linked).
     linkage: LinkageLedger | None = None
+
+    async def add_linkage_model(self, model: LinkageModel, *, source: str, records: int) -> int:
+        """Store ``model`` as the newest linkage model version (hubs link with it from their next start)."""
+        version: int = await self._write(
+            lambda con: store_model(con, model, source=source, records=records, now=_now_us())
+        )
+        return version
 
     async def open_linkage(self, ledger: LinkageLedger) -> LinkageStatus:
         """Load (or train, or bootstrap) the linkage model and build the index; batches are linked from now on."""

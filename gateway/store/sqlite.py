@@ -30,6 +30,7 @@ class SqliteEngine:
 
     name = "sqlite"
     begin = "BEGIN IMMEDIATE"
+    snapshot = "BEGIN"  # WAL: a read transaction sees the database as of its first read
     errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
     arrays = False
     inline_reads = True

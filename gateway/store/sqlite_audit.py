@@ -21,7 +21,7 @@ from gateway.audit import AuditEntry, HashFn, MerkleAccumulator, TreeRangeInvali
 from gateway.audit.archive import hash_function
 from gateway.errors import StoreError
 from gateway.store.base import AuditFilter
-from gateway.store.engine import Connection
+from gateway.store.engine import Connection, Engine
 
 __all__ = [
     "BLOOM_THRESHOLD",
@@ -29,6 +29,7 @@ __all__ = [
     "STORED_LEVEL",
     "AuditLedger",
     "SqliteAuditSource",
+    "StoreAuditSource",
     "bloom_has",
     "bloom_of",
     "list_entries",
@@ -342,31 +343,49 @@ def list_entries(con: Connection, filt: AuditFilter, *, after: int, limit: int, 
     return out
 
 
-class SqliteAuditSource:
-    """The exchange log of a hub database, read-only, for exports (an ``AuditSource``).
+class StoreAuditSource:
+    """The exchange log of a hub database on any engine, read-only, for exports (an ``AuditSource``).
 
-    Safe while the hub runs: WAL readers never block the writer, and entries below the
-    committed size never change.
+    Safe while the hub runs: it reads on a read-only connection, which never blocks the hub's
+    writers, and entries below the committed size never change. Opened with :meth:`open`, on
+    PostgreSQL every read of one export runs in one REPEATABLE READ READ ONLY transaction, so the
+    size, the entries and the checkpoints are of one committed state however many replicas append
+    meanwhile. On SQLite each read is its own WAL snapshot, which agrees just as well (the size is
+    read first, the entries below it are fixed, and ``export_log`` skips checkpoints above it)
+    without pinning the WAL, which could not restart from its beginning while a long export held
+    one snapshot.
     """
 
     def __init__(
-        self, database: Path, *, origin: str, hash_name: str, verifier_key: str, key_binding: bytes | None
+        self, con: Connection, *, origin: str, hash_name: str, verifier_key: str, key_binding: bytes | None
     ) -> None:
-        if not database.exists():
-            raise StoreError(f"no hub database at {database}", reason="STORE_UNAVAILABLE")
         self.origin = origin
         self.hash_name = hash_name
         self.verifier_key = verifier_key
         self._binding = key_binding
-        self._con = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
-        self._con.execute("PRAGMA busy_timeout=10000")
-        version = self._con.execute("PRAGMA user_version").fetchone()[0]
-        if version < 2:
-            self._con.close()
-            raise StoreError(
-                f"{database} predates the exchange log (schema {version}); start the hub once to migrate it",
-                reason="SCHEMA_TOO_OLD",
-            )
+        #: A read-only connection, owned (closed by :meth:`close`).
+        self._con = con
+
+    @classmethod
+    def open(
+        cls, engine: Engine, *, origin: str, hash_name: str, verifier_key: str, key_binding: bytes | None
+    ) -> StoreAuditSource:
+        """The log in ``engine``'s database, on a new read-only connection; SCHEMA_TOO_OLD when it has none."""
+        con = engine.connect(readonly=True)
+        try:
+            try:
+                stored_tree(con, hash_function(hash_name))
+            except engine.errors as exc:  # no audit_tree table: no schema yet, or one older than the log
+                raise StoreError(
+                    f"{engine.describe()} holds no exchange log: run `hutong hub migrate`, or start the hub once",
+                    reason="SCHEMA_TOO_OLD",
+                ) from exc
+            if engine.shared:  # a server's snapshot costs little; a SQLite one would hold the WAL back
+                con.execute(engine.snapshot)
+        except BaseException:
+            con.close()
+            raise
+        return cls(con, origin=origin, hash_name=hash_name, verifier_key=verifier_key, key_binding=key_binding)
 
     def tree_size(self) -> int:
         """Committed entries."""
@@ -385,5 +404,25 @@ class SqliteAuditSource:
         return self._binding
 
     def close(self) -> None:
-        """Close the connection."""
+        """Close the connection (and end the export's read transaction)."""
         self._con.close()
+
+
+class SqliteAuditSource(StoreAuditSource):
+    """The exchange log of a SQLite hub database file, opened read-only (``mode=ro``), for exports."""
+
+    def __init__(
+        self, database: Path, *, origin: str, hash_name: str, verifier_key: str, key_binding: bytes | None
+    ) -> None:
+        if not database.exists():
+            raise StoreError(f"no hub database at {database}", reason="STORE_UNAVAILABLE")
+        con = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+        con.execute("PRAGMA busy_timeout=10000")
+        version = con.execute("PRAGMA user_version").fetchone()[0]
+        if version < 2:
+            con.close()
+            raise StoreError(
+                f"{database} predates the exchange log (schema {version}); start the hub once to migrate it",
+                reason="SCHEMA_TOO_OLD",
+            )
+        super().__init__(con, origin=origin, hash_name=hash_name, verifier_key=verifier_key, key_binding=key_binding)

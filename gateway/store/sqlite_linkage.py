@@ -301,12 +301,15 @@ def sample_records(con: Connection, sealer: FieldSealer, limit: int) -> list[Lin
     """Up to ``limit`` live records, evenly spread over the table in key order (deterministic), unsealed."""
     total = con.execute("SELECT count(*) FROM records WHERE retired_reason=0").fetchone()[0]
     take = min(limit, total)
-    picked = []
-    rows = con.execute(f"SELECT {_ROW} FROM records WHERE retired_reason=0 ORDER BY province, record_id")
-    for i, row in enumerate(rows):
-        # Row i is taken when it crosses the next of ``take`` evenly spaced marks.
-        if (i + 1) * take // total > i * take // total:
-            picked.append(row)
+    if not take:
+        return []
+    # Row n (from 1, in key order) is taken when it crosses the next of ``take`` evenly spaced
+    # marks; chosen in the database, so only the sample crosses to the hub, however large the table.
+    picked = con.execute(
+        f"SELECT {_ROW} FROM (SELECT {_ROW}, ROW_NUMBER() OVER (ORDER BY province, record_id) AS n"
+        " FROM records WHERE retired_reason=0) sample WHERE n * ? / ? > (n - 1) * ? / ? ORDER BY n",
+        (take, total, take, total),
+    ).fetchall()
     out = []
     for start in range(0, len(picked), _CHUNK):
         out.extend(linkage_records(con, sealer, picked[start : start + _CHUNK]))

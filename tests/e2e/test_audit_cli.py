@@ -32,6 +32,25 @@ def served_hub(serve_hub: Callable[..., tuple[Path, int]], tmp_path: Path) -> tu
     return serve_hub("--policy", str(tmp_path / "policy.toml"), "--checkpoint-seconds", "0.2")
 
 
+def write_config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "etc" / "hub.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def hub_args(request: pytest.FixtureRequest, tmp_path: Path) -> list[str]:
+    """How the hub (``serve_hub`` runs it with ``--data-dir hub``) and ``hutong audit export`` find its database.
+
+    ``--data-dir hub`` (SQLite there), or ``--config hub.toml`` naming that directory and a PostgreSQL ``store.url``.
+    """
+    if request.param == "sqlite":
+        return ["--data-dir", str(tmp_path / "hub")]
+    url = request.getfixturevalue("postgres_url")
+    return ["--config", str(write_config(tmp_path, f'[hub]\ndata_dir = "../hub"\n[store]\nurl = "{url}"\n'))]
+
+
 def node_tls(certs: Path) -> list[str]:
     node = certs / "nodes" / "440000-gd-gz-01"
     return ["--cert", f"{node}.pem", "--key", f"{node}.key", "--ca", str(certs / "ca.pem")]
@@ -78,13 +97,16 @@ def test_watch_show_and_prove_against_a_served_hub(served_hub: tuple[Path, int],
     assert "INDEX_INVALID" in beyond.stderr or "index" in beyond.stderr
 
 
-def test_export_verify_and_tamper_detection(served_hub: tuple[Path, int], tmp_path: Path) -> None:
-    certs, port = served_hub
+def test_export_verify_and_tamper_detection(
+    serve_hub: Callable[..., tuple[Path, int]], hub_args: list[str], tmp_path: Path
+) -> None:
+    (tmp_path / "policy.toml").write_text(POLICY, encoding="utf-8")
+    certs, port = serve_hub(*hub_args, "--policy", str(tmp_path / "policy.toml"), "--checkpoint-seconds", "0.2")
     for _ in range(3):
         ask(certs, port, tmp_path)
     time.sleep(0.5)  # a checkpoint covers the queries
     out = tmp_path / "audit"
-    exported = run("audit", "export", "--data-dir", str(tmp_path / "hub"), "--out", str(out), cwd=tmp_path)
+    exported = run("audit", "export", *hub_args, "--out", str(out), cwd=tmp_path)
     assert exported.returncode == 0, exported.stderr
     assert "exported" in exported.stdout
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from .conftest import ServeHub
 
@@ -30,7 +33,26 @@ def test_rules_check_prints_the_digest_or_names_the_bad_key(tmp_path: Path) -> N
     assert "rules[0].enrolled[1]" in refused.stderr
 
 
-def test_a_node_reports_back_and_the_loop_shows_it(serve_hub: ServeHub, tmp_path: Path) -> None:
+def write_config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "etc" / "hub.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def hub_args(request: pytest.FixtureRequest, tmp_path: Path) -> list[str]:
+    """How the hub (``serve_hub`` runs it with ``--data-dir hub``) and ``hutong hub loop`` find its database.
+
+    ``--data-dir hub`` (SQLite there), or ``--config hub.toml`` naming that directory and a PostgreSQL ``store.url``.
+    """
+    if request.param == "sqlite":
+        return ["--data-dir", str(tmp_path / "hub")]
+    url = request.getfixturevalue("postgres_url")
+    return ["--config", str(write_config(tmp_path, f'[hub]\ndata_dir = "../hub"\n[store]\nurl = "{url}"\n'))]
+
+
+def test_a_node_reports_back_and_the_loop_shows_it(serve_hub: ServeHub, hub_args: list[str], tmp_path: Path) -> None:
     policy = tmp_path / "policy.toml"
     policy.write_text(
         '[nodes."hutong://province/440000/node/gd-gz-01"]\n'
@@ -38,7 +60,7 @@ def test_a_node_reports_back_and_the_loop_shows_it(serve_hub: ServeHub, tmp_path
         encoding="utf-8",
     )
     rules = ROOT / "deploy" / "monitoring.example.toml"
-    _, port = serve_hub("--monitoring-rules", str(rules), "--policy", str(policy))
+    _, port = serve_hub(*hub_args, "--monitoring-rules", str(rules), "--policy", str(policy))
     config = tmp_path / "node.toml"
     (tmp_path / "events").mkdir()
     config.write_text(
@@ -72,7 +94,7 @@ def test_a_node_reports_back_and_the_loop_shows_it(serve_hub: ServeHub, tmp_path
     inbox = hutong("node", "inbox", "--config", str(config), "--once", cwd=tmp_path)
     assert inbox.returncode == 0, inbox.stderr
     events = [json.loads(p.read_text(encoding="utf-8")) for p in sorted((tmp_path / "events").glob("*.json"))]
-    loop = hutong("hub", "loop", "--data-dir", str(tmp_path / "hub"), "--json", cwd=tmp_path)
+    loop = hutong("hub", "loop", *hub_args, "--json", cwd=tmp_path)
     assert loop.returncode == 0, loop.stderr
     before = {row["province"]: row for row in json.loads(loop.stdout)}
     assert [e["kind"] for e in events] == ["EVENT_KIND_RISK_SIGNAL"]
@@ -91,8 +113,21 @@ def test_a_node_reports_back_and_the_loop_shows_it(serve_hub: ServeHub, tmp_path
     )  # fmt: skip
     assert "already reported" in again.stdout
     after = {
-        row["province"]: row
-        for row in json.loads(hutong("hub", "loop", "--data-dir", str(tmp_path / "hub"), "--json", cwd=tmp_path).stdout)
+        row["province"]: row for row in json.loads(hutong("hub", "loop", *hub_args, "--json", cwd=tmp_path).stdout)
     }
     assert (after["440000"]["pushed"], after["440000"]["reported"], after["440000"]["open"]) == (1, 1, 0)
     assert after["440000"]["outcomes"] == {"not_eligible": 1}
+
+
+def test_loop_refuses_a_directory_without_a_hub_database_and_a_database_of_an_older_release(tmp_path: Path) -> None:
+    missing = hutong("hub", "loop", "--data-dir", str(tmp_path / "nothing"), cwd=tmp_path)
+    assert missing.returncode == 3
+    assert "FILE_MISSING" in missing.stderr
+    assert not (tmp_path / "nothing").exists()  # not created by looking
+    (tmp_path / "old").mkdir()
+    con = sqlite3.connect(tmp_path / "old" / "hub.sqlite3")
+    con.execute("PRAGMA user_version=2")
+    con.close()
+    old = hutong("hub", "loop", "--data-dir", str(tmp_path / "old"), cwd=tmp_path)
+    assert old.returncode == 3
+    assert "run `hutong hub migrate` first" in old.stderr

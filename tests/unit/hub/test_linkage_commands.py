@@ -1,4 +1,8 @@
-"""Tests of ``hutong hub linkage train|status|model`` (gateway.linkage_commands) on a real hub data directory."""
+"""Tests of ``hutong hub linkage train|status|model`` (gateway.linkage_commands) on a real hub, on both engines.
+
+The hub's database is a SQLite file found with ``--data-dir``, or a PostgreSQL schema found with
+``--config hub.toml`` (its ``store.url``), as an operator runs them.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from gateway.domain.records import RecordPreparer
 from gateway.hub.keys import load_or_create_keys
 from gateway.hub.server import DATABASE_FILE
 from gateway.store.base import NodeRef
+from gateway.store.sql import SqlStore
 from gateway.store.sqlite import SqliteStore
 from gateway.store.sqlite_linkage import LinkageLedger
 
@@ -52,27 +57,47 @@ def logging_restored() -> Iterator[None]:
     structlog.configure(**saved)
 
 
-@pytest.fixture
-async def data_dir(tmp_path: Path) -> Path:
-    """A hub data directory (keys and database) holding 400 records, whose hub linked with the bootstrap model."""
-    keys = load_or_create_keys(tmp_path)
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def hub_args(request: pytest.FixtureRequest, tmp_path: Path) -> list[str]:
+    """How the commands find a hub holding 400 records, which linked with the bootstrap model.
+
+    ``--data-dir DIR`` (SQLite in DIR), or ``--config hub.toml`` naming the data directory and a
+    PostgreSQL ``store.url``.
+    """
+    data_dir = tmp_path / "etc" / "hub"
+    keys = load_or_create_keys(data_dir)
     keyer, sealer = PersonKeyer(keys.person_key_secret, suite=keys.suite), FieldSealer(keys)
-    store = SqliteStore(tmp_path / DATABASE_FILE)
+    store: SqlStore
+    if request.param == "sqlite":
+        store, args = SqliteStore(data_dir / DATABASE_FILE), ["--data-dir", str(data_dir)]
+    else:
+        from gateway.store.postgres import PostgresStore
+
+        url = request.getfixturevalue("postgres_url")
+        config = write_config(tmp_path, f'[hub]\ndata_dir = "hub"\n[store]\nurl = "{url}"\n')
+        store, args = PostgresStore(url), ["--config", str(config)]
     await store.open()
     await store.open_linkage(LinkageLedger(keyer, sealer))
     prepared = RecordPreparer(keyer, sealer).prepare_batch("440000", [_person(i) for i in range(400)])
     await store.apply_batch(NodeRef("440000", "gz-01"), "b1", b"b1", prepared)
     await store.close()
-    return tmp_path
+    return args
+
+
+def write_config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "etc" / "hub.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
 
 
 def test_train_stores_a_new_version_that_status_and_model_show(
-    data_dir: Path, capsys: pytest.CaptureFixture[str]
+    hub_args: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["hub", "linkage", "train", "--data-dir", str(data_dir), "--min-records", "100", "--json"]) == 0
+    assert main(["hub", "linkage", "train", *hub_args, "--min-records", "100", "--json"]) == 0
     trained = json.loads(capsys.readouterr().out)
     assert (trained["version"], trained["records"]) == (2, 400)
-    assert main(["hub", "linkage", "status", "--data-dir", str(data_dir), "--json"]) == 0
+    assert main(["hub", "linkage", "status", *hub_args, "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
     assert [(m["version"], m["source"], m["records"]) for m in status["models"]] == [
         (1, "bootstrap", 0),
@@ -80,18 +105,22 @@ def test_train_stores_a_new_version_that_status_and_model_show(
     ]
     assert status["unverified_records"] == 0
     assert status["reviews_open"] == 0
-    assert main(["hub", "linkage", "model", "--data-dir", str(data_dir)]) == 0
+    assert main(["hub", "linkage", "model", *hub_args]) == 0
     model = json.loads(capsys.readouterr().out)
     assert model["format"] == "hutong.linkage.model/1"
     assert model["training"]["records"] == 400
-    assert main(["hub", "linkage", "model", "--data-dir", str(data_dir), "--version", "1"]) == 0
+    assert main(["hub", "linkage", "model", *hub_args, "--version", "1"]) == 0
     assert "with households" in capsys.readouterr().out
 
 
 def test_train_refuses_a_hub_with_too_few_records_and_a_directory_that_is_no_hub(
-    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    hub_args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["hub", "linkage", "train", "--data-dir", str(data_dir)]) == 3
+    assert main(["hub", "linkage", "train", *hub_args]) == 3
     assert "needs at least 1,000" in capsys.readouterr().err
+    assert main(["hub", "linkage", "model", *hub_args, "--version", "7"]) == 3
     assert main(["hub", "linkage", "status", "--data-dir", str(tmp_path / "nothing")]) == 3
-    assert main(["hub", "linkage", "model", "--data-dir", str(data_dir), "--version", "7"]) == 3
+    assert "no hub database" in capsys.readouterr().err
+    assert not (tmp_path / "nothing").exists()
+    assert main(["hub", "linkage", "status"]) == 3  # neither --config nor --data-dir
+    assert "hub.data_dir" in capsys.readouterr().err
