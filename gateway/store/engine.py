@@ -80,6 +80,10 @@ class Engine(Protocol):
         """The newest applied migration."""
         ...
 
+    def script(self, con: Connection, statements: Sequence[str]) -> None:
+        """Run parameterless statements in order, in one round trip where the engine can."""
+        ...
+
     def insert_rows(self, con: Connection, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         """Insert new rows (no conflicts expected: a conflict fails the statement), as fast as the engine can."""
         ...

@@ -335,8 +335,10 @@ class SqlStore:
             if self.engine.shared:
                 self._ledger.follow(con)
                 group_mark = self._ledger.mark()
+            # Savepoint statements go with the next one (one round trip on a server, not two).
+            pending: list[str] = []
             for n, (fn, args, _loop, _future) in enumerate(jobs):
-                con.execute(f"SAVEPOINT job{n}")
+                self.engine.script(con, [*pending, f"SAVEPOINT job{n}"])
                 job_mark = self._ledger.mark()
                 try:
                     outcomes.append((True, fn(con, *args)))
@@ -344,9 +346,9 @@ class SqlStore:
                     con.execute(f"ROLLBACK TO job{n}")
                     self._ledger.reset(job_mark)
                     outcomes.append((False, _store_error(exc, self.engine.errors)))
-                con.execute(f"RELEASE job{n}")
+                pending = [f"RELEASE job{n}"]
             self._ledger.save(con)
-            con.execute("COMMIT")
+            self.engine.script(con, [*pending, "COMMIT"])
         except BaseException as exc:
             with contextlib.suppress(*self.engine.errors):  # a broken connection has nothing to roll back
                 if con.in_transaction:

@@ -72,6 +72,10 @@ class SqliteEngine:
     def schema_version(self, con: Any) -> int:
         return int(con.execute("PRAGMA user_version").fetchone()[0])
 
+    def script(self, con: Any, statements: Sequence[str]) -> None:
+        for statement in statements:  # in-process: nothing to save by joining them
+            con.execute(statement)
+
     def insert_rows(self, con: Any, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         marks = ",".join("?" * len(columns))
         con.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", rows)
