@@ -57,3 +57,19 @@ def serve_hub(tmp_path: Path) -> Iterator[ServeHub]:
     for hub, log_path in started:
         hub.send_signal(signal.SIGTERM)
         assert hub.wait(timeout=30) == 0, log_path.read_text()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def hub_args(request: pytest.FixtureRequest, tmp_path: Path) -> list[str]:
+    """How ``serve_hub``'s hub (``--data-dir hub``) is named to an operator's command: per engine.
+
+    ``--data-dir hub`` (SQLite there), or ``--config etc/hub.toml`` naming that directory and a
+    PostgreSQL ``store.url`` (then add the same ``--config`` to ``serve_hub``).
+    """
+    if request.param == "sqlite":
+        return ["--data-dir", str(tmp_path / "hub")]
+    url = request.getfixturevalue("postgres_url")
+    config = tmp_path / "etc" / "hub.toml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(f'[hub]\ndata_dir = "../hub"\n[store]\nurl = "{url}"\n', encoding="utf-8")
+    return ["--config", str(config)]

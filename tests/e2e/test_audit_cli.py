@@ -32,25 +32,6 @@ def served_hub(serve_hub: Callable[..., tuple[Path, int]], tmp_path: Path) -> tu
     return serve_hub("--policy", str(tmp_path / "policy.toml"), "--checkpoint-seconds", "0.2")
 
 
-def write_config(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "etc" / "hub.toml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def hub_args(request: pytest.FixtureRequest, tmp_path: Path) -> list[str]:
-    """How the hub (``serve_hub`` runs it with ``--data-dir hub``) and ``hutong audit export`` find its database.
-
-    ``--data-dir hub`` (SQLite there), or ``--config hub.toml`` naming that directory and a PostgreSQL ``store.url``.
-    """
-    if request.param == "sqlite":
-        return ["--data-dir", str(tmp_path / "hub")]
-    url = request.getfixturevalue("postgres_url")
-    return ["--config", str(write_config(tmp_path, f'[hub]\ndata_dir = "../hub"\n[store]\nurl = "{url}"\n'))]
-
-
 def node_tls(certs: Path) -> list[str]:
     node = certs / "nodes" / "440000-gd-gz-01"
     return ["--cert", f"{node}.pem", "--key", f"{node}.key", "--ca", str(certs / "ca.pem")]

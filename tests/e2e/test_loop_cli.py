@@ -9,8 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from .conftest import ServeHub
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,25 +29,6 @@ def test_rules_check_prints_the_digest_or_names_the_bad_key(tmp_path: Path) -> N
     refused = hutong("hub", "rules-check", str(bad), cwd=tmp_path)
     assert refused.returncode == 3
     assert "rules[0].enrolled[1]" in refused.stderr
-
-
-def write_config(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "etc" / "hub.toml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def hub_args(request: pytest.FixtureRequest, tmp_path: Path) -> list[str]:
-    """How the hub (``serve_hub`` runs it with ``--data-dir hub``) and ``hutong hub loop`` find its database.
-
-    ``--data-dir hub`` (SQLite there), or ``--config hub.toml`` naming that directory and a PostgreSQL ``store.url``.
-    """
-    if request.param == "sqlite":
-        return ["--data-dir", str(tmp_path / "hub")]
-    url = request.getfixturevalue("postgres_url")
-    return ["--config", str(write_config(tmp_path, f'[hub]\ndata_dir = "../hub"\n[store]\nurl = "{url}"\n'))]
 
 
 def test_a_node_reports_back_and_the_loop_shows_it(serve_hub: ServeHub, hub_args: list[str], tmp_path: Path) -> None:
