@@ -128,6 +128,12 @@ def _parser() -> argparse.ArgumentParser:
         help="HOST:PORT of a plaintext port serving only grpc.health.v1.Health, for probes that cannot present "
         "a client certificate (Kubernetes grpc probes); default: none [hub.health_listen]",
     )
+    serve.add_argument(
+        "--console-listen",
+        type=_split_listen,
+        help="HOST:PORT of the HTTPS console: /healthz, /readyz, /metrics (Prometheus), "
+        "/.well-known/jwks.json and /crl; default: none [hub.console_listen]",
+    )
     _add_tls(serve, "hub", config_keys=True)
     serve.add_argument(
         "--insecure",

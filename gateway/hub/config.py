@@ -53,6 +53,7 @@ SECTIONS: dict[str, frozenset[str]] = {
             "data_dir",
             "listen",
             "health_listen",
+            "console_listen",
             "port_file",
             "grace_seconds",
             "crypto_suite",
@@ -175,6 +176,8 @@ class HubConfig:
     port: int = 7443
     #: (host, port) of the plaintext health-only port for probes (Kubernetes ``grpc`` probes); None: none.
     health_listen: tuple[str, int] | None = None
+    #: (host, port) of the HTTPS console (probes, metrics, token keys, CRL); None: none.
+    console_listen: tuple[str, int] | None = None
     #: Written with the bound port once serving.
     port_file: Path | None = None
     #: Seconds open calls get on shutdown.
@@ -260,6 +263,11 @@ def load_hub_config(path: str | Path) -> HubConfig:
         health_listen=(
             parse_listen(hub.text("health_listen"), field="hub.health_listen", default_host="0.0.0.0")  # noqa: S104
             if "health_listen" in hub
+            else None
+        ),
+        console_listen=(
+            parse_listen(hub.text("console_listen"), field="hub.console_listen", default_host="0.0.0.0")  # noqa: S104
+            if "console_listen" in hub
             else None
         ),
         port_file=hub.optional_path("port_file"),

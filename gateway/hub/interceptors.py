@@ -283,7 +283,11 @@ def _bearer(context: grpc.aio.ServicerContext) -> str:
 
 
 class LogContext:
-    """Binds rpc, node, province and request id to every log line of the call; logs its end."""
+    """Binds rpc, node, province and request id to every log line of the call; logs and counts its end."""
+
+    def __init__(self, observe: Callable[[CallInfo, float], None] | None = None) -> None:
+        #: Called with each finished call and its duration in seconds (the hub's metrics).
+        self._observe = observe
 
     async def enter(self, call: CallInfo, context: grpc.aio.ServicerContext) -> None:
         """Bind the call's identity to structlog's context."""
@@ -295,8 +299,11 @@ class LogContext:
         )
 
     def exit(self, call: CallInfo) -> None:
-        """Log the finished call."""
-        duration_ms = round((time.perf_counter() - call.started) * 1000, 3)
+        """Log and count the finished call."""
+        seconds = time.perf_counter() - call.started
+        if self._observe is not None:
+            self._observe(call, seconds)
+        duration_ms = round(seconds * 1000, 3)
         level = log.info if call.code == "OK" else log.warning
         purpose = {"purpose": call.purpose} if call.purpose else {}
         level("rpc_finished", code=call.code, duration_ms=duration_ms, **purpose, **call.counts, **call.extra)

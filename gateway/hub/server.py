@@ -25,6 +25,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from gateway.audit.archive import hash_function
+from gateway.console.app import ConsoleServer
 from gateway.domain.access import AccessPolicy
 from gateway.domain.linkage import LinkSettings
 from gateway.domain.monitoring import MonitoringRules
@@ -39,6 +40,7 @@ from gateway.hub.interceptors import Authenticator, Authorizer, CallInfo, HubInt
 from gateway.hub.keys import load_or_create_keys
 from gateway.hub.linkage_service import LinkageReviewServicer, linkage_started
 from gateway.hub.loop_service import NotificationServicer, SignalServicer
+from gateway.hub.metrics import HubMetrics
 from gateway.hub.preparation import BatchPreparer
 from gateway.hub.query_service import AssistanceQueryServicer
 from gateway.hub.records_service import MAX_BATCH_ITEMS, RecordExchangeServicer, raw_sync_handler
@@ -134,6 +136,9 @@ class HubSettings:
     #: present a client certificate (Kubernetes ``grpc`` probes); None: no such port. It tells
     #: SERVING or NOT_SERVING and nothing else.
     health_listen: tuple[str, int] | None = None
+    #: (host, port) of the console (``gateway.console``: probes, metrics, token keys, CRL), HTTPS with the
+    #: hub's certificate (plain HTTP with ``insecure``); None: no console.
+    console_listen: tuple[str, int] | None = None
     #: Largest batch (records, and separately households) accepted.
     max_batch_items: int = MAX_BATCH_ITEMS
     #: Seconds open calls get to finish on shutdown.
@@ -230,7 +235,14 @@ class HubServer:
         self._notifications: NotificationServicer | None = None
         self._escalation: asyncio.Task[None] | None = None
         self._health_server: grpc.aio.Server | None = None
+        self._console: ConsoleServer | None = None
+        #: RPC counts and latencies of this process; the database's figures when scraped.
+        self.metrics = HubMetrics()
+        #: True from the moment :meth:`stop` begins (readiness fails at once).
+        self.draining = False
         self.port = 0
+        #: The bound console port (``console_listen``), 0 without one.
+        self.console_port = 0
         #: The bound health-only port (``health_listen``), 0 without one.
         self.health_port = 0
 
@@ -278,7 +290,7 @@ class HubServer:
             [
                 Authenticator(insecure=s.insecure, revocations=self.revocations),
                 Authorizer(policy, SCOPES_BY_METHOD, tokens=self.tokens if s.require_tokens else None),
-                LogContext(),
+                LogContext(self.metrics.observe),
             ],
             recorder=self.audit,
         )
@@ -343,6 +355,9 @@ class HubServer:
         self._server = server
         if s.health_listen is not None:
             await self._start_health_port(*s.health_listen)
+        if s.console_listen is not None:
+            self._console = ConsoleServer(self, *s.console_listen)
+            self.console_port = await self._console.start()
         self._escalation = asyncio.create_task(self._escalate_overdue(s.escalate_seconds))
         # The hub allocates many short-lived objects per batch and holds few cycles: move
         # what start-up built out of the collector's way and collect young objects less often
@@ -368,6 +383,7 @@ class HubServer:
             return
         grace = self.settings.grace_seconds if grace is None else grace
         log.info("hub_stopping", grace_seconds=grace)
+        self.draining = True
         await self._health.enter_graceful_shutdown()
         if self._crl_watch is not None:
             self._crl_watch.cancel()
@@ -398,6 +414,9 @@ class HubServer:
         if self._health_server is not None:
             await self._health_server.stop(0)
             self._health_server = None
+        if self._console is not None:
+            await self._console.stop()
+            self._console = None
         log.info("hub_stopped")
 
     async def _start_health_port(self, host: str, port: int) -> None:

@@ -81,6 +81,8 @@ _Job = tuple[Any, tuple[Any, ...], asyncio.AbstractEventLoop, "asyncio.Future[An
 _MAX_GROUP = 16
 _EXCLUSIVE_MASK = sum(p.bit for p in EXCLUSIVE_PROGRAMS)
 _REJECTED = int(Outcome.REJECTED)
+#: The outcome columns of node_state, in order.
+_SYNC_OUTCOMES = (Outcome.CREATED, Outcome.UPDATED, Outcome.UNCHANGED, Outcome.STALE, Outcome.REJECTED)
 _WRITTEN = (int(Outcome.CREATED), int(Outcome.UPDATED))
 
 
@@ -784,6 +786,20 @@ class SqlStore:
 
     # -- reads -------------------------------------------------------------------------------
 
+    async def node_totals(self) -> list[tuple[str, str, dict[Outcome, int]]]:
+        """Every node's records acknowledged, by outcome: (province, node, counts), in order."""
+
+        def read(con: Connection) -> list[tuple[str, str, dict[Outcome, int]]]:
+            return [
+                (province, node, dict(zip(_SYNC_OUTCOMES, counts, strict=True)))
+                for province, node, *counts in con.execute(
+                    "SELECT province, node, created, updated, unchanged, stale, rejected FROM node_state"
+                    " ORDER BY province, node"
+                )
+            ]
+
+        return await self._read(read)
+
     async def sync_state(self, node: NodeRef) -> SyncState:
         """What the hub holds for this node and its province."""
         return await self._read(self._sync_state, node)
@@ -1064,6 +1080,10 @@ class SqlStore:
 
     #: The warm linkage index and its tables; None until :meth:`open_linkage` (batches are not linked).
     linkage: LinkageLedger | None = None
+
+    async def ping_writer(self) -> None:
+        """Open and commit an empty write transaction: the writer can write (readiness)."""
+        await self._write(lambda con: None)
 
     async def add_linkage_model(self, model: LinkageModel, *, source: str, records: int) -> int:
         """Store ``model`` as the newest linkage model version (hubs link with it from their next start)."""

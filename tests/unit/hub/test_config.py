@@ -27,6 +27,7 @@ FULL = """
 data_dir = "state"
 listen = "[::1]:7450"
 health_listen = ":7080"
+console_listen = "127.0.0.1:7081"
 port_file = "run/hub.port"
 grace_seconds = 12.5
 crypto_suite = "sm"
@@ -74,6 +75,7 @@ def test_every_key_is_read_and_relative_paths_are_the_config_files(tmp_path: Pat
     assert config.data_dir == etc / "state"
     assert (config.host, config.port) == ("::1", 7450)
     assert config.health_listen == ("0.0.0.0", 7080)  # noqa: S104 - an empty host is every interface
+    assert config.console_listen == ("127.0.0.1", 7081)
     assert config.port_file == etc / "run" / "hub.port"
     assert config.grace_seconds == 12.5
     assert config.crypto_suite == "sm"
@@ -125,6 +127,7 @@ def test_every_section_of_the_loader_is_in_the_full_example_above() -> None:
         ("[hub]\nlisten = '7443'\n", "hub.listen"),
         ("[hub]\nlisten = 'host:70000'\n", "hub.listen"),
         ("[hub]\nhealth_listen = 7080\n", "hub.health_listen"),
+        ('[hub]\nconsole_listen = "nowhere"\n', "hub.console_listen"),
         ("[hub]\ngrace_seconds = 0\n", "hub.grace_seconds"),
         ("[hub]\ngrace_seconds = '10'\n", "hub.grace_seconds"),
         ("[hub]\ncrypto_suite = 'aes'\n", "hub.crypto_suite"),
