@@ -16,7 +16,7 @@ public). What each path gives:
 ``/crl``                   the certificate revocation list the hub enforces (DER), if any
 =========================  ==================================================================
 
-None of these shows personal data.
+None of these shows personal data. The pages (:mod:`gateway.console.pages`) need a login.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from gateway.console.pages import add_pages
 from gateway.errors import ConfigError
 from gateway.hub.metrics import CONTENT_TYPE
 
@@ -58,6 +59,7 @@ def make_app(hub: HubServer) -> web.Application:
     app.router.add_get("/metrics", _metrics(hub))
     app.router.add_get("/.well-known/jwks.json", _jwks(hub))
     app.router.add_get("/crl", _crl(hub))
+    add_pages(app, hub)
     return app
 
 

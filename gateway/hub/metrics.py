@@ -74,9 +74,9 @@ class HubMetrics:
         size, _ = await store.audit_tree()
         loop = await store.loop_state()
         self.synced.clear()
-        for province, node, counts in nodes:
+        for node in nodes:
             for outcome in _OUTCOMES:
-                self.synced.labels(province, node, outcome.name.lower()).set(counts.get(outcome, 0))
+                self.synced.labels(node.province, node.node, outcome.name.lower()).set(node.counts.get(outcome, 0))
         self.held.clear()
         for province, held in stats.records_by_province.items():
             self.held.labels(province).set(held)

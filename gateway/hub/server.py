@@ -230,6 +230,8 @@ class HubServer:
         self._preparer: BatchPreparer | None = None
         self.revocations: RevocationList | None = None
         self.tokens: TokenService | None = None
+        #: The access policy in force (scopes per node): the console's roles come from it.
+        self.policy: AccessPolicy | None = None
         self._crl_watch: asyncio.Task[None] | None = None
         self.details: DetailFetcher | None = None
         self._notifications: NotificationServicer | None = None
@@ -284,7 +286,7 @@ class HubServer:
                     field="crl",
                 )
             self._crl_watch = asyncio.create_task(self.revocations.watch())
-        policy = s.policy or AccessPolicy.open_default()
+        self.policy = policy = s.policy or AccessPolicy.open_default()
         self.tokens = TokenService(TokenKeys.load_or_create(s.data_dir), lifetime_seconds=s.token_lifetime_seconds)
         chain = HubInterceptor(
             [

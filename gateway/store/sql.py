@@ -23,7 +23,7 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import structlog
 
@@ -69,7 +69,7 @@ from gateway.store.sqlite_audit import (
 from gateway.store.sqlite_linkage import LinkageLedger, LinkageStatus, store_model
 from gateway.store.sqlite_loop import LoopEvent, LoopLedger, PreparedSignal, ProvinceLoop, ReportResult, SignalOutcome
 
-__all__ = ["SqlStore", "finding_id"]
+__all__ = ["NodeTotals", "SqlStore", "finding_id"]
 
 T = TypeVar("T")
 log = structlog.get_logger("hutong.store")
@@ -198,6 +198,16 @@ ON CONFLICT (province, household_id) DO UPDATE SET
     residence_division = excluded.residence_division, members = excluded.members,
     income_fen = excluded.income_fen, received_at_us = excluded.received_at_us
 """
+
+
+class NodeTotals(NamedTuple):
+    """What one node has synced (``node_state``)."""
+
+    province: str
+    node: str
+    last_batch_at_us: int
+    batches: int
+    counts: dict[Outcome, int]
 
 
 class SqlStore:
@@ -786,15 +796,30 @@ class SqlStore:
 
     # -- reads -------------------------------------------------------------------------------
 
-    async def node_totals(self) -> list[tuple[str, str, dict[Outcome, int]]]:
-        """Every node's records acknowledged, by outcome: (province, node, counts), in order."""
+    async def node_totals(self) -> list[NodeTotals]:
+        """Every node that synced: its last batch and its records acknowledged, by outcome; in order."""
 
-        def read(con: Connection) -> list[tuple[str, str, dict[Outcome, int]]]:
+        def read(con: Connection) -> list[NodeTotals]:
             return [
-                (province, node, dict(zip(_SYNC_OUTCOMES, counts, strict=True)))
-                for province, node, *counts in con.execute(
-                    "SELECT province, node, created, updated, unchanged, stale, rejected FROM node_state"
-                    " ORDER BY province, node"
+                NodeTotals(province, node, last_at, batches, dict(zip(_SYNC_OUTCOMES, counts, strict=True)))
+                for province, node, last_at, batches, *counts in con.execute(
+                    "SELECT province, node, last_batch_at_us, batches_applied, created, updated, unchanged, stale,"
+                    " rejected FROM node_state ORDER BY province, node"
+                )
+            ]
+
+        return await self._read(read)
+
+    async def synced_per_hour(self, since_us: int) -> list[tuple[str, int, int]]:
+        """Records acknowledged per province and hour (hours since the epoch) from ``since_us``: (province, hour, n)."""
+
+        def read(con: Connection) -> list[tuple[str, int, int]]:
+            return [
+                (province, int(hour), int(n))
+                for province, hour, n in con.execute(
+                    "SELECT province, applied_at_us / 3600000000 AS hour, sum(length(record_outcomes)) FROM batches"
+                    " WHERE applied_at_us >= ? GROUP BY province, applied_at_us / 3600000000 ORDER BY province, hour",
+                    (since_us,),
                 )
             ]
 

@@ -20,7 +20,7 @@ from gateway.client import HubClient
 from gateway.console.app import make_app
 from gateway.domain.model import Program, Purpose
 from gateway.errors import StoreUnavailable
-from gateway.hub.server import HubServer
+from gateway.hub.server import HubServer, load_policy
 from hutong.v1 import person_pb2, records_pb2
 from pki import DemoPki
 from pki.operator import RevokedEntry, write_public_pem
@@ -160,3 +160,86 @@ async def test_the_console_port_speaks_tls_with_the_hub_certificate(hub_factory:
         with pytest.raises(aiohttp.ClientError):
             async with session.get(f"https://localhost:{hub.console_port}/healthz", ssl=trusting) as response:
                 await response.read()
+
+
+# -- pages ------------------------------------------------------------------------------------
+
+ZZ = "hutong://province/410000/node/zz-01"
+CD = "hutong://province/510000/node/cd-01"  # the ministry's audit desk, in these tests
+
+
+@pytest.fixture
+async def paged_hub(hub_factory: Any, tmp_path: Path) -> HubServer:
+    policy = tmp_path / "policy.toml"
+    policy.write_text(
+        '[defaults]\nscopes = ["records:write", "query:enrollment"]\n'
+        f'[nodes."{CD}"]\nscopes = ["query:enrollment", "audit:read"]\n',
+        encoding="utf-8",
+    )
+    hub: HubServer = await hub_factory(console_listen=("127.0.0.1", 0), policy=load_policy(policy))
+    return hub
+
+
+def as_node(demo_pki: DemoPki, uri: str | None) -> ssl.SSLContext:
+    context = ssl.create_default_context(cadata=demo_pki.hub_tls.ca_pem.decode())
+    if uri is not None:
+        creds = demo_pki.nodes[uri]
+        context.load_cert_chain(creds.cert_path, creds.key_path)
+    return context
+
+
+async def page(hub: HubServer, demo_pki: DemoPki, path: str, uri: str | None) -> tuple[int, str, Any]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"https://localhost:{hub.console_port}{path}", ssl=as_node(demo_pki, uri)) as response,
+    ):
+        return response.status, await response.text(), response.headers
+
+
+async def test_pages_need_a_certificate_and_the_role_they_name(paged_hub: HubServer, demo_pki: DemoPki) -> None:
+    status, text, headers = await page(paged_hub, demo_pki, "/", None)
+    assert status == 401
+    assert "needs your certificate" in text
+    status, text, headers = await page(paged_hub, demo_pki, "/", GZ)
+    assert status == 200
+    assert GZ in text
+    assert "script-src 'none'" in headers["Content-Security-Policy"]
+    status, text, _ = await page(paged_hub, demo_pki, "/provinces", GZ)
+    assert status == 403
+    assert "admin, audit:read" in text
+
+
+async def test_the_provinces_page_shows_each_node_and_the_hours_it_synced(
+    paged_hub: HubServer,
+    demo_pki: DemoPki,
+    client_for: Callable[..., HubClient],
+    make_record: Callable[..., person_pb2.PersonRecord],
+    id_number_of: Callable[..., str],
+) -> None:
+    await sync(client_for(GZ, port=paged_hub.port), "g-1", make_record("gd-1"), make_record("gd-2", sequence=125))
+    await sync(client_for(ZZ, port=paged_hub.port), "h-1", make_record("ha-1", province="410000"))
+    status, text, _ = await page(paged_hub, demo_pki, "/provinces", CD)
+    assert status == 200
+    assert '<tr data-province="440000" data-node="gz-01">' in text
+    assert '<tr data-province="410000" data-node="zz-01">' in text
+    row = text.split('data-node="gz-01">', 1)[1].split("</tr>", 1)[0]
+    assert '<td class="n">2</td>' in row  # held and created
+    # This hour's bar holds the three records acknowledged.
+    assert 'data-records="3"' in text
+    # Counts only: no ID number and no name on the page.
+    assert id_number_of("440000") not in text
+    static = await page(paged_hub, demo_pki, "/static/console.css", CD)
+    assert static[0] == 200
+    assert "svg.chart" in static[1]
+
+
+async def test_a_revoked_certificate_is_no_login(hub_factory: Any, demo_pki: DemoPki, tmp_path: Path) -> None:
+    crl_path = tmp_path / "crl.pem"
+    serial = x509.load_pem_x509_certificate(demo_pki.nodes[GZ].tls.cert_chain_pem).serial_number
+    crl = demo_pki.ca.sign_crl(
+        [RevokedEntry(serial, dt.datetime.now(dt.UTC))], crl_number=1, next_update=dt.timedelta(days=1)
+    )
+    write_public_pem(crl_path, crl.public_bytes(serialization.Encoding.PEM), field="crl", overwrite=True)
+    hub = await hub_factory(console_listen=("127.0.0.1", 0), crl_path=crl_path)
+    assert (await page(hub, demo_pki, "/", GZ))[0] == 401
+    assert (await page(hub, demo_pki, "/", ZZ))[0] == 200
