@@ -35,6 +35,7 @@ def add_pages(app: web.Application, hub: HubServer) -> None:
     """Route the pages and their static assets (served by the hub itself: no CDN)."""
     app.router.add_get("/", _page(hub, _overview, roles=()))
     app.router.add_get("/provinces", _page(hub, _provinces, roles=(ADMIN, AUDIT_READ)))
+    app.router.add_get("/loop", _page(hub, _loop, roles=(ADMIN, AUDIT_READ)))
     app.router.add_static("/static/", _static_dir(), show_index=False)
 
 
@@ -135,6 +136,15 @@ async def _provinces(request: web.Request, hub: HubServer, viewer: Viewer) -> we
         hours=CHART_HOURS,
         chart=_chart(per_hour, now_us // 3_600_000_000),
     )
+
+
+async def _loop(request: web.Request, hub: HubServer, viewer: Viewer) -> web.Response:
+    assert hub.store is not None
+    rows = [
+        {"province": p, "kind": k.replace("_", " "), "pushed": n, "acknowledged": a, "answered": r, "overdue": o}
+        for p, k, n, a, r, o in await hub.store.loop_by_kind()
+    ]
+    return render("loop.html", title="The loop", viewer=viewer, rows=rows)
 
 
 def _time(us: int) -> str:

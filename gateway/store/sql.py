@@ -960,6 +960,10 @@ class SqlStore:
         """Per province: pushed, acknowledged, reported, overdue, open."""
         return await self._read(self.loop.loop_state)
 
+    async def loop_by_kind(self) -> list[tuple[str, str, int, int, int, int]]:
+        """Per province and kind of event: pushed, acknowledged, answered, overdue."""
+        return await self._read(self.loop.loop_by_kind)
+
     async def record_monitoring_rules(self, digest: bytes, text: str) -> bool:
         """Remember the monitoring rules the hub runs with; True when they are new to this hub."""
         new: bool = await self._write(lambda con: self.loop.record_rules(con, digest, text, _now_us()))

@@ -548,6 +548,19 @@ class LoopLedger:
         return len(rows)
 
     @staticmethod
+    def loop_by_kind(con: Connection) -> list[tuple[str, str, int, int, int, int]]:
+        """Per province and kind of event: (province, kind, pushed, acknowledged, answered, overdue); in order."""
+        return [
+            (province, _KIND_NAMES.get(kind, str(kind)), pushed, acked, reported, overdue)
+            for province, kind, pushed, acked, reported, overdue in con.execute(
+                "SELECT province, kind, count(*), count(*) FILTER (WHERE acked_at_us<>0),"
+                " count(*) FILTER (WHERE outcome<>0), count(*) FILTER (WHERE overdue_at_us<>0 AND outcome=0)"
+                " FROM events WHERE kind<>? GROUP BY province, kind ORDER BY province, kind",
+                (EVENT_KINDS["overdue"],),
+            )
+        ]
+
+    @staticmethod
     def loop_state(con: Connection) -> list[ProvinceLoop]:
         """Per province: events pushed, acknowledged, reported, overdue, still open (overdue notices not counted)."""
         out: dict[str, ProvinceLoop] = {}

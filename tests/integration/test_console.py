@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import ssl
@@ -21,11 +22,12 @@ from gateway.console.app import make_app
 from gateway.domain.model import Program, Purpose
 from gateway.errors import StoreUnavailable
 from gateway.hub.server import HubServer, load_policy
-from hutong.v1 import person_pb2, records_pb2
+from hutong.v1 import notification_pb2, person_pb2, records_pb2
 from pki import DemoPki
 from pki.operator import RevokedEntry, write_public_pem
 
 GZ = "hutong://province/440000/node/gz-01"
+DUPLICATE = notification_pb2.EventKind.Value("EVENT_KIND_DUPLICATE_ENROLLMENT")
 
 
 @pytest.fixture
@@ -243,3 +245,34 @@ async def test_a_revoked_certificate_is_no_login(hub_factory: Any, demo_pki: Dem
     hub = await hub_factory(console_listen=("127.0.0.1", 0), crl_path=crl_path)
     assert (await page(hub, demo_pki, "/", GZ))[0] == 401
     assert (await page(hub, demo_pki, "/", ZZ))[0] == 200
+
+
+async def test_the_loop_page_counts_what_was_pushed_and_what_came_back(
+    paged_hub: HubServer,
+    demo_pki: DemoPki,
+    client_for: Callable[..., HubClient],
+    make_record: Callable[..., person_pb2.PersonRecord],
+) -> None:
+    gd, ha = client_for(GZ, port=paged_hub.port), client_for(ZZ, port=paged_hub.port)
+    # The same person on dibao in two provinces: both are told.
+    await sync(gd, "g-1", make_record("gd-1"))
+    await sync(ha, "h-1", make_record("ha-1", province="410000", hukou_province="440000"))
+    events = gd.subscribe("0")
+    try:
+        async with asyncio.timeout(10):
+            async for event in events:
+                if event.kind == DUPLICATE:
+                    await gd.acknowledge_events([event.event_id])
+                    break
+    finally:
+        await events.aclose()
+    status, text, _ = await page(paged_hub, demo_pki, "/loop", CD)
+    assert status == 200
+
+    def row(province: str) -> list[str]:
+        cells = text.split(f'<tr data-province="{province}" data-kind="duplicate enrollment">', 1)[1]
+        return [c.split("</td>", 1)[0] for c in cells.split("</tr>", 1)[0].split('class="n">')[1:]]
+
+    assert row("440000") == ["1", "1", "0", "0"]  # pushed, acknowledged, answered, overdue
+    assert row("410000") == ["1", "0", "0", "0"]
+    assert (await page(paged_hub, demo_pki, "/loop", GZ))[0] == 403
