@@ -90,7 +90,7 @@ def _page(hub: HubServer, handler: Page, *, roles: tuple[str, ...]) -> Callable[
 
 async def _overview(request: web.Request, hub: HubServer, viewer: Viewer) -> web.Response:
     assert hub.store is not None
-    stats = await hub.store.stats()
+    held = await hub.store.records_held()
     size, _ = await hub.store.audit_tree()
     return render(
         "index.html",
@@ -98,8 +98,8 @@ async def _overview(request: web.Request, hub: HubServer, viewer: Viewer) -> web
         viewer=viewer,
         roles=[role for role in (ADMIN, AUDIT_READ) if viewer.may(role)],
         audit_size=size,
-        records_held=sum(stats.records_by_province.values()),
-        provinces=len(stats.records_by_province),
+        records_held=sum(held.values()),
+        provinces=len(held),
     )
 
 
@@ -107,7 +107,7 @@ async def _provinces(request: web.Request, hub: HubServer, viewer: Viewer) -> we
     assert hub.store is not None
     store = hub.store
     nodes = await store.node_totals()
-    stats = await store.stats()
+    held = await store.records_held()
     loop = {row.province: row for row in await store.loop_state()}
     now_us = time.time_ns() // 1000
     per_hour = await store.synced_per_hour(now_us - CHART_HOURS * 3_600_000_000)
@@ -120,7 +120,7 @@ async def _provinces(request: web.Request, hub: HubServer, viewer: Viewer) -> we
                 "node": node.node,
                 "last_sync": _time(node.last_batch_at_us),
                 "batches": node.batches,
-                "held": stats.records_by_province.get(node.province, 0),
+                "held": held.get(node.province, 0),
                 "created": node.counts.get(Outcome.CREATED, 0),
                 "updated": node.counts.get(Outcome.UPDATED, 0),
                 "rejected": node.counts.get(Outcome.REJECTED, 0),

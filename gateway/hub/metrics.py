@@ -70,7 +70,7 @@ class HubMetrics:
     async def render(self, store: SqlStore) -> bytes:
         """The exposition text, with the database's figures read now."""
         nodes = await store.node_totals()
-        stats = await store.stats()
+        held = await store.records_held()
         size, _ = await store.audit_tree()
         loop = await store.loop_state()
         self.synced.clear()
@@ -78,8 +78,8 @@ class HubMetrics:
             for outcome in _OUTCOMES:
                 self.synced.labels(node.province, node.node, outcome.name.lower()).set(node.counts.get(outcome, 0))
         self.held.clear()
-        for province, held in stats.records_by_province.items():
-            self.held.labels(province).set(held)
+        for province, n in held.items():
+            self.held.labels(province).set(n)
         self.audit_size.set(size)
         self.unacknowledged.clear()
         self.overdue.clear()

@@ -810,6 +810,15 @@ class SqlStore:
 
         return await self._read(read)
 
+    async def records_held(self) -> dict[str, int]:
+        """Live records per province, from the province counters (one row each: cheap to scrape)."""
+
+        return await self._read(self._records_held)
+
+    @staticmethod
+    def _records_held(con: Connection) -> dict[str, int]:
+        return {p: int(n) for p, n in con.execute("SELECT province, records_held FROM province_state")}
+
     async def synced_per_hour(self, since_us: int) -> list[tuple[str, int, int]]:
         """Records acknowledged per province and hour (hours since the epoch) from ``since_us``: (province, hour, n)."""
 
@@ -990,7 +999,7 @@ class SqlStore:
 
     @staticmethod
     def _stats(con: Connection) -> HubStats:
-        by_province = {p: n for p, n in con.execute("SELECT province, records_held FROM province_state")}
+        by_province = SqlStore._records_held(con)
         retired = int(con.execute("SELECT coalesce(sum(records_retired), 0) FROM province_state").fetchone()[0])
         households = con.execute("SELECT count(*) FROM households").fetchone()[0]
         open_by_program = {
