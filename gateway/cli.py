@@ -98,6 +98,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--persons", type=int, default=20_000, help="persons per province (default: 20000)")
     demo.add_argument("--seed", type=int, default=20261130, help="seed of the synthetic population")
+    demo.add_argument(
+        "--console",
+        type=int,
+        nargs="?",
+        const=7081,
+        metavar="PORT",
+        help="afterwards, keep the hub running with its web console on https://localhost:PORT (default 7081) "
+        "and print a login token, until Ctrl-C",
+    )
 
     hub = sub.add_parser("hub", help="run and manage the ministry hub").add_subparsers(
         dest="hub_command", required=True
@@ -157,6 +166,13 @@ def _parser() -> argparse.ArgumentParser:
         "--crl",
         type=Path,
         help="the CA's CRL (PEM or DER); checked on every call, reloaded when the file changes [tls.crl]",
+    )
+    serve.add_argument(
+        "--ca-registry",
+        type=Path,
+        metavar="FILE",
+        help="the CA directory's registry.sqlite3 (read-only): the console's Certificates page and certificate "
+        "expiry per node [tls.ca_registry]",
     )
     serve.add_argument("--max-batch", type=int, help="largest batch accepted (default 5000) [sync.max_batch]")
     serve.add_argument(
@@ -256,6 +272,27 @@ def _parser() -> argparse.ArgumentParser:
     )
     rotate.add_argument("--data-dir", type=Path, required=True, help="the hub's data directory")
     rotate.add_argument("--keep", type=int, default=3, help="older keys kept for verification (default 3)")
+    console_token = hub.add_parser(
+        "console-token",
+        help="issue a login token for the web console (an operator's or auditor's browser session)",
+        description="Signs a console login token with the hub's newest token key: audience hutong-console, so the "
+        "gRPC API refuses it, and not bound to a certificate, so whoever holds it is the person it names until "
+        "it expires: hand it over as you would a password. Paste it into the console's /login page (or send it as "
+        "'Authorization: Bearer'). Printed on stdout. Exit 0; 3 on a bad role or lifetime.",
+    )
+    console_token.add_argument("--data-dir", type=Path, required=True, help="the hub's data directory")
+    console_token.add_argument(
+        "--subject", required=True, help="who the token is for, as the exchange log will name them (e.g. auditor:li.na)"
+    )
+    console_token.add_argument(
+        "--role",
+        action="append",
+        required=True,
+        choices=["admin", "audit:read", "query:detail"],
+        help="a console role (repeat for more): admin (operators), audit:read (auditors), query:detail "
+        "(may reveal full ID numbers and names on the person page)",
+    )
+    console_token.add_argument("--hours", type=float, default=8.0, help="lifetime in hours (default 8, at most 24)")
     linkage = hub.add_parser(
         "linkage",
         help="identity linkage: train a model, show what linkage holds, print a model",
@@ -704,7 +741,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from gateway.demo.run import run_demo
 
-        return run_demo(data_dir=args.data_dir, persons_per_province=args.persons, seed=args.seed)
+        return run_demo(
+            data_dir=args.data_dir, persons_per_province=args.persons, seed=args.seed, console_port=args.console
+        )
     if args.command == "hub":
         if args.hub_command == "jwks":
             from gateway.commands import print_jwks
@@ -722,6 +761,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             from gateway.linkage_commands import run_linkage
 
             return run_linkage(args)
+        if args.hub_command == "console-token":
+            from gateway.commands import issue_console_token
+
+            return issue_console_token(args.data_dir, subject=args.subject, roles=args.role, hours=args.hours)
         if args.hub_command == "rotate-token-key":
             from gateway.commands import rotate_token_key
 

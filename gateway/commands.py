@@ -16,11 +16,11 @@ from gateway.domain import identity
 from gateway.domain.divisions import PROVINCE_CODES
 from gateway.domain.model import Program, Purpose
 from gateway.errors import ConfigError, HutongError
-from gateway.hub.tokens import TOKEN_KEYS_FILE, TokenKeys
+from gateway.hub.tokens import CONSOLE_AUDIENCE, TOKEN_KEYS_FILE, TokenKeys, TokenService
 from hutong.v1 import node_pb2, person_pb2, query_pb2
 from pki import TlsMaterial, write_demo_pki
 
-__all__ = ["id_check", "pki_quickstart", "print_jwks", "rotate_token_key", "run_query"]
+__all__ = ["id_check", "issue_console_token", "pki_quickstart", "print_jwks", "rotate_token_key", "run_query"]
 
 
 def _province(code: str) -> str:
@@ -202,6 +202,24 @@ def id_check(raw: str) -> int:
 def print_jwks(data_dir: Path) -> int:
     """``hutong hub jwks``: the public keys of the hub's token-signing keys."""
     print(json.dumps(_token_keys(data_dir).jwks(), indent=2))
+    return 0
+
+
+def issue_console_token(data_dir: Path, *, subject: str, roles: list[str], hours: float) -> int:
+    """``hutong hub console-token``: a console login token, printed on stdout."""
+    if not 0 < hours <= 24:
+        raise ConfigError("--hours must be above 0 and at most 24", reason="LIFETIME_INVALID", field="hours")
+    if not subject.strip() or subject.startswith("hutong://"):
+        raise ConfigError(
+            "--subject must name a person (node identities log in with their certificate)",
+            reason="SUBJECT_INVALID",
+            field="subject",
+        )
+    service = TokenService(_token_keys(data_dir))
+    token, _ = service.issue(
+        subject.strip(), roles, None, audience=CONSOLE_AUDIENCE, lifetime_seconds=round(hours * 3600)
+    )
+    print(token)
     return 0
 
 

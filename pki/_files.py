@@ -22,6 +22,7 @@ NODE_IDENTITY_DUPLICATE    the same node was listed twice for the demo PKI
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import stat
 import tempfile
@@ -514,6 +515,9 @@ class DemoPki:
     hub_tls: TlsMaterial
     #: Per node, keyed by node URI (``hutong://province/<code>/node/<name>``).
     nodes: dict[str, NodeCredentials]
+    #: The registry of every certificate above (``registry.sqlite3``, as in a CA directory), so the
+    #: console's Certificates page and revocations work on the demo as on a real CA.
+    registry_path: Path | None = None
 
     @property
     def node_tls(self) -> dict[str, TlsMaterial]:
@@ -531,11 +535,13 @@ def write_demo_pki(
 ) -> DemoPki:
     """Create a throwaway CA, a hub certificate and one certificate per ``(province_code, node_name)``.
 
-    Layout under ``directory``: ``ca.pem ca.key hub.pem hub.key nodes/<province>-<name>.pem/.key``.
+    Layout under ``directory``: ``ca.pem ca.key hub.pem hub.key registry.sqlite3 nodes/<province>-<name>.pem/.key``.
     Keys are unencrypted (mode 0600); existing files are never overwritten. Node certificates
     also name ``node_ips``, so that a node can serve the hub's detail requests on loopback.
     """
-    from pki._ca import CertificateAuthority, generate_key  # see write_node_credentials
+    from pki._authority import REGISTRY_FILE  # see write_node_credentials
+    from pki._ca import CertificateAuthority, generate_key
+    from pki._registry import Registry, format_serial
 
     directory = Path(directory)
     # Validate every identity before writing anything.
@@ -566,6 +572,11 @@ def write_demo_pki(
     nodes = {
         identity.uri: write_node_credentials(ca, nodes_dir, identity, ip_addresses=node_ips) for identity in identities
     }
+    registry = Registry.create(directory / REGISTRY_FILE)
+    now = dt.datetime.now(dt.UTC)
+    node_certs = [x509.load_pem_x509_certificate(creds.cert_path.read_bytes()) for creds in nodes.values()]
+    for cert in (ca.cert, hub_cert, *node_certs):
+        registry.record_issued(cert, issuer_serial=format_serial(ca.cert.serial_number), issued_at=now)
     return DemoPki(
         directory=directory,
         ca=ca,
@@ -575,4 +586,5 @@ def write_demo_pki(
         hub_key_path=hub_key_path,
         hub_tls=TlsMaterial.from_objects([hub_cert], hub_key, [ca.cert]),
         nodes=nodes,
+        registry_path=registry.path,
     )

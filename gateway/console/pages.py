@@ -1,41 +1,61 @@
 """The console's pages: server-rendered HTML (Jinja2, autoescaped), no scripts.
 
-Every page needs a login (:mod:`gateway.console.auth`); each says which role it needs. The
-pages here show no person-level data: counts by province and node only.
+Every page needs a login (:mod:`gateway.console.auth`); each says which role it needs. The pages
+here show counts by province and node and the CA's certificates, never a person;
+:mod:`gateway.console.audit_pages` holds the exchange log and the person page.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import structlog
 from aiohttp import web
 from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup, escape
 
-from gateway.console.auth import ADMIN, AUDIT_READ, Viewer, viewer_of
+from gateway.console.auth import ADMIN, AUDIT_READ, SESSION_COOKIE, Viewer, viewer_of
 from gateway.domain.model import Outcome
+from gateway.errors import HutongError
+from pki.operator import CertificateRecord, Registry
 
 if TYPE_CHECKING:
     from gateway.hub.server import HubServer
 
-__all__ = ["add_pages"]
+__all__ = ["Page", "add_pages", "render", "route", "same_origin"]
+
+log = structlog.get_logger("hutong.console")
 
 #: Hours the Provinces page's chart covers.
 CHART_HOURS = 72
+#: Days before expiry a certificate counts as expiring soon.
+EXPIRING_DAYS = 30
 _ENV = Environment(loader=PackageLoader("gateway.console", "templates"), autoescape=select_autoescape(["html"]))
+_CSP = (
+    "default-src 'self'; script-src 'none'; object-src 'none'; base-uri 'none'; "
+    "form-action 'self'; frame-src 'self'; frame-ancestors 'self'"
+)
 
 Page = Callable[[web.Request, "HubServer", Viewer], Awaitable[web.Response]]
 
 
 def add_pages(app: web.Application, hub: HubServer) -> None:
-    """Route the pages and their static assets (served by the hub itself: no CDN)."""
-    app.router.add_get("/", _page(hub, _overview, roles=()))
-    app.router.add_get("/provinces", _page(hub, _provinces, roles=(ADMIN, AUDIT_READ)))
-    app.router.add_get("/loop", _page(hub, _loop, roles=(ADMIN, AUDIT_READ)))
+    """Route the pages, the login and their static assets (served by the hub itself: no CDN)."""
+    from gateway.console.audit_pages import add_audit_pages
+
+    app.router.add_get("/login", _login_form(hub))
+    app.router.add_post("/login", _login(hub))
+    app.router.add_post("/logout", _logout)
+    app.router.add_get("/", route(hub, _overview, roles=()))
+    app.router.add_get("/provinces", route(hub, _provinces, roles=(ADMIN, AUDIT_READ)))
+    app.router.add_get("/loop", route(hub, _loop, roles=(ADMIN, AUDIT_READ)))
+    app.router.add_get("/certificates", route(hub, _certificates, roles=(ADMIN, AUDIT_READ)))
+    add_audit_pages(app, hub)
     app.router.add_static("/static/", _static_dir(), show_index=False)
 
 
@@ -53,25 +73,21 @@ def render(name: str, status: int = 200, **context: Any) -> web.Response:
         status=status,
         content_type="text/html",
         headers={
-            "Content-Security-Policy": "default-src 'self'; script-src 'none'; object-src 'none'",
+            "Content-Security-Policy": _CSP,
             "Cache-Control": "no-store",
             "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "no-referrer",
         },
     )
 
 
-def _page(hub: HubServer, handler: Page, *, roles: tuple[str, ...]) -> Callable[[web.Request], Awaitable[web.Response]]:
+def route(hub: HubServer, handler: Page, *, roles: tuple[str, ...]) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """``handler`` behind the login and the roles it needs (one of ``roles``; none: any viewer)."""
+
     async def handle(request: web.Request) -> web.Response:
         viewer = viewer_of(request, hub)
         if viewer is None:
-            return render(
-                "denied.html",
-                status=401,
-                title="Log in",
-                viewer=None,
-                message="The console needs your certificate: present a ministry CA certificate with your "
-                "hutong:// identity to this port (import it into the browser).",
-            )
+            return _login_page(request, status=401)
         if roles and not viewer.may(*roles):
             return render(
                 "denied.html",
@@ -79,13 +95,89 @@ def _page(hub: HubServer, handler: Page, *, roles: tuple[str, ...]) -> Callable[
                 title="Not allowed",
                 viewer=viewer,
                 message=f"This page needs one of the roles {', '.join(roles)}; you hold "
-                f"{', '.join(sorted(viewer.scopes)) or 'none'}. The ministry grants roles in the hub's access policy.",
+                f"{', '.join(sorted(viewer.scopes)) or 'none'}. The ministry grants roles in the hub's access policy "
+                "(certificates) or in the console token it issues you.",
             )
         if hub.store is None:
             raise web.HTTPServiceUnavailable(text="the hub has not started")
         return await handler(request, hub, viewer)
 
     return handle
+
+
+# -- login ---------------------------------------------------------------------------------------
+
+
+def _next_path(value: str) -> str:
+    """Where to go after logging in: a path on this console only (never another site)."""
+    return value if value.startswith("/") and not value.startswith("//") and "\\" not in value else "/"
+
+
+def _login_page(request: web.Request, *, status: int = 200, error: str = "", next_path: str = "") -> web.Response:
+    return render(
+        "login.html",
+        status=status,
+        title="Log in",
+        viewer=None,
+        error=error,
+        next=_next_path(next_path or request.path_qs),
+    )
+
+
+def same_origin(request: web.Request) -> bool:
+    """A form posted from this console (a missing Origin is a non-browser client; SameSite covers the rest)."""
+    origin = request.headers.get("Origin")
+    return origin is None or origin == f"{request.scheme}://{request.host}"
+
+
+def _login_form(hub: HubServer) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def handle(request: web.Request) -> web.Response:
+        viewer = viewer_of(request, hub)
+        if viewer is not None:
+            raise web.HTTPSeeOther(_next_path(request.query.get("next", "/")))
+        return _login_page(request, next_path=request.query.get("next", "/"))
+
+    return handle
+
+
+def _login(hub: HubServer) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def handle(request: web.Request) -> web.Response:
+        if not same_origin(request):
+            raise web.HTTPForbidden(text="a login must be posted from this console")
+        form = await request.post()
+        token, next_path = str(form.get("token", "")).strip(), str(form.get("next", "/"))
+        if hub.tokens is None:
+            raise web.HTTPServiceUnavailable(text="the hub has not started")
+        try:
+            claims = hub.tokens.verify_console(token)
+        except HutongError as exc:
+            log.warning("console_login_refused", reason=exc.reason, remote=request.remote)
+            return _login_page(request, status=401, error=str(exc), next_path=next_path)
+        log.info("console_login", subject=claims.subject, scopes=sorted(claims.scopes), remote=request.remote)
+        response = web.HTTPSeeOther(_next_path(next_path))
+        response.set_cookie(
+            SESSION_COOKIE,
+            token,
+            max_age=max(1, int(claims.expires_at - time.time())),
+            path="/",
+            secure=request.secure,
+            httponly=True,
+            samesite="Strict",
+        )
+        raise response
+
+    return handle
+
+
+async def _logout(request: web.Request) -> web.Response:
+    if not same_origin(request):
+        raise web.HTTPForbidden(text="a logout must be posted from this console")
+    response = web.HTTPSeeOther("/login")
+    response.del_cookie(SESSION_COOKIE, path="/", secure=request.secure, httponly=True, samesite="Strict")
+    raise response
+
+
+# -- pages ---------------------------------------------------------------------------------------
 
 
 async def _overview(request: web.Request, hub: HubServer, viewer: Viewer) -> web.Response:
@@ -111,13 +203,18 @@ async def _provinces(request: web.Request, hub: HubServer, viewer: Viewer) -> we
     loop = {row.province: row for row in await store.loop_state()}
     now_us = time.time_ns() // 1000
     per_hour = await store.synced_per_hour(now_us - CHART_HOURS * 3_600_000_000)
+    certificates = await _node_certificates(hub)
+    now = dt.datetime.now(dt.UTC)
     rows = []
     for node in nodes:
         state = loop.get(node.province)
+        cert = certificates.get(f"hutong://province/{node.province}/node/{node.node}")
         rows.append(
             {
                 "province": node.province,
                 "node": node.node,
+                "certificate": _certificate_state(cert, now) if cert else "not in the registry",
+                "expires": cert.not_after.strftime("%Y-%m-%d") if cert else "",
                 "last_sync": _time(node.last_batch_at_us),
                 "batches": node.batches,
                 "held": held.get(node.province, 0),
@@ -135,6 +232,89 @@ async def _provinces(request: web.Request, hub: HubServer, viewer: Viewer) -> we
         rows=rows,
         hours=CHART_HOURS,
         chart=_chart(per_hour, now_us // 3_600_000_000),
+        registry=hub.settings.ca_registry is not None,
+    )
+
+
+async def _registry_records(hub: HubServer) -> list[CertificateRecord] | None:
+    """Every certificate in the CA registry, soonest expiry first; None without a registry."""
+    path = hub.settings.ca_registry
+    if path is None:
+        return None
+    return await asyncio.to_thread(lambda: Registry.open(path).find())
+
+
+async def _node_certificates(hub: HubServer) -> dict[str, CertificateRecord]:
+    """Each node's newest certificate (latest expiry) by node URI; empty without a registry."""
+    newest: dict[str, CertificateRecord] = {}
+    for record in await _registry_records(hub) or []:
+        if record.node_uri is not None:
+            newest[record.node_uri] = record  # ascending expiry: the last one wins
+    return newest
+
+
+def _certificate_state(record: CertificateRecord, now: dt.datetime) -> str:
+    """valid, expiring (within EXPIRING_DAYS), expired, revoked, not-yet-valid."""
+    state = record.state(now)
+    if state == "valid" and record.not_after - now <= dt.timedelta(days=EXPIRING_DAYS):
+        return "expiring"
+    return state
+
+
+async def _certificates(request: web.Request, hub: HubServer, viewer: Viewer) -> web.Response:
+    records = await _registry_records(hub)
+    if records is None:
+        return render(
+            "certificates.html",
+            title="Certificates",
+            viewer=viewer,
+            configured=False,
+        )
+    now = dt.datetime.now(dt.UTC)
+    province = request.query.get("province", "")
+    state_filter = request.query.get("state", "")
+    rows = []
+    counts: dict[str, int] = defaultdict(int)
+    unpublished = []
+    for record in records:
+        state = _certificate_state(record, now)
+        counts[state] += 1
+        enforced = hub.revocations is not None and hub.revocations.is_revoked(record.serial_number)
+        if state == "revoked" and hub.revocations is not None and not enforced and record.not_after > now:
+            unpublished.append(record.serial)
+        if province and record.province != province:
+            continue
+        if state_filter and state != state_filter:
+            continue
+        rows.append(
+            {
+                "serial": record.serial,
+                "kind": record.kind.value,
+                "holder": record.holder,
+                "province": record.province or "",
+                "not_before": record.not_before.strftime("%Y-%m-%d %H:%M"),
+                "not_after": record.not_after.strftime("%Y-%m-%d %H:%M"),
+                "days_left": (record.not_after - now).days,
+                "state": state,
+                "revocation": record.revocation,
+                "in_crl": enforced,
+                "fingerprint": record.fingerprint_sha256,
+            }
+        )
+    return render(
+        "certificates.html",
+        title="Certificates",
+        viewer=viewer,
+        configured=True,
+        rows=rows,
+        counts=dict(counts),
+        total=len(records),
+        unpublished=unpublished,
+        crl=hub.settings.crl_path is not None,
+        expiring_days=EXPIRING_DAYS,
+        province=province,
+        state=state_filter,
+        states=["valid", "expiring", "expired", "revoked", "not-yet-valid"],
     )
 
 

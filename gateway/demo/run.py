@@ -47,11 +47,12 @@ from gateway.domain.model import Outcome, Program, Purpose
 from gateway.errors import ConfigError, HutongError
 from gateway.hub.audit import open_audit_source
 from gateway.hub.server import DATABASE_FILE
+from gateway.hub.tokens import CONSOLE_AUDIENCE, TokenKeys, TokenService
 from gateway.store.base import HubStats
 from gateway.store.sqlite import SqliteStore
 from hutong.v1 import notification_pb2, query_pb2, records_pb2
 from pki import DemoPki, write_demo_pki
-from pki.operator import RevokedEntry, write_public_pem
+from pki.operator import Registry, RevocationReason, RevokedEntry, format_serial, write_public_pem
 
 __all__ = ["DEMO_NODES", "run_demo", "spawn_server"]
 
@@ -124,7 +125,9 @@ def _publish_crl(pki: DemoPki, path: Path, revoked: list[int], number: int) -> N
     write_public_pem(path, crl.public_bytes(serialization.Encoding.PEM), field="crl", overwrite=True)
 
 
-def _start_hub(pki: DemoPki, data_dir: Path, log_path: Path) -> tuple[subprocess.Popen[bytes], int]:
+def _start_hub(
+    pki: DemoPki, data_dir: Path, log_path: Path, console_port: int | None = None
+) -> tuple[subprocess.Popen[bytes], int]:
     (data_dir / "policy.toml").write_text(DEMO_POLICY, encoding="utf-8")
     _publish_crl(pki, data_dir / "crl.pem", [], 1)
     command = [
@@ -136,8 +139,11 @@ def _start_hub(pki: DemoPki, data_dir: Path, log_path: Path) -> tuple[subprocess
         "--port-file", str(data_dir / "hub.port"),
         "--policy", str(data_dir / "policy.toml"),
         "--crl", str(data_dir / "crl.pem"),
+        "--ca-registry", str(pki.registry_path),
         "--checkpoint-seconds", "0.5",
     ]  # fmt: skip
+    if console_port is not None:
+        command += ["--console-listen", f"127.0.0.1:{console_port}"]
     return spawn_server(command, data_dir / "hub.port", log_path)
 
 
@@ -268,6 +274,10 @@ async def _revoke_live(pki: DemoPki, root: Path, client: HubClient, node: tuple[
     """Revoke one node's certificate while it is connected; report when the hub cut it off."""
     creds = pki.nodes[_uri(*node)]
     serial = x509.load_pem_x509_certificate(creds.tls.cert_chain_pem).serial_number
+    if pki.registry_path is not None:  # as `hutong pki revoke` does, before the CRL
+        Registry.open(pki.registry_path).revoke(
+            format_serial(serial), reason=RevocationReason.KEY_COMPROMISE, at=dt.datetime.now(dt.UTC)
+        )
     _publish_crl(pki, root / "crl.pem", [serial], 2)
     published = time.perf_counter()
     while time.perf_counter() - published < 15:
@@ -283,7 +293,13 @@ def _uri(code: str, name: str) -> str:
     return f"hutong://province/{code}/node/{name}"
 
 
-def run_demo(*, data_dir: Path | None = None, persons_per_province: int = 20_000, seed: int = 20261130) -> int:
+def run_demo(
+    *,
+    data_dir: Path | None = None,
+    persons_per_province: int = 20_000,
+    seed: int = 20261130,
+    console_port: int | None = None,
+) -> int:
     """Run the demo; returns the process exit code."""
     console = Console()
     own_dir = data_dir is None
@@ -309,10 +325,12 @@ def run_demo(*, data_dir: Path | None = None, persons_per_province: int = 20_000
     )
 
     log_path = root / "hub.log"
-    hub, port = _start_hub(pki, root, log_path)
+    hub, port = _start_hub(pki, root, log_path, console_port)
     console.print(f"hub listening on 127.0.0.1:{port} (mTLS, client certificates required); log: {log_path}")
     try:
         result = asyncio.run(_exchange(pki, root, port, population, console))
+        if console_port is not None:
+            _browse(console, root / "hub", console_port)
     finally:
         hub.send_signal(signal.SIGTERM)
         try:
@@ -328,6 +346,30 @@ def run_demo(*, data_dir: Path | None = None, persons_per_province: int = 20_000
     else:
         console.print(f"data kept in {root}")
     return 0 if hub_exit == 0 else 1
+
+
+def _browse(console: Console, hub_dir: Path, console_port: int) -> None:
+    """Keep the hub up for the web console until Ctrl-C, with a login token for the demo operator."""
+    tokens = TokenService(TokenKeys.load_or_create(hub_dir))
+    token, _ = tokens.issue(
+        "demo-operator",
+        ["admin", "audit:read", "query:detail"],
+        None,
+        audience=CONSOLE_AUDIENCE,
+        lifetime_seconds=8 * 3600,
+    )
+    console.rule("[bold]web console")
+    console.print(
+        f"open [bold]https://localhost:{console_port}/[/] (the demo CA is not in your browser's trust store: accept "
+        "the warning), and log in with this console token (8 hours, roles admin, audit:read, query:detail):"
+    )
+    print(token, flush=True)
+    console.print("Ctrl-C stops the hub and prints the summary.")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        console.print("stopping")
 
 
 async def _read_stats(path: Path) -> HubStats:

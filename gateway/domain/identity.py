@@ -45,6 +45,7 @@ __all__ = [
     "check_character",
     "is_valid_id_number",
     "make_id_number",
+    "mask_id_number",
     "normalize_id_number",
     "parse_id_number",
     "propose_corrections",
@@ -281,6 +282,15 @@ def propose_corrections(raw: str, *, today: dt.date | None = None) -> list[str]:
     return sorted(
         c for c in candidates if "X" not in c[:17] and _check_of(c[:17]) == c[17] and is_valid_id_number(c, today=today)
     )
+
+
+def mask_id_number(value: str) -> str:
+    """A normalised number for display: the first four and last four characters, the rest ``*``.
+
+    What pages show by default; the full number only to those allowed to see it.
+    """
+    keep = 4 if len(value) > 8 else len(value) // 4
+    return value[:keep] + "*" * (len(value) - 2 * keep) + value[len(value) - keep :] if keep else "*" * len(value)
 
 
 def make_id_number(division_code: str, birth: dt.date, sequence: int) -> str:

@@ -61,7 +61,7 @@ SECTIONS: dict[str, frozenset[str]] = {
             "prepare_workers",
         }
     ),
-    "tls": frozenset({"cert", "key", "ca", "crl"}),
+    "tls": frozenset({"cert", "key", "ca", "crl", "ca_registry"}),
     "store": frozenset({"url"}),
     "audit": frozenset({"origin", "checkpoint_seconds"}),
     "sync": frozenset({"max_batch"}),
@@ -192,6 +192,8 @@ class HubConfig:
     key: Path | None = None
     ca: Path | None = None
     crl: Path | None = None
+    #: The CA directory's ``registry.sqlite3``, read by the console's Certificates page; None: no page.
+    ca_registry: Path | None = None
     #: Empty: SQLite at ``<data_dir>/hub.sqlite3``.
     store_url: str = ""
     audit_origin: str | None = None
@@ -279,6 +281,7 @@ def load_hub_config(path: str | Path) -> HubConfig:
         key=tls.optional_path("key"),
         ca=tls.optional_path("ca"),
         crl=tls.optional_path("crl"),
+        ca_registry=tls.optional_path("ca_registry"),
         store_url=url,
         audit_origin=origin,
         checkpoint_seconds=audit.number("checkpoint_seconds", defaults.checkpoint_seconds),

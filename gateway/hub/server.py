@@ -154,6 +154,9 @@ class HubSettings:
     token_lifetime_seconds: int = 900
     #: The ministry CA's CRL (PEM or DER), checked on every call and reloaded when it changes.
     crl_path: Path | None = None
+    #: The CA directory's registry of issued certificates (``registry.sqlite3``), read-only: the console's
+    #: Certificates page and each node's certificate on the Provinces page. None: the console has neither.
+    ca_registry: Path | None = None
     #: Seconds between checks of the CRL file for a new version.
     crl_poll_seconds: float = 2.0
     #: Crypto suite for person keys and sealed fields: "intl" (HMAC-SHA-256, AES-256-GCM) or "sm"
@@ -230,6 +233,8 @@ class HubServer:
         self._preparer: BatchPreparer | None = None
         self.revocations: RevocationList | None = None
         self.tokens: TokenService | None = None
+        #: Person keys from ID numbers (the console's person search), once started.
+        self.keyer: PersonKeyer | None = None
         #: The access policy in force (scopes per node): the console's roles come from it.
         self.policy: AccessPolicy | None = None
         self._crl_watch: asyncio.Task[None] | None = None
@@ -264,7 +269,7 @@ class HubServer:
         await self.audit.start()
         if s.monitoring_rules is not None:
             await self._load_rules(s.monitoring_rules)
-        keyer = PersonKeyer(keys.person_key_secret, suite=keys.suite)
+        self.keyer = keyer = PersonKeyer(keys.person_key_secret, suite=keys.suite)
         # Identity linkage: the model and the warm index, before the first batch (README, "Identity linkage").
         ledger = LinkageLedger(keyer, FieldSealer(keys), s.linkage, train_min_records=s.linkage_train_min_records)
         await linkage_started(await self.store.open_linkage(ledger), self.audit)

@@ -32,11 +32,21 @@ from gateway import errors
 from gateway.hub.keys import require_private
 from pki.operator import write_secret_file
 
-__all__ = ["TOKEN_KEYS_FILE", "TokenClaims", "TokenKeys", "TokenService", "certificate_thumbprint"]
+__all__ = [
+    "CONSOLE_AUDIENCE",
+    "TOKEN_KEYS_FILE",
+    "TokenClaims",
+    "TokenKeys",
+    "TokenService",
+    "certificate_thumbprint",
+]
 
 TOKEN_KEYS_FILE = "token-keys.json"  # noqa: S105 - a file name
 _ISSUER = "hutong"
 _AUDIENCE = "hutong"
+#: The audience of console login tokens (``hutong hub console-token``): a person's browser session,
+#: not bound to a certificate. The gRPC API refuses them and the console refuses API tokens.
+CONSOLE_AUDIENCE = "hutong-console"
 _ALGORITHM = "ES256"
 
 
@@ -127,6 +137,13 @@ class TokenKeys:
         write_secret_file(path, json.dumps(body, indent=2).encode(), field="token_keys_file", overwrite=not create)
 
 
+def _unverified_audience(token: str) -> object:
+    try:
+        return jwt.decode(token, options={"verify_signature": False}).get("aud")
+    except jwt.InvalidTokenError:
+        return None
+
+
 def _new_kid() -> str:
     return time.strftime("%Y%m%d") + "-" + secrets.token_hex(4)
 
@@ -140,31 +157,40 @@ class TokenService:
         self._cache: OrderedDict[str, TokenClaims] = OrderedDict()
         self._cache_size = cache_size
 
-    def issue(self, subject: str, scopes: Iterable[str], thumbprint: str | None) -> tuple[str, TokenClaims]:
+    def issue(
+        self,
+        subject: str,
+        scopes: Iterable[str],
+        thumbprint: str | None,
+        *,
+        audience: str = _AUDIENCE,
+        lifetime_seconds: int | None = None,
+    ) -> tuple[str, TokenClaims]:
         """A signed token for ``subject`` carrying ``scopes``, bound to ``thumbprint``."""
         now = int(time.time())
         granted = frozenset(scopes)
+        lifetime = self.lifetime if lifetime_seconds is None else lifetime_seconds
         claims: dict[str, Any] = {
             "iss": _ISSUER,
-            "aud": _AUDIENCE,
+            "aud": audience,
             "sub": subject,
             "scope": " ".join(sorted(granted)),
             "iat": now,
             "nbf": now - 5,
-            "exp": now + self.lifetime,
+            "exp": now + lifetime,
             "jti": secrets.token_urlsafe(12),
         }
         if thumbprint is not None:
             claims["cnf"] = {"x5t#S256": thumbprint}
         kid, key = self.keys.active
         token = jwt.encode(claims, key, algorithm=_ALGORITHM, headers={"kid": kid})
-        return token, TokenClaims(subject, granted, float(now + self.lifetime), thumbprint)
+        return token, TokenClaims(subject, granted, float(now + lifetime), thumbprint)
 
     def verify(self, token: str, thumbprint: str | None) -> TokenClaims:
         """The claims of a valid token presented over a connection with ``thumbprint``."""
         claims = self._cache.get(token)
         if claims is None:
-            claims = self._decode(token)
+            claims = self._decode(token, _AUDIENCE)
             self._cache[token] = claims
             if len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
@@ -177,7 +203,23 @@ class TokenService:
             )
         return claims
 
-    def _decode(self, token: str) -> TokenClaims:
+    def verify_console(self, token: str) -> TokenClaims:
+        """The claims of a valid console login token (audience :data:`CONSOLE_AUDIENCE`, no certificate)."""
+        try:
+            claims = self._decode(token, CONSOLE_AUDIENCE)
+        except errors.Unauthenticated as exc:
+            if exc.reason == "TOKEN_INVALID" and _unverified_audience(token) == _AUDIENCE:
+                raise errors.Unauthenticated(
+                    "this is an API token (audience hutong), not a console login: ask for one made with "
+                    "`hutong hub console-token`",
+                    reason="TOKEN_AUDIENCE_MISMATCH",
+                ) from None
+            raise
+        if claims.thumbprint is not None:
+            raise errors.Unauthenticated("a console token is not bound to a certificate", reason="TOKEN_INVALID")
+        return claims
+
+    def _decode(self, token: str, audience: str) -> TokenClaims:
         try:
             kid = jwt.get_unverified_header(token).get("kid")
             key = self.keys.public_key(kid) if isinstance(kid, str) else None
@@ -187,7 +229,7 @@ class TokenService:
                 token,
                 key,
                 algorithms=[_ALGORITHM],
-                audience=_AUDIENCE,
+                audience=audience,
                 issuer=_ISSUER,
                 options={"require": ["exp", "iat", "sub", "iss", "aud"]},
             )

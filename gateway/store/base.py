@@ -232,6 +232,9 @@ class Store(Protocol):
     async def checkpoint_at(self, size: int) -> str | None:
         """The signed checkpoint of exactly ``size`` entries, if there is one."""
 
+    async def recent_checkpoints(self, limit: int) -> list[tuple[int, int, str]]:
+        """(size, time_us, note) of the newest ``limit`` signed checkpoints, newest first."""
+
     async def audit_entries(self, filt: AuditFilter, *, after: int, limit: int, size: int) -> list[tuple[int, bytes]]:
         """Up to ``limit`` (index, entry bytes) matching ``filt``, from index ``after``, below ``size``."""
 

@@ -1078,6 +1078,17 @@ class SqlStore:
 
         return await self._audit_read(read)
 
+    async def recent_checkpoints(self, limit: int) -> list[tuple[int, int, str]]:
+        """(size, time_us, note) of the newest ``limit`` signed checkpoints, newest first."""
+
+        def read(con: Connection) -> list[tuple[int, int, str]]:
+            rows = con.execute(
+                "SELECT size, time_us, note FROM audit_checkpoints ORDER BY size DESC LIMIT ?", (limit,)
+            ).fetchall()
+            return [(int(size), int(time_us), str(note)) for size, time_us, note in rows]
+
+        return await self._audit_read(read)
+
     async def audit_entries(self, filt: AuditFilter, *, after: int, limit: int, size: int) -> list[tuple[int, bytes]]:
         """Entries matching ``filt``, by index from ``after``, below ``size``."""
         return await self._audit_read(lambda con: list_entries(con, filt, after=after, limit=limit, size=size))

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +14,8 @@ import pytest
 
 from gateway.demo.population import PopulationSpec, generate_population
 from gateway.demo.run import DEMO_NODES
+from gateway.errors import Unauthenticated
+from gateway.hub.tokens import TokenKeys, TokenService
 
 HUTONG = [sys.executable, "-m", "gateway.cli"]
 VALID_ID = "11010519491231002X"
@@ -142,3 +145,35 @@ def test_hub_jwks_and_key_rotation_from_the_command_line(served_hub: tuple[Path,
     assert all(k["kty"] == "EC" and k["alg"] == "ES256" for k in after["keys"])
     missing = run("hub", "jwks", "--data-dir", str(tmp_path / "nowhere"), cwd=tmp_path)
     assert missing.returncode == 3
+
+
+def test_a_console_token_from_the_command_line_logs_in_to_the_console_only(
+    served_hub: tuple[Path, int], tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "hub"
+    made = run(
+        "hub", "console-token", "--data-dir", str(data_dir), "--subject", "auditor:li.na", "--role", "audit:read",
+        "--hours", "2", cwd=tmp_path,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    tokens = TokenService(TokenKeys.load_or_create(data_dir))
+    claims = tokens.verify_console(made.stdout.strip())
+    assert (claims.subject, claims.scopes, claims.thumbprint) == ("auditor:li.na", frozenset({"audit:read"}), None)
+    assert 7190 < claims.expires_at - time.time() <= 7200
+    with pytest.raises(Unauthenticated):
+        tokens.verify(made.stdout.strip(), None)  # not an API token
+    too_long = run(
+        "hub", "console-token", "--data-dir", str(data_dir), "--subject", "x", "--role", "admin", "--hours", "48",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert too_long.returncode == 3
+    assert "--hours must be above 0 and at most 24" in too_long.stderr
+    node = run(
+        "hub", "console-token", "--data-dir", str(data_dir), "--subject", "hutong://province/440000/node/gz-01",
+        "--role", "admin", cwd=tmp_path,
+    )  # fmt: skip
+    assert node.returncode == 3
+    bad_role = run(
+        "hub", "console-token", "--data-dir", str(data_dir), "--subject", "x", "--role", "root", cwd=tmp_path
+    )
+    assert bad_role.returncode == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import shutil
 import ssl
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -17,14 +18,17 @@ from aiohttp.test_utils import TestClient, TestServer
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from gateway.audit import AuditEntry, parse_checkpoint, verify_inclusion
 from gateway.client import HubClient
 from gateway.console.app import make_app
 from gateway.domain.model import Program, Purpose
-from gateway.errors import StoreUnavailable
+from gateway.errors import StoreUnavailable, Unauthenticated
 from gateway.hub.server import HubServer, load_policy
+from gateway.hub.tokens import CONSOLE_AUDIENCE
+from gateway.store.base import AuditFilter
 from hutong.v1 import notification_pb2, person_pb2, records_pb2
 from pki import DemoPki
-from pki.operator import RevokedEntry, write_public_pem
+from pki.operator import Registry, RevocationReason, RevokedEntry, format_serial, write_public_pem
 
 GZ = "hutong://province/440000/node/gz-01"
 DUPLICATE = notification_pb2.EventKind.Value("EVENT_KIND_DUPLICATE_ENROLLMENT")
@@ -201,7 +205,8 @@ async def page(hub: HubServer, demo_pki: DemoPki, path: str, uri: str | None) ->
 async def test_pages_need_a_certificate_and_the_role_they_name(paged_hub: HubServer, demo_pki: DemoPki) -> None:
     status, text, headers = await page(paged_hub, demo_pki, "/", None)
     assert status == 401
-    assert "needs your certificate" in text
+    assert "present your ministry CA certificate" in text
+    assert 'action="/login"' in text
     status, text, headers = await page(paged_hub, demo_pki, "/", GZ)
     assert status == 200
     assert GZ in text
@@ -276,3 +281,278 @@ async def test_the_loop_page_counts_what_was_pushed_and_what_came_back(
     assert row("440000") == ["1", "1", "0", "0"]  # pushed, acknowledged, answered, overdue
     assert row("410000") == ["1", "0", "0", "0"]
     assert (await page(paged_hub, demo_pki, "/loop", GZ))[0] == 403
+
+
+# -- login by console token --------------------------------------------------------------------
+
+
+def console_token(hub: HubServer, *roles: str, subject: str = "auditor:li.na", lifetime: int = 600) -> str:
+    assert hub.tokens is not None
+    token, _ = hub.tokens.issue(subject, roles, None, audience=CONSOLE_AUDIENCE, lifetime_seconds=lifetime)
+    return token
+
+
+def browser(hub: HubServer, demo_pki: DemoPki) -> aiohttp.ClientSession:
+    """A session without a client certificate that keeps cookies, as a browser would."""
+    trusting = ssl.create_default_context(cadata=demo_pki.hub_tls.ca_pem.decode())
+    return aiohttp.ClientSession(
+        base_url=f"https://localhost:{hub.console_port}", connector=aiohttp.TCPConnector(ssl=trusting)
+    )
+
+
+async def log_in(session: aiohttp.ClientSession, token: str, next_path: str = "/") -> aiohttp.ClientResponse:
+    async with session.post("/login", data={"token": token, "next": next_path}, allow_redirects=False) as response:
+        await response.read()
+        return response
+
+
+async def test_a_console_token_logs_in_with_its_roles_and_logs_out(paged_hub: HubServer, demo_pki: DemoPki) -> None:
+    async with browser(paged_hub, demo_pki) as session:
+        async with session.get("/provinces") as response:
+            assert response.status == 401
+            assert 'name="next" value="/provinces"' in await response.text()
+        response = await log_in(session, console_token(paged_hub, "audit:read"), "/provinces")
+        assert response.status == 303
+        assert response.headers["Location"] == "/provinces"
+        cookie = response.headers["Set-Cookie"]
+        assert "HttpOnly" in cookie
+        assert "SameSite=Strict" in cookie
+        assert "Secure" in cookie
+        async with session.get("/provinces") as response:
+            assert response.status == 200
+            text = await response.text()
+        assert "auditor:li.na" in text
+        assert 'id="logout"' in text
+        async with session.post("/logout", allow_redirects=False) as response:
+            assert response.status == 303
+        async with session.get("/provinces") as response:
+            assert response.status == 401
+
+
+async def test_login_refuses_api_tokens_expired_tokens_and_foreign_forms(
+    paged_hub: HubServer, demo_pki: DemoPki
+) -> None:
+    assert paged_hub.tokens is not None
+    api_token, _ = paged_hub.tokens.issue(GZ, ["admin"], None)
+    async with browser(paged_hub, demo_pki) as session:
+        refused = await log_in(session, api_token)
+        assert refused.status == 401
+        async with session.post("/login", data={"token": api_token}) as response:
+            assert "this is an API token (audience hutong), not a console login" in await response.text()
+        assert (await log_in(session, console_token(paged_hub, "admin", lifetime=-30))).status == 401
+        assert (await log_in(session, "not.a.token")).status == 401
+        # Only this console's own pages are a destination after login.
+        ok = await log_in(session, console_token(paged_hub, "admin"), "//evil.example/")
+        assert ok.headers["Location"] == "/"
+        async with session.post(
+            "/login", data={"token": console_token(paged_hub, "admin")}, headers={"Origin": "https://evil.example"}
+        ) as response:
+            assert response.status == 403
+    # The API refuses a console token: another audience.
+    with pytest.raises(Unauthenticated, match="Audience doesn't match"):
+        paged_hub.tokens.verify(console_token(paged_hub, "admin"), None)
+
+
+async def test_a_bearer_console_token_works_for_scripts_and_roles_still_apply(
+    paged_hub: HubServer, demo_pki: DemoPki
+) -> None:
+    async with browser(paged_hub, demo_pki) as session:
+        headers = {"Authorization": f"Bearer {console_token(paged_hub, 'audit:read')}"}
+        async with session.get("/audit", headers=headers) as response:
+            assert response.status == 200
+        headers = {"Authorization": f"Bearer {console_token(paged_hub, subject='visitor')}"}
+        async with session.get("/audit", headers=headers) as response:
+            assert response.status == 403
+
+
+# -- certificates ------------------------------------------------------------------------------
+
+
+async def test_the_certificates_page_lists_the_registry_and_flags_unpublished_revocations(
+    hub_factory: Any,
+    demo_pki: DemoPki,
+    tmp_path: Path,
+    client_for: Callable[..., HubClient],
+    make_record: Callable[..., person_pb2.PersonRecord],
+) -> None:
+    assert demo_pki.registry_path is not None
+    registry_path = tmp_path / "registry.sqlite3"
+    shutil.copyfile(demo_pki.registry_path, registry_path)
+    registry = Registry.open(registry_path)
+    zz = x509.load_pem_x509_certificate(demo_pki.nodes[ZZ].tls.cert_chain_pem)
+    registry.revoke(format_serial(zz.serial_number), reason=RevocationReason.KEY_COMPROMISE, at=dt.datetime.now(dt.UTC))
+    crl_path = tmp_path / "crl.pem"
+    crl = demo_pki.ca.sign_crl([], crl_number=1, next_update=dt.timedelta(days=1))
+    write_public_pem(crl_path, crl.public_bytes(serialization.Encoding.PEM), field="crl", overwrite=True)
+    policy = tmp_path / "policy.toml"
+    policy.write_text(f'[defaults]\nscopes = ["records:write"]\n[nodes."{CD}"]\nscopes = ["admin"]\n', encoding="utf-8")
+    hub = await hub_factory(
+        console_listen=("127.0.0.1", 0), ca_registry=registry_path, crl_path=crl_path, policy=load_policy(policy)
+    )
+    status, text, _ = await page(hub, demo_pki, "/certificates", CD)
+    assert status == 200
+    serial = format_serial(zz.serial_number)
+    assert f'<tr data-serial="{serial}" data-state="revoked">' in text
+    assert 'id="unpublished"' in text
+    assert serial in text.split('id="unpublished"', 1)[1].split("</p>", 1)[0]
+    gz_serial = format_serial(x509.load_pem_x509_certificate(demo_pki.nodes[GZ].tls.cert_chain_pem).serial_number)
+    assert f'<tr data-serial="{gz_serial}" data-state="valid">' in text
+    assert 'id="count-revoked">1<' in text
+    only_revoked = (await page(hub, demo_pki, "/certificates?state=revoked", CD))[1]
+    assert only_revoked.count("<tr data-serial=") == 1
+    # The Provinces page shows each node's certificate.
+    await sync(client_for(GZ, port=hub.port), "g-1", make_record("gd-1"))
+    provinces = (await page(hub, demo_pki, "/provinces", CD))[1]
+    row = provinces.split('data-node="gz-01">', 1)[1].split("</tr>", 1)[0]
+    assert '<td class="state-valid">valid</td>' in row
+
+
+async def test_without_a_registry_the_certificates_page_says_how_to_configure_it(
+    paged_hub: HubServer, demo_pki: DemoPki
+) -> None:
+    status, text, _ = await page(paged_hub, demo_pki, "/certificates", CD)
+    assert status == 200
+    assert "tls.ca_registry" in text
+
+
+# -- the exchange log and the person page ------------------------------------------------------
+
+
+@pytest.fixture
+async def audited_hub(
+    paged_hub: HubServer,
+    client_for: Callable[..., HubClient],
+    make_record: Callable[..., person_pb2.PersonRecord],
+    id_number_of: Callable[..., str],
+) -> HubServer:
+    """The paged hub after a sync by two provinces and one enrollment question, with a signed checkpoint."""
+    await sync(client_for(GZ, port=paged_hub.port), "g-1", make_record("gd-1"))
+    # The same person, on dibao in Henan too.
+    await sync(
+        client_for(ZZ, port=paged_hub.port), "h-1", make_record("ha-1", province="410000", hukou_province="440000")
+    )
+    await client_for(ZZ, port=paged_hub.port).check_enrollment(id_number_of("440000"), Purpose.DUPLICATE_CHECK)
+    assert paged_hub.audit is not None
+    await paged_hub.audit.checkpoint()
+    return paged_hub
+
+
+async def log_entries(hub: HubServer) -> list[AuditEntry]:
+    assert hub.store is not None
+    size, _ = await hub.store.audit_tree()
+    return [
+        AuditEntry.decode(d) for _, d in await hub.store.audit_entries(AuditFilter(), after=0, limit=10_000, size=size)
+    ]
+
+
+def table_rows(text: str, table_id: str) -> list[str]:
+    body = text.split(f'<table id="{table_id}">', 1)[1].split("</table>", 1)[0]
+    return body.split("<tbody>", 1)[1].split("<tr")[1:]
+
+
+async def test_the_audit_page_lists_and_filters_the_log_without_naming_persons(
+    audited_hub: HubServer, demo_pki: DemoPki
+) -> None:
+    status, text, _ = await page(audited_hub, demo_pki, "/audit", CD)
+    assert status == 200
+    methods = [row.split('title="', 1)[1].split(">", 1)[1].split("<", 1)[0] for row in table_rows(text, "entries")]
+    assert methods.count("SyncRecords") == 4
+    assert "CheckEnrollment" in methods
+    size, _root = await audited_hub.store.audit_tree()  # type: ignore[union-attr]
+    assert f'id="log-size">{size:,}<' in text
+    assert f'<tr data-size="{size}">' in text  # the checkpoint just signed
+    # Counts of persons, not their keys.
+    for entry in await log_entries(audited_hub):
+        for key in entry.person_keys:
+            assert key not in text
+    status, text, _ = await page(audited_hub, demo_pki, "/audit?method=CheckEnrollment&province=410000", CD)
+    assert [r.split("<td>", 3)[2].split("<", 1)[0] for r in table_rows(text, "entries")] == [ZZ]
+    status, text, _ = await page(audited_hub, demo_pki, "/audit?since=yesterday", CD)
+    assert status == 400
+    assert "since: &#39;yesterday&#39; is not a date" in text
+    status, text, _ = await page(audited_hub, demo_pki, "/audit?person=440105196005061234&why=audit", CD)
+    assert status == 400
+    assert "use the Person page" in text
+
+
+async def test_an_entry_shows_its_inclusion_proof_and_the_view_is_logged(
+    audited_hub: HubServer, demo_pki: DemoPki
+) -> None:
+    entries = await log_entries(audited_hub)
+    index = next(i for i, e in enumerate(entries) if e.method.endswith("/CheckEnrollment"))
+    status, text, _ = await page(audited_hub, demo_pki, f"/audit/entry/{index}", CD)
+    assert status == 200
+    assert f"Entry {index} is in the log of {len(entries):,} entries" in text
+    assert entries[index].person_keys[0] in text
+    # The view named a person: it is in the log, with the viewer and the key.
+    view = (await log_entries(audited_hub))[-1]
+    assert view.method == "/hutong.hub.Console/ViewAuditEntry"
+    assert (view.caller, view.subject, view.purpose) == (CD, CD, "audit")
+    assert list(view.person_keys) == list(entries[index].person_keys)
+    assert (await page(audited_hub, demo_pki, "/audit/entry/99999", CD))[0] == 404
+    # The proof on the page checks against the signed checkpoint.
+    proof = [
+        li.split("</li>", 1)[0] for li in text.split('id="proof-path">', 1)[1].split("</ol>", 1)[0].split("<li>")[1:]
+    ]
+    assert audited_hub.store is not None
+    note = await audited_hub.store.checkpoint_at(len(entries))
+    assert note is not None
+    leaf = entries[index].leaf_hash()
+    verify_inclusion(leaf, index, len(entries), [bytes.fromhex(h) for h in proof], parse_checkpoint(note).root_hash)
+
+
+async def test_the_person_page_masks_the_number_logs_the_view_and_reveals_only_with_query_detail(
+    audited_hub: HubServer, demo_pki: DemoPki, id_number_of: Callable[..., str]
+) -> None:
+    number = id_number_of("440000")
+    async with browser(audited_hub, demo_pki) as session:
+        await log_in(session, console_token(audited_hub, "audit:read"))
+        async with session.post("/person", data={"q": number, "why": "audit"}) as response:
+            assert response.status == 200
+            text = await response.text()
+        assert number not in text
+        assert f'id="person-id">{number[:4]}{"*" * 10}{number[-4:]}<' in text
+        provinces = [row.split('data-province="', 1)[1].split('"', 1)[0] for row in table_rows(text, "person-records")]
+        assert sorted(provinces) == ["410000", "440000"]
+        view = (await log_entries(audited_hub))[-1]
+        assert view.method == "/hutong.hub.Console/ViewPerson"
+        assert (view.caller, view.subject, view.purpose) == ("", "auditor:li.na", "audit")
+        assert view.counts["records"] == 2
+        assert view.counts["revealed"] == 0
+        assert number not in json.dumps(view.to_json_object())
+        # The search found the entries that touched the person: both syncs and the question.
+        methods = [r.split("</td><td>")[3] for r in table_rows(text, "person-entries")]
+        assert methods == ["SyncRecords", "SyncRecords", "CheckEnrollment"]
+        async with session.post("/person", data={"q": number, "why": "audit", "reveal": "1"}) as response:
+            assert response.status == 400
+            assert "reveal: showing a full ID number needs the query:detail role" in await response.text()
+        async with session.post("/person", data={"q": number}) as response:
+            assert response.status == 400
+            assert "purpose: state why you look" in await response.text()
+        async with session.get("/person", params={"q": number, "why": "audit"}) as response:
+            assert response.status == 400  # a number never travels in an address
+        size = len(await log_entries(audited_hub))
+    async with browser(audited_hub, demo_pki) as session:
+        await log_in(session, console_token(audited_hub, "admin", "query:detail", subject="operator:wang"))
+        async with session.post("/person", data={"q": number, "why": "duplicate-check", "reveal": "1"}) as response:
+            assert f'id="person-id">{number} (revealed, logged)<' in await response.text()
+    view = (await log_entries(audited_hub))[-1]
+    assert len(await log_entries(audited_hub)) == size + 1
+    assert (view.subject, view.purpose, view.counts["revealed"]) == ("operator:wang", "duplicate-check", 1)
+
+
+async def test_a_view_that_cannot_be_logged_is_not_shown(
+    audited_hub: HubServer, demo_pki: DemoPki, id_number_of: Callable[..., str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def refuse(*args: Any, **kwargs: Any) -> None:
+        raise StoreUnavailable("lost the database connection")
+
+    assert audited_hub.audit is not None
+    monkeypatch.setattr(audited_hub.audit, "record", refuse)
+    async with browser(audited_hub, demo_pki) as session:
+        await log_in(session, console_token(audited_hub, "audit:read"))
+        async with session.post("/person", data={"q": id_number_of("440000"), "why": "audit"}) as response:
+            assert response.status == 503
+            text = await response.text()
+    assert "could not be recorded in the exchange log, so it is not shown" in text
+    assert "410000" not in text

@@ -447,7 +447,24 @@ def test_public_names_are_pinned() -> None:
         "check_character",
         "is_valid_id_number",
         "make_id_number",
+        "mask_id_number",
         "normalize_id_number",
         "parse_id_number",
         "propose_corrections",
     }
+
+
+@given(valid_numbers())
+def test_a_masked_number_keeps_four_characters_at_each_end_and_hides_the_birth_date(number: str) -> None:
+    masked = identity.mask_id_number(number)
+    assert len(masked) == len(number)
+    assert masked[:4] == number[:4]
+    assert masked[-4:] == number[-4:]
+    assert masked[4:-4] == "*" * 10
+    assert number[6:14] not in masked  # the birth date
+
+
+def test_short_values_are_masked_without_revealing_most_of_them() -> None:
+    assert identity.mask_id_number("") == ""
+    assert identity.mask_id_number("123") == "***"
+    assert identity.mask_id_number("12345678") == "12****78"

@@ -652,6 +652,8 @@ async def test_checkpoints_sign_the_committed_tree_once_per_size(sqlite_store: S
     assert await sqlite_store.checkpoint_at(300) == first[1]
     assert await sqlite_store.checkpoint_at(305) == second[1]
     assert await sqlite_store.checkpoint_at(301) is None
+    assert await sqlite_store.recent_checkpoints(1) == [(305, T0 + 3, second[1])]
+    assert await sqlite_store.recent_checkpoints(10) == [(305, T0 + 3, second[1]), (300, T0 + 1, first[1])]
     with raw_database(db_path) as con:  # as an export reads them
         assert read_checkpoints(con) == [(300, T0 + 1, first[1]), (305, T0 + 3, second[1])]
         assert read_checkpoints(con, max_size=304) == [(300, T0 + 1, first[1])]
