@@ -115,7 +115,8 @@ def _metrics(hub: HubServer) -> Handler:
     async def handle(request: web.Request) -> web.Response:
         if hub.store is None:
             raise web.HTTPServiceUnavailable(text="the hub has not started")
-        body = await hub.metrics.render(hub.store)
+        monitor = hub.audit_monitor.status if hub.audit_monitor is not None else None
+        body = await hub.metrics.render(hub.store, monitor)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     return handle

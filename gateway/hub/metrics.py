@@ -16,6 +16,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from gateway.domain.model import Outcome
+from gateway.hub.audit_monitor import MonitorStatus
 from gateway.hub.interceptors import CallInfo
 from gateway.store.sql import SqlStore
 
@@ -51,6 +52,16 @@ class HubMetrics:
         self.audit_size = Gauge(
             "hutong_audit_tree_size", "Entries in the exchange log (committed).", registry=self.registry
         )
+        self.audit_verified = Gauge(
+            "hutong_audit_verified_size",
+            "Entries of the exchange log this hub re-read, re-hashed and matched to a signed checkpoint.",
+            registry=self.registry,
+        )
+        self.audit_problem = Gauge(
+            "hutong_audit_inconsistent",
+            "1 when this hub found its own exchange log inconsistent with what it signed (alert on it).",
+            registry=self.registry,
+        )
         self.unacknowledged = Gauge(
             "hutong_notifications_unacknowledged",
             "Events pushed to a province that none of its nodes has acknowledged yet (the notification lag).",
@@ -67,8 +78,8 @@ class HubMetrics:
         self.rpcs.labels(method, call.code).inc()
         self.latency.labels(method).observe(seconds)
 
-    async def render(self, store: SqlStore) -> bytes:
-        """The exposition text, with the database's figures read now."""
+    async def render(self, store: SqlStore, monitor: MonitorStatus | None = None) -> bytes:
+        """The exposition text, with the database's figures and the log verification read now."""
         nodes = await store.node_totals()
         held = await store.records_held()
         size, _ = await store.audit_tree()
@@ -81,6 +92,9 @@ class HubMetrics:
         for province, n in held.items():
             self.held.labels(province).set(n)
         self.audit_size.set(size)
+        if monitor is not None:
+            self.audit_verified.set(monitor.verified_size)
+            self.audit_problem.set(0 if monitor.ok else 1)
         self.unacknowledged.clear()
         self.overdue.clear()
         for row in loop:

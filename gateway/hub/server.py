@@ -32,6 +32,7 @@ from gateway.domain.monitoring import MonitoringRules
 from gateway.domain.protection import FieldSealer, PersonKeyer
 from gateway.errors import ConfigError
 from gateway.hub.audit import AuditKey, AuditRecorder, default_origin, log_hash_name
+from gateway.hub.audit_monitor import AUDIT_MONITOR_FILE, AuditMonitor
 from gateway.hub.audit_service import AuditServicer
 from gateway.hub.auth_service import AuthServicer
 from gateway.hub.config import DATABASE_FILE, store_for
@@ -172,6 +173,9 @@ class HubSettings:
     audit_origin: str | None = None
     #: Seconds between signed checkpoints while the log grows (one is also signed at shutdown).
     checkpoint_seconds: float = 10.0
+    #: Seconds between the hub's own checks of its log (``gateway.hub.audit_monitor``): entries
+    #: re-read, re-hashed and matched to the newest signed checkpoint.
+    audit_verify_seconds: float = 10.0
     #: The province nodes FetchRecordDetail is forwarded to (``--node-directory``); None: no node is
     #: known, and every province's detail is a NODE_NOT_REGISTERED failure.
     node_directory: NodeDirectory | None = None
@@ -227,6 +231,8 @@ class HubServer:
         self.settings = settings
         self.store: SqlStore | None = None
         self.audit: AuditRecorder | None = None
+        #: The hub's own continuous check of its exchange log, once started.
+        self.audit_monitor: AuditMonitor | None = None
         self._server: grpc.aio.Server | None = None
         self._health = health_aio.HealthServicer()
         self._records: RecordExchangeServicer | None = None
@@ -267,6 +273,14 @@ class HubServer:
         await self.store.open()
         self.audit = AuditRecorder(self.store, audit_key, tree_hash, checkpoint_seconds=s.checkpoint_seconds)
         await self.audit.start()
+        self.audit_monitor = AuditMonitor(
+            self.store,
+            audit_key.verifier,
+            audit_key.origin,
+            self.audit.hash_fn,
+            state_file=s.data_dir / AUDIT_MONITOR_FILE,
+        )
+        self.audit_monitor.start(s.audit_verify_seconds)
         if s.monitoring_rules is not None:
             await self._load_rules(s.monitoring_rules)
         self.keyer = keyer = PersonKeyer(keys.person_key_secret, suite=keys.suite)
@@ -414,6 +428,8 @@ class HubServer:
             await self.details.close()
         if self._preparer is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._preparer.close)
+        if self.audit_monitor is not None:
+            await self.audit_monitor.stop()
         if self.audit is not None:
             await self.audit.stop()
         if self.store is not None:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import datetime as dt
 import json
 import shutil
+import sqlite3
 import ssl
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -556,3 +559,45 @@ async def test_a_view_that_cannot_be_logged_is_not_shown(
             text = await response.text()
     assert "could not be recorded in the exchange log, so it is not shown" in text
     assert "410000" not in text
+
+
+async def test_the_audit_page_frames_the_hubs_own_verification_and_metrics_report_it(
+    audited_hub: HubServer, demo_pki: DemoPki
+) -> None:
+    assert audited_hub.audit_monitor is not None
+    assert audited_hub.store is not None
+    status = await audited_hub.audit_monitor.check()
+    size, root = await audited_hub.store.audit_tree()
+    assert (status.verified_size, status.verified_root, status.problem) == (size, root, None)
+    text = (await page(audited_hub, demo_pki, "/audit", CD))[1]
+    assert '<iframe class="status" src="/audit/status"' in text
+    framed, text, headers = await page(audited_hub, demo_pki, "/audit/status", CD)
+    assert framed == 200
+    assert f'data-verified="{size}">Verified up to entry {size:,}' in text
+    assert '<meta http-equiv="refresh"' in text  # live, without a script
+    assert "frame-ancestors 'self'" in headers["Content-Security-Policy"]
+    metrics = (await page(audited_hub, demo_pki, "/metrics", None))[1]
+    assert f"hutong_audit_verified_size {float(size)}" in metrics
+    assert "hutong_audit_inconsistent 0.0" in metrics
+
+
+async def test_a_rewritten_entry_turns_the_verification_status_red(
+    audited_hub: HubServer, demo_pki: DemoPki, client_for: Callable[..., HubClient], id_number_of: Callable[..., str]
+) -> None:
+    assert audited_hub.audit_monitor is not None
+    assert audited_hub.audit is not None
+    good = (await audited_hub.audit_monitor.check()).verified_size
+    await client_for(ZZ, port=audited_hub.port).check_enrollment(id_number_of("440000"), Purpose.DUPLICATE_CHECK)
+    entries = await log_entries(audited_hub)
+    index = len(entries) - 1
+    forged = dataclasses.replace(entries[index], purpose="audit").encode()
+    with contextlib.closing(sqlite3.connect(audited_hub.settings.data_dir / "hub.sqlite3")) as con:
+        con.execute("UPDATE audit_entries SET entry = ? WHERE seq = ?", (forged, index))
+        con.commit()
+    await audited_hub.audit.checkpoint()
+    status = await audited_hub.audit_monitor.check()
+    assert status.problem_reason == "ROOT_MISMATCH"
+    text = (await page(audited_hub, demo_pki, "/audit/status", CD))[1]
+    assert f'class="bad" data-verified="{good}">The log does NOT verify beyond entry {good:,}' in text
+    metrics = (await page(audited_hub, demo_pki, "/metrics", None))[1]
+    assert "hutong_audit_inconsistent 1.0" in metrics

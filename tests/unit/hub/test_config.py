@@ -39,6 +39,7 @@ cert = "tls/hub.pem"
 key = "/abs/hub.key"
 ca = "tls/ca.pem"
 crl = "tls/crl.pem"
+ca_registry = "/var/lib/hutong-ca/registry.sqlite3"
 
 [store]
 url = "sqlite:db/hub.sqlite3"
@@ -81,6 +82,7 @@ def test_every_key_is_read_and_relative_paths_are_the_config_files(tmp_path: Pat
     assert config.crypto_suite == "sm"
     assert config.insecure is False
     assert config.prepare_workers == 3
+    assert config.ca_registry == Path("/var/lib/hutong-ca/registry.sqlite3")
     assert (config.cert, config.key, config.ca, config.crl) == (
         etc / "tls" / "hub.pem",
         Path("/abs/hub.key"),
