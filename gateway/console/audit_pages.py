@@ -363,7 +363,7 @@ async def _person(request: web.Request, hub: HubServer, viewer: Viewer) -> web.R
         {
             "province": h.province_code,
             "record_id": h.record_id,
-            "updated": _time(h.updated_at_us),
+            "updated": _time(h.updated_at_us) or "not sent",
             "enrollments": [
                 {
                     "program": _name(Program, e.program),

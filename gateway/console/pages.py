@@ -76,7 +76,8 @@ def render(name: str, status: int = 200, **context: Any) -> web.Response:
             "Content-Security-Policy": _CSP,
             "Cache-Control": "no-store",
             "X-Content-Type-Options": "nosniff",
-            "Referrer-Policy": "no-referrer",
+            # same-origin, not no-referrer: with no-referrer Chromium posts forms with "Origin: null".
+            "Referrer-Policy": "same-origin",
         },
     )
 
@@ -125,7 +126,14 @@ def _login_page(request: web.Request, *, status: int = 200, error: str = "", nex
 
 
 def same_origin(request: web.Request) -> bool:
-    """A form posted from this console (a missing Origin is a non-browser client; SameSite covers the rest)."""
+    """A form posted from this console's own pages (CSRF defence beside the SameSite=Strict cookie).
+
+    Browsers say where a request comes from in ``Sec-Fetch-Site``, else in ``Origin``; a client that
+    sends neither is not a browser, and a cross-site page cannot make a browser omit both.
+    """
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None:
+        return site in ("same-origin", "none")
     origin = request.headers.get("Origin")
     return origin is None or origin == f"{request.scheme}://{request.host}"
 

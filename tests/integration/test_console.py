@@ -351,6 +351,20 @@ async def test_login_refuses_api_tokens_expired_tokens_and_foreign_forms(
             "/login", data={"token": console_token(paged_hub, "admin")}, headers={"Origin": "https://evil.example"}
         ) as response:
             assert response.status == 403
+        async with session.post(
+            "/login",
+            data={"token": console_token(paged_hub, "admin")},
+            headers={"Origin": "null", "Sec-Fetch-Site": "cross-site"},
+        ) as response:
+            assert response.status == 403
+        # What a browser sends from the console's own page (Origin may be null).
+        async with session.post(
+            "/login",
+            data={"token": console_token(paged_hub, "admin")},
+            headers={"Origin": "null", "Sec-Fetch-Site": "same-origin"},
+            allow_redirects=False,
+        ) as response:
+            assert response.status == 303
     # The API refuses a console token: another audience.
     with pytest.raises(Unauthenticated, match="Audience doesn't match"):
         paged_hub.tokens.verify(console_token(paged_hub, "admin"), None)

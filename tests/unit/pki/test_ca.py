@@ -29,6 +29,7 @@ from pki import (
     write_pem_certificate,
     write_pem_private_key,
 )
+from pki.operator import Registry
 
 GZ = NodeIdentity(province_code="440000", node_name="gz-01")
 BJ = NodeIdentity(province_code="110000", node_name="bj-01")
@@ -503,9 +504,15 @@ def test_demo_pki_writes_the_documented_layout_with_safe_modes(tmp_path: Path) -
         "nodes/110000-bj-01.pem",
         "nodes/440000-gz-01.key",
         "nodes/440000-gz-01.pem",
+        "registry.sqlite3",
     ]
     for key_path in demo.directory.rglob("*.key"):
         assert _mode(key_path) == 0o600
+    assert _mode(demo.directory / "registry.sqlite3") == 0o600
+    # The registry holds every certificate written, as a CA directory's does.
+    assert demo.registry_path is not None
+    kinds = sorted((r.kind.value, r.holder) for r in Registry.open(demo.registry_path).find())
+    assert [k for k, _ in kinds] == ["hub", "node", "node", "root"]
     for cert_path in demo.directory.rglob("*.pem"):
         assert _mode(cert_path) == 0o644
 
