@@ -114,12 +114,14 @@ def _parser() -> argparse.ArgumentParser:
     serve = hub.add_parser(
         "serve",
         help="serve the hub's gRPC API over mTLS",
-        description="Serves AuthService, RecordExchangeService and AssistanceQueryService, gRPC health and "
+        description="Serves every hutong.v1 service (auth, records, queries, notifications, signals, audit, linkage "
+        "review, verification), gRPC health and "
         "reflection. Client certificates must chain to the CA and carry a hutong://province/<code>/node/<name> URI; "
         "every call but AuthService.IssueToken needs an access token bound to that certificate. "
         "Settings come from --config hub.toml (every key: deploy/CONFIG.md; relative paths are the file's) and "
         "the flags below, which override the file's keys (named in brackets). With a node directory the hub "
-        "answers FetchRecordDetail by asking the province nodes listed there (mTLS with the hub's own certificate). "
+        "answers FetchRecordDetail, and household verifications (VerificationService), by asking the province nodes "
+        "and department sources listed there (mTLS with the hub's own certificate). "
         "SIGTERM or SIGINT drains open streams and stops. Exit 3 on a configuration error, naming the key.",
     )
     _add_config(serve)
@@ -369,6 +371,56 @@ def _parser() -> argparse.ArgumentParser:
         q.add_argument("--server-name", help="name to verify in the hub's certificate, if not the --hub host")
         _add_tls(q, "node")
 
+    verifying = sub.add_parser(
+        "verify", help="household economic-status verification across provinces (核对; scope verification:request)"
+    ).add_subparsers(dest="verify_command", required=True)
+    verify_request = verifying.add_parser(
+        "request",
+        help="ask every province and department source about a household's income and assets",
+        description="Starts a verification at the hub, which asks every province node and department source at "
+        "once, each within its deadline. Needs the household's signed consent: its id, the document (its SHA-256 is "
+        "sent, not the file) or the hash, and the signing date. With --wait, waits for the report and prints it "
+        "(ID numbers masked). Safe to run again with the same --request-id. Exit 0: started, or complete with every "
+        "source answering; 4: complete, some source timed out, refused or failed (the report names it); 5: --wait "
+        "ran out; 3: bad input.",
+    )
+    verify_request.add_argument("--hub", required=True, help="HOST:PORT of the hub")
+    verify_request.add_argument(
+        "--member", action="append", required=True, metavar="ID[,NAME]", help="a household member (repeatable, 1-20)"
+    )
+    verify_request.add_argument("--consent-id", required=True, help="the signed authorization's id")
+    verify_request.add_argument("--consent-file", type=Path, help="the signed authorization (only its hash is sent)")
+    verify_request.add_argument("--consent-sha256", help="or: the authorization's SHA-256, hex")
+    verify_request.add_argument("--consent-date", required=True, metavar="YYYY-MM-DD", help="the day it was signed")
+    verify_request.add_argument(
+        "--purpose", required=True, choices=["eligibility-review", "monitoring-follow-up"], help="why (recorded)"
+    )
+    verify_request.add_argument(
+        "--class",
+        dest="classes",
+        action="append",
+        required=True,
+        metavar="CLASS",
+        help="an item class (repeatable): wage_income, pension, business_registration, real_estate, vehicle, "
+        "deposit, securities, commercial_insurance, housing_fund",
+    )
+    verify_request.add_argument("--request-id", help="your id for the request (default: a new UUID)")
+    verify_request.add_argument("--wait", type=float, default=0.0, metavar="SECONDS", help="wait for the report")
+    verify_request.add_argument("--json", action="store_true", help="print the hub's answer as JSON")
+    verify_request.add_argument("--server-name", help="name to verify in the hub's certificate, if not the --hub host")
+    _add_tls(verify_request, "node")
+    verify_get = verifying.add_parser(
+        "get",
+        help="a verification's state and report",
+        description="Only nodes of the requesting province may read it. Exit 0 complete, 4 complete with some "
+        "source not answering, 5 still pending.",
+    )
+    verify_get.add_argument("verification_id", metavar="ID", help="the id `verify request` printed")
+    verify_get.add_argument("--hub", required=True, help="HOST:PORT of the hub")
+    verify_get.add_argument("--json", action="store_true", help="print the hub's answer as JSON")
+    verify_get.add_argument("--server-name", help="name to verify in the hub's certificate, if not the --hub host")
+    _add_tls(verify_get, "node")
+
     adapt = sub.add_parser(
         "adapt",
         help="turn a province export into standard records with its profile; every row accounted for",
@@ -421,9 +473,11 @@ def _parser() -> argparse.ArgumentParser:
     node_status.add_argument("--json", action="store_true", help="print one JSON object")
     node_serve = node.add_parser(
         "serve",
-        help="serve the hub's federated detail requests (ProvinceNodeService)",
+        help="serve the hub's federated requests: record details and household verifications (ProvinceNodeService)",
         description="A gRPC server over mTLS that only the hub may call: FetchRecordDetail answers from the node's "
-        "outbox, filtered by the stated purpose, and every call is appended to the node's own audit log.",
+        "outbox, filtered by the stated purpose; AnswerVerification answers a household verification from the "
+        "sources in node.toml [verification] (indexed at start, re-read when a file changes). Every call is "
+        "appended to the node's own audit log.",
     )
     node_serve.add_argument("--port-file", type=Path, help="write the bound port here once serving")
     node_inbox = node.add_parser(
@@ -790,6 +844,37 @@ def _dispatch(args: argparse.Namespace) -> int:
         )
     if args.command == "audit":
         return _audit(args)
+    if args.command == "verify":
+        from gateway.domain.model import Purpose
+        from gateway.verify_commands import get_verification, request_verification
+
+        if args.verify_command == "get":
+            return asyncio.run(
+                get_verification(
+                    hub=args.hub,
+                    tls=_tls(args),
+                    server_name=args.server_name,
+                    verification_id=args.verification_id,
+                    as_json=args.json,
+                )
+            )
+        return asyncio.run(
+            request_verification(
+                hub=args.hub,
+                tls=_tls(args),
+                server_name=args.server_name,
+                members=args.member,
+                consent_id=args.consent_id,
+                consent_file=args.consent_file,
+                consent_sha256=args.consent_sha256,
+                consent_date=args.consent_date,
+                purpose=Purpose(_PURPOSES[args.purpose]),
+                classes=args.classes,
+                request_id=args.request_id,
+                wait=args.wait,
+                as_json=args.json,
+            )
+        )
     if args.command == "signals":
         from gateway.loop_commands import submit_signals
 

@@ -34,6 +34,8 @@ from hutong.v1 import (
     records_pb2_grpc,
     signal_pb2,
     signal_pb2_grpc,
+    verification_pb2,
+    verification_pb2_grpc,
 )
 from pki import TlsMaterial
 
@@ -115,6 +117,7 @@ class HubClient:
         self.audit = audit_pb2_grpc.AuditServiceStub(self._channel)
         self.notifications = notification_pb2_grpc.NotificationServiceStub(self._channel)
         self.signals = signal_pb2_grpc.SignalServiceStub(self._channel)
+        self.verifications = verification_pb2_grpc.VerificationServiceStub(self._channel)
 
     async def __aenter__(self) -> HubClient:
         return self
@@ -171,6 +174,26 @@ class HubClient:
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc) from exc
         raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- household verification ------------------------------------------------------------
+
+    async def request_verification(
+        self, request: verification_pb2.RequestVerificationRequest
+    ) -> verification_pb2.RequestVerificationResponse:
+        """Start a household verification; safe to retry (the hub answers a repeated request_id the same)."""
+        return await self._idempotent(
+            lambda md: self.verifications.RequestVerification(
+                request, timeout=self._retry.attempt_timeout, metadata=md
+            ),
+            request.request_id or None,
+        )
+
+    async def get_verification(self, verification_id: str) -> verification_pb2.GetVerificationResponse:
+        """A verification's state and, once complete, its report."""
+        request = verification_pb2.GetVerificationRequest(verification_id=verification_id)
+        return await self._idempotent(
+            lambda md: self.verifications.GetVerification(request, timeout=self._retry.attempt_timeout, metadata=md)
+        )
 
     # -- queries -----------------------------------------------------------------------------
 

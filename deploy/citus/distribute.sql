@@ -53,5 +53,7 @@ SELECT citus_add_local_table_to_metadata('linkage_links');
 SELECT citus_add_local_table_to_metadata('linkage_reviews');
 SELECT citus_add_local_table_to_metadata('linkage_events');
 SELECT citus_add_local_table_to_metadata('linkage_event_records');
+-- Household verifications: few, and completed in one transaction with their event (local above).
+SELECT citus_add_local_table_to_metadata('verifications');
 
 COMMIT;

@@ -37,6 +37,8 @@ SCOPES = (
     "admin",
     # Identity linkage's review queue: list, accept, reject, split, lineage (LinkageReviewService).
     "linkage:review",
+    # Household economic-status verification across provinces (VerificationService).
+    "verification:request",
 )
 
 _PURPOSE_NAMES = {
@@ -79,7 +81,12 @@ class AccessPolicy:
         return cls(
             # A limit against runaway clients only; a policy file sets real per-node rates.
             default=NodePolicy(frozenset({"records:write", "query:enrollment"}), 20_000.0, 40_000),
-            purposes={"query:enrollment": _ALL_PURPOSES, "query:detail": _ALL_PURPOSES},
+            purposes={
+                "query:enrollment": _ALL_PURPOSES,
+                "query:detail": _ALL_PURPOSES,
+                # Verifying a household's income and assets serves deciding on assistance, nothing else.
+                "verification:request": frozenset({Purpose.ELIGIBILITY_REVIEW, Purpose.MONITORING_FOLLOW_UP}),
+            },
         )
 
     def for_node(self, node_uri: str) -> NodePolicy:

@@ -59,7 +59,7 @@ __all__ = [
 
 log = structlog.get_logger("hutong.hub")
 
-_NODE_KEYS = frozenset({"address", "server_name"})
+_NODE_KEYS = frozenset({"address", "server_name", "department"})
 _MAX_MESSAGE = 4 * 1024 * 1024
 
 
@@ -75,6 +75,9 @@ class NodeAddress:
     address: str
     #: The name to verify in the node's server certificate; empty: the address's host.
     server_name: str = ""
+    #: For a department's source (public security's vehicles, the tax bureau's wages): the department's
+    #: name. Such a node answers household verifications only, and is asked beside its province's node.
+    department: str = ""
 
 
 @dataclass(frozen=True)
@@ -83,9 +86,20 @@ class NodeDirectory:
 
     nodes: tuple[NodeAddress, ...] = ()
 
+    def verification_sources(self) -> tuple[NodeAddress, ...]:
+        """Who a household verification asks: the first node of each province, and every department source."""
+        first: dict[str, NodeAddress] = {}
+        departments = []
+        for node in self.nodes:
+            if node.department:
+                departments.append(node)
+            else:
+                first.setdefault(node.province_code, node)
+        return (*first.values(), *departments)
+
     def for_province(self, province_code: str) -> tuple[NodeAddress, ...]:
-        """The nodes of one province, in the file's order."""
-        return tuple(n for n in self.nodes if n.province_code == province_code)
+        """The nodes of one province that hold its records (not department sources), in the file's order."""
+        return tuple(n for n in self.nodes if n.province_code == province_code and not n.department)
 
 
 def _where(uri: str, key: str | None = None) -> str:
@@ -154,8 +168,15 @@ def parse_node_directory(data: Mapping[str, Any], *, source: str = "the node dir
                 reason="NODE_DIRECTORY_INVALID",
                 field=_where(uri, "address"),
             )
+        department = entry.get("department", "")
+        if not isinstance(department, str) or ("department" in entry and not department.strip()):
+            raise ConfigError(
+                f"{_where(uri, 'department')} must name the department",
+                reason="NODE_DIRECTORY_INVALID",
+                field=_where(uri, "department"),
+            )
         seen[address] = uri
-        nodes.append(NodeAddress(identity.uri, identity.province_code, address, server_name))
+        nodes.append(NodeAddress(identity.uri, identity.province_code, address, server_name, department.strip()))
     return NodeDirectory(tuple(nodes))
 
 
@@ -193,6 +214,8 @@ class FederationSettings:
     max_backoff: float = 1.0
     #: Attempts per node and record, at most (the deadline usually ends them first).
     max_attempts: int = 4
+    #: Seconds each source of a household verification gets to answer (its deadline).
+    verification_seconds: float = 30.0
 
 
 _FAILURE_MESSAGES = {
@@ -323,7 +346,7 @@ class DetailFetcher:
             if deadline - time.monotonic() <= 0:
                 break
             try:
-                response = await self._call(node, request, request_id, deadline)
+                response = await self._call(node, "FetchRecordDetail", request, request_id, deadline)
             except grpc.aio.AioRpcError as exc:
                 reason = _reason_of(exc.code())
                 cause = error_from_rpc(exc.code(), exc.details(), exc.trailing_metadata()).reason
@@ -341,15 +364,19 @@ class DetailFetcher:
             return filter_detail(detail, purpose)
         return failure
 
-    async def _call(
-        self,
-        node: NodeAddress,
-        request: node_pb2.ProvinceNodeServiceFetchRecordDetailRequest,
-        request_id: str,
-        deadline: float,
-    ) -> node_pb2.ProvinceNodeServiceFetchRecordDetailResponse:
+    async def answer_verification(
+        self, node: NodeAddress, request: node_pb2.ProvinceNodeServiceAnswerVerificationRequest, request_id: str
+    ) -> node_pb2.ProvinceNodeServiceAnswerVerificationResponse:
+        """One source's part of a household verification, within its deadline (UNAVAILABLE is retried)."""
+        deadline = time.monotonic() + self.settings.verification_seconds
+        response: node_pb2.ProvinceNodeServiceAnswerVerificationResponse = await self._call(
+            node, "AnswerVerification", request, request_id, deadline
+        )
+        return response
+
+    async def _call(self, node: NodeAddress, method: str, request: Any, request_id: str, deadline: float) -> Any:
         s = self.settings
-        stub = self._stub(node)
+        call = getattr(self._stub(node), method)
         retrying = tenacity.AsyncRetrying(
             retry=tenacity.retry_if_exception(_is_unavailable),
             wait=tenacity.wait_random_exponential(multiplier=s.initial_backoff, max=s.max_backoff),
@@ -359,7 +386,7 @@ class DetailFetcher:
         )
         async for attempt in retrying:
             with attempt:
-                response: node_pb2.ProvinceNodeServiceFetchRecordDetailResponse = await stub.FetchRecordDetail(
+                response = await call(
                     request,
                     timeout=max(0.001, deadline - time.monotonic()),
                     metadata=((REQUEST_ID_KEY, request_id),),

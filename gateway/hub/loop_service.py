@@ -67,7 +67,8 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
         pb = json_format.ParseDict(event.body, notification_pb2.Event(), ignore_unknown_fields=True)
         pb.sequence = event.seq
         pb.created_at.CopyFrom(timestamp_from_us(event.created_at_us))
-        pb.respond_by.CopyFrom(timestamp_from_us(event.respond_by_us))
+        if event.respond_by_us:  # 0: no outcome is expected (a completed verification)
+            pb.respond_by.CopyFrom(timestamp_from_us(event.respond_by_us))
         if event.sealed_pii:
             plain = json.loads(self._sealer.open(event.sealed_pii, event.subject.encode()))
             pb.signal.id_number, pb.signal.name = plain["id_number"], plain["name"]

@@ -30,6 +30,7 @@ from gateway.domain.access import AccessPolicy
 from gateway.domain.linkage import LinkSettings
 from gateway.domain.monitoring import MonitoringRules
 from gateway.domain.protection import FieldSealer, PersonKeyer
+from gateway.domain.verification import CONSENT_VALID_DAYS
 from gateway.errors import ConfigError
 from gateway.hub.audit import AuditKey, AuditRecorder, default_origin, log_hash_name
 from gateway.hub.audit_monitor import AUDIT_MONITOR_FILE, AuditMonitor
@@ -47,6 +48,7 @@ from gateway.hub.query_service import AssistanceQueryServicer
 from gateway.hub.records_service import MAX_BATCH_ITEMS, RecordExchangeServicer, raw_sync_handler
 from gateway.hub.revocation import RevocationList
 from gateway.hub.tokens import TokenKeys, TokenService
+from gateway.hub.verification import VerificationServicer, Verifier
 from gateway.serving import serve_until_signalled
 from gateway.store.sql import SqlStore
 from gateway.store.sqlite_linkage import LinkageLedger
@@ -65,6 +67,8 @@ from hutong.v1 import (
     records_pb2_grpc,
     signal_pb2,
     signal_pb2_grpc,
+    verification_pb2,
+    verification_pb2_grpc,
 )
 from pki import TlsMaterial
 
@@ -102,6 +106,9 @@ SCOPES_BY_METHOD = {
     "DecideReviewItem": "linkage:review",
     "SplitLink": "linkage:review",
     "GetLineage": "linkage:review",
+    # Household verification (gateway.hub.verification): fanned out to every province node.
+    "RequestVerification": "verification:request",
+    "GetVerification": "verification:request",
 }
 _MAX_MESSAGE = 32 * 1024 * 1024
 _STATUS_FLUSH_SECONDS = 0.2
@@ -113,6 +120,7 @@ _SERVICES = (
     notification_pb2.DESCRIPTOR.services_by_name["NotificationService"].full_name,
     signal_pb2.DESCRIPTOR.services_by_name["SignalService"].full_name,
     linkage_pb2.DESCRIPTOR.services_by_name["LinkageReviewService"].full_name,
+    verification_pb2.DESCRIPTOR.services_by_name["VerificationService"].full_name,
 )
 
 
@@ -179,6 +187,8 @@ class HubSettings:
     #: The province nodes FetchRecordDetail is forwarded to (``--node-directory``); None: no node is
     #: known, and every province's detail is a NODE_NOT_REGISTERED failure.
     node_directory: NodeDirectory | None = None
+    #: Days a household's signed consent to a verification stays valid.
+    consent_valid_days: int = CONSENT_VALID_DAYS
     #: Deadlines and retries of the calls to province nodes.
     federation: FederationSettings = field(default_factory=FederationSettings)
     #: Seconds between looks for events past their respond_by time (escalated as OVERDUE).
@@ -245,6 +255,8 @@ class HubServer:
         self.policy: AccessPolicy | None = None
         self._crl_watch: asyncio.Task[None] | None = None
         self.details: DetailFetcher | None = None
+        #: Household verifications (gateway.hub.verification), once started.
+        self.verifier: Verifier | None = None
         self._notifications: NotificationServicer | None = None
         self._escalation: asyncio.Task[None] | None = None
         self._health_server: grpc.aio.Server | None = None
@@ -352,6 +364,14 @@ class HubServer:
         chain.register(
             server, audit_pb2_grpc.add_AuditServiceServicer_to_server, AuditServicer(self.store, self.audit, binding)
         )
+        self.verifier = Verifier(
+            self.store, keyer, sealer, self.audit, self.details, consent_valid_days=s.consent_valid_days
+        )
+        chain.register(
+            server,
+            verification_pb2_grpc.add_VerificationServiceServicer_to_server,
+            VerificationServicer(self.verifier, policy),
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection((*_SERVICES, reflection.SERVICE_NAME, "grpc.health.v1.Health"), server)
         address = f"[{s.host}]:{s.port}" if ":" in s.host else f"{s.host}:{s.port}"
@@ -374,6 +394,7 @@ class HubServer:
             raise ConfigError(f"cannot listen on {address}", reason="LISTEN_FAILED", field="listen")
         await server.start()
         self._server = server
+        self.verifier.start()
         if s.health_listen is not None:
             await self._start_health_port(*s.health_listen)
         if s.console_listen is not None:
@@ -424,6 +445,8 @@ class HubServer:
                     await asyncio.sleep(_STATUS_FLUSH_SECONDS)
         await self._server.stop(max(0.0, grace - (time.monotonic() - started)))
         self._server = None
+        if self.verifier is not None:
+            await self.verifier.stop()
         if self.details is not None:
             await self.details.close()
         if self._preparer is not None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from gateway.client import HubClient, RetryConfig
 from gateway.errors import ConfigError
+from gateway.node.verification import VerificationSettings, verification_settings
 from gateway.toml_config import parse_listen, read_sections
 from pki import TlsMaterial
 
@@ -118,6 +119,8 @@ class NodeConfig:
     sync: SyncSettings
     serve: ServeSettings
     inbox: InboxSettings = field(default_factory=InboxSettings)
+    #: Household verification: the purposes served and the node's sources (``[verification]``).
+    verification: VerificationSettings = field(default_factory=VerificationSettings)
 
     def hub_client(self, retry: RetryConfig | None = None) -> HubClient:
         """A client of the hub as this node: its certificate, its scopes, the sync's retries unless given others."""
@@ -168,6 +171,8 @@ SECTIONS: dict[str, frozenset[str]] = {
     "inbox": frozenset(
         {"webhook_url", "webhook_secret_file", "webhook_timeout_seconds", "directory", "retry_max_seconds"}
     ),
+    # Each [[verification.sources]] table has its own keys: gateway.node.verification.SOURCE_KEYS.
+    "verification": frozenset({"purposes", "consent_valid_days", "sources"}),
 }
 
 
@@ -242,6 +247,7 @@ def load_node_config(path: str | Path) -> NodeConfig:
         raise ConfigError(
             "inbox.webhook_url needs inbox.webhook_secret_file: every body is signed", field="inbox.webhook_secret_file"
         )
+    verification = verification_settings(sections["verification"], base=path.resolve().parent)
     return NodeConfig(
         path=path,
         data_dir=node.path("data_dir"),
@@ -250,4 +256,5 @@ def load_node_config(path: str | Path) -> NodeConfig:
         sync=sync_settings,
         serve=serve_settings,
         inbox=inbox_settings,
+        verification=verification,
     )

@@ -7,6 +7,17 @@ one, here: ``ProvinceNodeService.FetchRecordDetail``. The node answers from a
 purpose the original requester stated, with the same rules the hub applies
 (:func:`gateway.hub.disclosure.filter_detail`).
 
+**Household verification (核对).** ``AnswerVerification`` is this node's part of a verification the
+hub fans out to every province (:mod:`gateway.hub.verification`): what the node's own data files
+hold about the household's members, of the item classes asked, each item marked with its
+sensitivity. The files are declared in ``node.toml`` (``[[verification.sources]]``) and indexed in
+``<data_dir>/verification.sqlite`` when the server starts (:mod:`gateway.node.verification`). A node
+with no sources takes no part and says so (FAILED_PRECONDITION ``VERIFICATION_NOT_SERVED``), so that
+the report shows the province did not take part rather than "answered, holds nothing"; a purpose not
+in ``verification.purposes`` is refused (PERMISSION_DENIED ``PURPOSE_NOT_SERVED``); the consent is
+checked again (FAILED_PRECONDITION ``CONSENT_EXPIRED``), as a node does not take the hub's word for
+what its own data may be read for.
+
 **Who may call.** mTLS with client certificates of the ministry CA (``hub.ca``), and then only the
 hub: a node accepts a client certificate that carries no ``hutong://`` node URI, names at
 least one DNS name or IP address and allows client authentication — the rule the CA's registry
@@ -22,7 +33,11 @@ expired hub certificate is refused on every call, as the hub does with node cert
 before the answer leaves the node. In a node's entry ``caller`` and ``province`` are the node
 that asked the hub (as the hub vouches), ``subject`` is the hub that forwarded the question
 (``hub:<name in its certificate>``), ``request_id`` is the hub's request id, so the entries on
-both sides can be matched. The checkpoint key is ``<data_dir>/audit-note.key``, its log origin
+both sides can be matched. Entries name no persons: the node holds no national person-key
+secret, so an ``AnswerVerification`` entry is matched to the hub's entry of the same leg (the same
+request id, ``<verification id>/<n>``), which carries the members' person keys; its counts are the
+members, the classes asked, the items answered and the items of each class (``real_estate``). The
+checkpoint key is ``<data_dir>/audit-note.key``, its log origin
 ``<node URI>/audit``; its verifier key is logged when it is made (``audit_key_created``). There
 is no key binding: :mod:`gateway.audit.binding` lets only a hub certificate vouch for a log key.
 """
@@ -31,9 +46,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import time
-from collections import OrderedDict
-from dataclasses import dataclass
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -48,16 +64,25 @@ from grpc_reflection.v1alpha import reflection
 from gateway import errors
 from gateway.domain.access import purpose_name
 from gateway.domain.policy import require_purpose
+from gateway.domain.verification import (
+    Consent,
+    check_consent,
+    item_classes_asked,
+    member_id_numbers,
+    today_in_china,
+)
 from gateway.hub.audit import AuditKey, AuditRecorder
+from gateway.hub.convert import set_date
 from gateway.hub.disclosure import filter_detail
 from gateway.hub.interceptors import CallInfo, HubInterceptor, LogContext, current_call
 from gateway.hub.revocation import RevocationList
 from gateway.hub.tokens import certificate_thumbprint
 from gateway.node.config import load_node_config
+from gateway.node.verification import INDEX_DATABASE, HeldItem, ItemIndex, VerificationSettings
 from gateway.serving import serve_until_signalled
 from gateway.store.base import NodeRef
 from gateway.store.sqlite import SqliteStore
-from hutong.v1 import node_pb2, node_pb2_grpc
+from hutong.v1 import node_pb2, node_pb2_grpc, verification_pb2
 from pki import NodeIdentity, TlsMaterial, hub_names_from_certificate, identity_from_certificate
 
 __all__ = [
@@ -192,31 +217,77 @@ def _requester(requester: node_pb2.Requester) -> NodeRef:
     return NodeRef(identity.province_code, identity.node_name)
 
 
-class ProvinceNodeServicer(node_pb2_grpc.ProvinceNodeServiceServicer):
-    """Answers the hub's detail questions from the node's detail source, filtered by purpose."""
+def _hub_call(requester: node_pb2.Requester, hub_request_id: str) -> CallInfo:
+    """The call in progress, named after the node that asked the hub and the hub's request id (for both logs)."""
+    call = current_call()
+    call.caller = _requester(requester)
+    if hub_request_id:
+        if len(hub_request_id) > 128 or not hub_request_id.isprintable():
+            raise errors.InvalidArgument(
+                "hub_request_id must be printable and at most 128 characters",
+                reason="REQUEST_ID_INVALID",
+                field="hub_request_id",
+            )
+        call.request_id = hub_request_id
+    structlog.contextvars.bind_contextvars(
+        request_id=call.request_id, requester=call.caller.uri, province=call.caller.province_code
+    )
+    return call
 
-    def __init__(self, source: DetailSource, identity: NodeIdentity) -> None:
+
+def _consent(request: node_pb2.ProvinceNodeServiceAnswerVerificationRequest) -> Consent | None:
+    if not request.HasField("consent"):
+        return None
+    pb = request.consent
+    signed = pb.signed_on
+    signed_on = None
+    if signed.year or signed.month or signed.day:
+        try:
+            signed_on = dt.date(signed.year, signed.month, signed.day)
+        except ValueError:
+            raise errors.InvalidArgument(
+                f"{signed.year:04d}-{signed.month:02d}-{signed.day:02d} is not a calendar date",
+                reason="CONSENT_INVALID",
+                field="consent.signed_on",
+            ) from None
+    return Consent(pb.consent_id.strip(), pb.document_sha256.strip().lower(), signed_on)
+
+
+def _item_to_proto(member_index: int, held: HeldItem) -> verification_pb2.VerificationItem:
+    item = verification_pb2.VerificationItem(
+        member_index=member_index,
+        item_class=verification_pb2.ItemClass.ValueType(held.item_class),
+        sensitivity=verification_pb2.Sensitivity.ValueType(held.sensitivity),
+        reference=held.reference,
+        description=held.description,
+        amount_fen=held.amount_fen,
+    )
+    if held.as_of is not None:
+        set_date(item.as_of, held.as_of)
+    return item
+
+
+class ProvinceNodeServicer(node_pb2_grpc.ProvinceNodeServiceServicer):
+    """Answers the hub: record details from the node's detail source, verifications from its item index."""
+
+    def __init__(
+        self,
+        source: DetailSource,
+        identity: NodeIdentity,
+        *,
+        verification: VerificationSettings | None = None,
+        items: ItemIndex | None = None,
+    ) -> None:
         self._source = source
         self._identity = identity
+        self._verification = verification or VerificationSettings()
+        self._items = items
 
     async def FetchRecordDetail(
         self, request: node_pb2.ProvinceNodeServiceFetchRecordDetailRequest, context: grpc.aio.ServicerContext
     ) -> node_pb2.ProvinceNodeServiceFetchRecordDetailResponse:
         """One record as the province holds it, with only what the purpose allows."""
-        call = current_call()
-        call.caller = _requester(request.requester)
-        hub_request_id = request.hub_request_id
-        if hub_request_id:
-            if len(hub_request_id) > 128 or not hub_request_id.isprintable():
-                raise errors.InvalidArgument(
-                    "hub_request_id must be printable and at most 128 characters",
-                    reason="REQUEST_ID_INVALID",
-                    field="hub_request_id",
-                )
-            call.request_id = hub_request_id
-        structlog.contextvars.bind_contextvars(
-            request_id=call.request_id, requester=call.caller.uri, province=call.caller.province_code
-        )
+        call = _hub_call(request.requester, request.hub_request_id)
         purpose = require_purpose(request.purpose)
         call.purpose = purpose_name(purpose)
         if not request.record_id:
@@ -231,6 +302,58 @@ class ProvinceNodeServicer(node_pb2_grpc.ProvinceNodeServiceServicer):
         detail.node_uri = self._identity.uri
         call.counts.update(records=1)
         return node_pb2.ProvinceNodeServiceFetchRecordDetailResponse(detail=filter_detail(detail, purpose))
+
+    async def AnswerVerification(
+        self, request: node_pb2.ProvinceNodeServiceAnswerVerificationRequest, context: grpc.aio.ServicerContext
+    ) -> node_pb2.ProvinceNodeServiceAnswerVerificationResponse:
+        """What the node's sources hold about the members, of the classes asked, each item marked."""
+        call = _hub_call(request.requester, request.hub_request_id)
+        verification_id = request.verification_id
+        if len(verification_id) > 128 or not verification_id.isprintable():
+            raise errors.InvalidArgument(
+                "verification_id must be printable and at most 128 characters",
+                reason="VERIFICATION_ID_INVALID",
+                field="verification_id",
+            )
+        if verification_id:
+            call.extra["verification_id"] = verification_id
+            structlog.contextvars.bind_contextvars(verification_id=verification_id)
+        purpose = require_purpose(request.purpose)
+        call.purpose = purpose_name(purpose)
+        settings = self._verification
+        if not settings.served or self._items is None:
+            raise errors.FailedPrecondition(
+                "this node takes no part in household verifications: its node.toml declares no "
+                "[[verification.sources]]",
+                reason="VERIFICATION_NOT_SERVED",
+            )
+        if purpose not in settings.purposes:
+            served = ", ".join(sorted(purpose_name(p) for p in settings.purposes))
+            raise errors.PermissionDenied(
+                f"this node answers verifications for {served}, not for {call.purpose}",
+                reason="PURPOSE_NOT_SERVED",
+                field="purpose",
+                metadata={"purpose": call.purpose, "served": served},
+            )
+        numbers = member_id_numbers([m.id_number for m in request.members])
+        call.counts["members"] = len(numbers)
+        classes = item_classes_asked(request.item_classes)
+        call.counts["classes"] = len(classes)
+        check_consent(_consent(request), today=today_in_china(), valid_days=settings.consent_valid_days)
+        # Indexed point lookups in the node's SQLite index (20 numbers at most): it runs on the loop.
+        found = self._items.lookup(numbers, classes)
+        response = node_pb2.ProvinceNodeServiceAnswerVerificationResponse(
+            items=[_item_to_proto(index, held) for index, held in found], answer_id=call.request_id
+        )
+        call.counts["items"] = len(found)
+        call.counts.update(Counter(held.item_class.config_name for _, held in found))
+        if response.ByteSize() > _MAX_MESSAGE:
+            raise errors.ResourceExhausted(
+                f"the answer holds {len(found)} items, more than one message carries; ask for fewer classes",
+                reason="ANSWER_TOO_LARGE",
+                metadata={"items": str(len(found))},
+            )
+        return response
 
 
 @dataclass(frozen=True)
@@ -256,6 +379,8 @@ class NodeServerSettings:
     grace_seconds: float = 10.0
     #: Seconds between signed checkpoints of the node's exchange log while it grows.
     checkpoint_seconds: float = 10.0
+    #: Household verification: the purposes served and the sources, indexed in ``verification.sqlite`` at start.
+    verification: VerificationSettings = field(default_factory=VerificationSettings)
 
 
 class NodeServer:
@@ -280,6 +405,8 @@ class NodeServer:
         ]
         self.store: SqliteStore | None = None
         self.audit: AuditRecorder | None = None
+        #: The index of the verification sources, once started (None without sources).
+        self.items: ItemIndex | None = None
         self.revocations: RevocationList | None = None
         self._crl_watch: asyncio.Task[None] | None = None
         self._server: grpc.aio.Server | None = None
@@ -287,7 +414,7 @@ class NodeServer:
         self.port = 0
 
     async def start(self) -> int:
-        """Open the exchange log, bind, and start serving; returns the bound port."""
+        """Bring the verification index up to date, open the exchange log, bind, serve; returns the bound port."""
         s = self.settings
         if not self._server_names:
             log.warning(
@@ -308,8 +435,17 @@ class NodeServer:
                     field="serve.crl",
                 )
         s.data_dir.mkdir(parents=True, exist_ok=True)
+        index_path = s.data_dir / INDEX_DATABASE
+        if s.verification.sources or index_path.exists():
+            # Reading changed source files may take minutes for a large province: off the loop. Without
+            # sources an existing index is emptied, so that no data the node no longer serves lingers.
+            self.items = await asyncio.to_thread(_updated_index, index_path, s.verification)
         self.store = SqliteStore(s.data_dir / AUDIT_DATABASE)
-        await self.store.open()
+        try:
+            await self.store.open()
+        except BaseException:
+            self._close_items()
+            raise
         try:
             # No key binding: gateway.audit.binding lets only a hub certificate vouch for a log key.
             # The verifier key is logged when the key is made (audit_key_created); auditors pin it.
@@ -318,6 +454,7 @@ class NodeServer:
             await self.audit.start()
         except BaseException:
             await self.store.close()
+            self._close_items()
             raise
         if self.revocations is not None:
             self._crl_watch = asyncio.create_task(self.revocations.watch())
@@ -335,7 +472,12 @@ class NodeServer:
         chain.register(
             server,
             node_pb2_grpc.add_ProvinceNodeServiceServicer_to_server,
-            ProvinceNodeServicer(self._source, self.identity),
+            ProvinceNodeServicer(
+                self._source,
+                self.identity,
+                verification=s.verification,
+                items=self.items if s.verification.served else None,
+            ),
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection((_SERVICE, reflection.SERVICE_NAME, "grpc.health.v1.Health"), server)
@@ -359,6 +501,7 @@ class NodeServer:
             server_names=self._server_names,
             hub_name=s.hub_name or None,
             crl=str(s.crl_path) if s.crl_path else None,
+            verification_sources=len(s.verification.sources),
         )
         return self.port
 
@@ -370,6 +513,12 @@ class NodeServer:
             await self.audit.stop()
         if self.store is not None:
             await self.store.close()
+        self._close_items()
+
+    def _close_items(self) -> None:
+        if self.items is not None:
+            self.items.close()
+            self.items = None
 
     async def stop(self, grace: float | None = None) -> None:
         """Refuse new calls, let open ones finish within the grace period, sign a last checkpoint."""
@@ -389,6 +538,17 @@ class NodeServer:
             await self._server.wait_for_termination()
 
 
+def _updated_index(path: Path, settings: VerificationSettings) -> ItemIndex:
+    """The verification index at ``path``, brought up to date with the configured sources (blocking)."""
+    index = ItemIndex.open(path)
+    try:
+        index.update(settings.sources)
+    except BaseException:
+        index.close()
+        raise
+    return index
+
+
 async def serve_forever(settings: NodeServerSettings, source: DetailSource, *, port_file: Path | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then drain and stop."""
     server = NodeServer(settings, source)
@@ -396,7 +556,7 @@ async def serve_forever(settings: NodeServerSettings, source: DetailSource, *, p
 
 
 def serve_command(config_path: Path, *, port_file: Path | None) -> int:
-    """``hutong node serve --config node.toml``: serve the hub's detail requests from the outbox until stopped."""
+    """``hutong node serve --config node.toml``: answer the hub (details, verifications) until stopped."""
     from gateway.node.outbox import Outbox
 
     config = load_node_config(config_path)
@@ -409,6 +569,7 @@ def serve_command(config_path: Path, *, port_file: Path | None) -> int:
         port=serve.port,
         hub_name=serve.hub_name,
         crl_path=serve.crl,
+        verification=config.verification,
     )
     outbox = Outbox.open(config.outbox_path)
     try:

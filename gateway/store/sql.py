@@ -41,6 +41,7 @@ from gateway.domain.model import Outcome, Program
 from gateway.domain.policy import EXCLUSIVE_PROGRAMS, duplicate_programs
 from gateway.domain.records import PreparedBatch, Rejection, Retirement, decide_outcome
 from gateway.errors import FailedPrecondition, StoreError, StoreUnavailable
+from gateway.store import verifications
 from gateway.store.base import (
     AuditFilter,
     BatchAck,
@@ -67,7 +68,16 @@ from gateway.store.sqlite_audit import (
     subtree_hash,
 )
 from gateway.store.sqlite_linkage import LinkageLedger, LinkageStatus, store_model
-from gateway.store.sqlite_loop import LoopEvent, LoopLedger, PreparedSignal, ProvinceLoop, ReportResult, SignalOutcome
+from gateway.store.sqlite_loop import (
+    EVENT_KINDS,
+    LoopEvent,
+    LoopLedger,
+    PreparedSignal,
+    ProvinceLoop,
+    ReportResult,
+    SignalOutcome,
+)
+from gateway.store.verifications import StoredVerification
 
 __all__ = ["NodeTotals", "SqlStore", "finding_id"]
 
@@ -927,6 +937,49 @@ class SqlStore:
                 json.dumps({"recorded_at_us": result.recorded_at_us, "closed": result.closed}), result.recorded_at_us,
             ),
         )  # fmt: skip
+        return result
+
+    # -- verifications (gateway.store.verifications) ------------------------------------------------
+
+    async def start_verification(self, v: StoredVerification) -> tuple[StoredVerification, bool]:
+        """Store a new verification; or (the one its province's request id started, True)."""
+        result: tuple[StoredVerification, bool] = await self._write(verifications.start, v)
+        return result
+
+    async def verification(self, verification_id: str) -> StoredVerification | None:
+        """A verification by id (from the writer's view: a replica sees what another committed)."""
+        return await self._read(verifications.find, verification_id)
+
+    async def claim_pending_verifications(self, *, lease_us: int, limit: int = 100) -> list[StoredVerification]:
+        """Pending verifications no replica holds, held by this one for ``lease_us``."""
+        claimed: list[StoredVerification] = await self._write(
+            lambda con: verifications.claim_pending(con, now=_now_us(), lease_us=lease_us, limit=limit)
+        )
+        return claimed
+
+    async def complete_verification(
+        self, verification_id: str, sealed_report: bytes, summary: str
+    ) -> StoredVerification | None:
+        """Store the report, mark it complete and tell the requesting province (one transaction).
+
+        None when it was complete already (another replica finished it first): nothing is pushed twice.
+        """
+
+        def complete(con: Connection) -> StoredVerification | None:
+            now = _now_us()
+            done = verifications.complete(con, verification_id, sealed_report, now)
+            if done is not None:
+                self.loop.push(
+                    con,
+                    province=done.province,
+                    kind=EVENT_KINDS["verification_completed"],
+                    subject=f"verification:{verification_id}",
+                    fields={"verificationId": verification_id, "summary": summary},
+                    now=now,
+                )
+            return done
+
+        result: StoredVerification | None = await self._write(complete)
         return result
 
     async def submit_signals(

@@ -43,6 +43,7 @@ EVENT_KINDS = {
     "monitoring_alert": 5,
     "overdue": 6,
     "review_decision": 7,
+    "verification_completed": 8,
 }
 _KIND_NAMES = {number: name for name, number in EVENT_KINDS.items()}
 _DAY_US = 86_400_000_000
@@ -59,10 +60,13 @@ class Deadlines:
     monitoring_alert: int = 30
     overdue: int = 7
     review_decision: int = 30
+    #: None: nothing to report back (the province reads the report); never overdue.
+    verification_completed: int | None = None
 
     def respond_by(self, kind: int, now_us: int) -> int:
-        """When an event of ``kind`` raised now is due."""
-        return now_us + int(getattr(self, _KIND_NAMES[kind])) * _DAY_US
+        """When an event of ``kind`` raised now is due; 0 when no outcome is expected."""
+        days: int | None = getattr(self, _KIND_NAMES[kind])
+        return 0 if days is None else now_us + days * _DAY_US
 
 
 @dataclass(frozen=True)
@@ -527,7 +531,7 @@ class LoopLedger:
         """Escalate events past their respond_by without an outcome: an OVERDUE event to the same province."""
         rows = con.execute(
             "SELECT seq, province, event_id, kind, body FROM events"
-            " WHERE respond_by_us<? AND outcome=0 AND overdue_at_us=0 AND kind<>?",
+            " WHERE respond_by_us>0 AND respond_by_us<? AND outcome=0 AND overdue_at_us=0 AND kind<>?",
             (now, EVENT_KINDS["overdue"]),
         ).fetchall()
         for seq, province, event_id, _kind, body in rows:

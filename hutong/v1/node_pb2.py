@@ -24,9 +24,10 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from hutong.v1 import person_pb2 as hutong_dot_v1_dot_person__pb2
+from hutong.v1 import verification_pb2 as hutong_dot_v1_dot_verification__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14hutong/v1/node.proto\x12\thutong.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16hutong/v1/person.proto\"4\n\tRequester\x12\x10\n\x08node_uri\x18\x01 \x01(\t\x12\x15\n\rprovince_code\x18\x02 \x01(\t\"\xa6\x01\n+ProvinceNodeServiceFetchRecordDetailRequest\x12\x11\n\trecord_id\x18\x01 \x01(\t\x12#\n\x07purpose\x18\x02 \x01(\x0e\x32\x12.hutong.v1.Purpose\x12\'\n\trequester\x18\x03 \x01(\x0b\x32\x14.hutong.v1.Requester\x12\x16\n\x0ehub_request_id\x18\x04 \x01(\t\"W\n,ProvinceNodeServiceFetchRecordDetailResponse\x12\'\n\x06\x64\x65tail\x18\x01 \x01(\x0b\x32\x17.hutong.v1.RecordDetail\".\n\x0cRecordSource\x12\x0c\n\x04\x66ile\x18\x01 \x01(\t\x12\x10\n\x08location\x18\x02 \x01(\t\"\xc4\x02\n\x0cRecordDetail\x12\x15\n\rprovince_code\x18\x01 \x01(\t\x12\'\n\x06record\x18\x02 \x01(\x0b\x32\x17.hutong.v1.PersonRecord\x12;\n\nattributes\x18\x03 \x03(\x0b\x32\'.hutong.v1.RecordDetail.AttributesEntry\x12\'\n\x06source\x18\x04 \x01(\x0b\x32\x17.hutong.v1.RecordSource\x12/\n\x0b\x65xported_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10\x64isclosed_fields\x18\x06 \x03(\t\x12\x10\n\x08node_uri\x18\x07 \x01(\t\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\x9c\x01\n\x13ProvinceNodeService\x12\x84\x01\n\x11\x46\x65tchRecordDetail\x12\x36.hutong.v1.ProvinceNodeServiceFetchRecordDetailRequest\x1a\x37.hutong.v1.ProvinceNodeServiceFetchRecordDetailResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14hutong/v1/node.proto\x12\thutong.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16hutong/v1/person.proto\x1a\x1chutong/v1/verification.proto\"4\n\tRequester\x12\x10\n\x08node_uri\x18\x01 \x01(\t\x12\x15\n\rprovince_code\x18\x02 \x01(\t\"\xa6\x01\n+ProvinceNodeServiceFetchRecordDetailRequest\x12\x11\n\trecord_id\x18\x01 \x01(\t\x12#\n\x07purpose\x18\x02 \x01(\x0e\x32\x12.hutong.v1.Purpose\x12\'\n\trequester\x18\x03 \x01(\x0b\x32\x14.hutong.v1.Requester\x12\x16\n\x0ehub_request_id\x18\x04 \x01(\t\"W\n,ProvinceNodeServiceFetchRecordDetailResponse\x12\'\n\x06\x64\x65tail\x18\x01 \x01(\x0b\x32\x17.hutong.v1.RecordDetail\".\n\x0cRecordSource\x12\x0c\n\x04\x66ile\x18\x01 \x01(\t\x12\x10\n\x08location\x18\x02 \x01(\t\"\xc4\x02\n\x0cRecordDetail\x12\x15\n\rprovince_code\x18\x01 \x01(\t\x12\'\n\x06record\x18\x02 \x01(\x0b\x32\x17.hutong.v1.PersonRecord\x12;\n\nattributes\x18\x03 \x03(\x0b\x32\'.hutong.v1.RecordDetail.AttributesEntry\x12\'\n\x06source\x18\x04 \x01(\x0b\x32\x17.hutong.v1.RecordSource\x12/\n\x0b\x65xported_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10\x64isclosed_fields\x18\x06 \x03(\t\x12\x10\n\x08node_uri\x18\x07 \x01(\t\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xaa\x02\n,ProvinceNodeServiceAnswerVerificationRequest\x12\x17\n\x0fverification_id\x18\x01 \x01(\t\x12*\n\x07members\x18\x02 \x03(\x0b\x32\x19.hutong.v1.VerifiedMember\x12*\n\x0citem_classes\x18\x03 \x03(\x0e\x32\x14.hutong.v1.ItemClass\x12#\n\x07purpose\x18\x04 \x01(\x0e\x32\x12.hutong.v1.Purpose\x12#\n\x07\x63onsent\x18\x05 \x01(\x0b\x32\x12.hutong.v1.Consent\x12\'\n\trequester\x18\x06 \x01(\x0b\x32\x14.hutong.v1.Requester\x12\x16\n\x0ehub_request_id\x18\x07 \x01(\t\"n\n-ProvinceNodeServiceAnswerVerificationResponse\x12*\n\x05items\x18\x01 \x03(\x0b\x32\x1b.hutong.v1.VerificationItem\x12\x11\n\tanswer_id\x18\x02 \x01(\t2\xa6\x02\n\x13ProvinceNodeService\x12\x84\x01\n\x11\x46\x65tchRecordDetail\x12\x36.hutong.v1.ProvinceNodeServiceFetchRecordDetailRequest\x1a\x37.hutong.v1.ProvinceNodeServiceFetchRecordDetailResponse\x12\x87\x01\n\x12\x41nswerVerification\x12\x37.hutong.v1.ProvinceNodeServiceAnswerVerificationRequest\x1a\x38.hutong.v1.ProvinceNodeServiceAnswerVerificationResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,18 +36,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RECORDDETAIL_ATTRIBUTESENTRY']._loaded_options = None
   _globals['_RECORDDETAIL_ATTRIBUTESENTRY']._serialized_options = b'8\001'
-  _globals['_REQUESTER']._serialized_start=92
-  _globals['_REQUESTER']._serialized_end=144
-  _globals['_PROVINCENODESERVICEFETCHRECORDDETAILREQUEST']._serialized_start=147
-  _globals['_PROVINCENODESERVICEFETCHRECORDDETAILREQUEST']._serialized_end=313
-  _globals['_PROVINCENODESERVICEFETCHRECORDDETAILRESPONSE']._serialized_start=315
-  _globals['_PROVINCENODESERVICEFETCHRECORDDETAILRESPONSE']._serialized_end=402
-  _globals['_RECORDSOURCE']._serialized_start=404
-  _globals['_RECORDSOURCE']._serialized_end=450
-  _globals['_RECORDDETAIL']._serialized_start=453
-  _globals['_RECORDDETAIL']._serialized_end=777
-  _globals['_RECORDDETAIL_ATTRIBUTESENTRY']._serialized_start=728
-  _globals['_RECORDDETAIL_ATTRIBUTESENTRY']._serialized_end=777
-  _globals['_PROVINCENODESERVICE']._serialized_start=780
-  _globals['_PROVINCENODESERVICE']._serialized_end=936
+  _globals['_REQUESTER']._serialized_start=122
+  _globals['_REQUESTER']._serialized_end=174
+  _globals['_PROVINCENODESERVICEFETCHRECORDDETAILREQUEST']._serialized_start=177
+  _globals['_PROVINCENODESERVICEFETCHRECORDDETAILREQUEST']._serialized_end=343
+  _globals['_PROVINCENODESERVICEFETCHRECORDDETAILRESPONSE']._serialized_start=345
+  _globals['_PROVINCENODESERVICEFETCHRECORDDETAILRESPONSE']._serialized_end=432
+  _globals['_RECORDSOURCE']._serialized_start=434
+  _globals['_RECORDSOURCE']._serialized_end=480
+  _globals['_RECORDDETAIL']._serialized_start=483
+  _globals['_RECORDDETAIL']._serialized_end=807
+  _globals['_RECORDDETAIL_ATTRIBUTESENTRY']._serialized_start=758
+  _globals['_RECORDDETAIL_ATTRIBUTESENTRY']._serialized_end=807
+  _globals['_PROVINCENODESERVICEANSWERVERIFICATIONREQUEST']._serialized_start=810
+  _globals['_PROVINCENODESERVICEANSWERVERIFICATIONREQUEST']._serialized_end=1108
+  _globals['_PROVINCENODESERVICEANSWERVERIFICATIONRESPONSE']._serialized_start=1110
+  _globals['_PROVINCENODESERVICEANSWERVERIFICATIONRESPONSE']._serialized_end=1220
+  _globals['_PROVINCENODESERVICE']._serialized_start=1223
+  _globals['_PROVINCENODESERVICE']._serialized_end=1517
 # @@protoc_insertion_point(module_scope)

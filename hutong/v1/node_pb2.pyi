@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from hutong.v1 import person_pb2 as _person_pb2
+from hutong.v1 import verification_pb2 as _verification_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -213,3 +214,85 @@ class RecordDetail(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RecordDetail: _TypeAlias = RecordDetail  # noqa: Y015
+
+@_typing.final
+class ProvinceNodeServiceAnswerVerificationRequest(_message.Message):
+    """The hub's question to a source about a household under verification."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERIFICATION_ID_FIELD_NUMBER: _builtins.int
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    ITEM_CLASSES_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    CONSENT_FIELD_NUMBER: _builtins.int
+    REQUESTER_FIELD_NUMBER: _builtins.int
+    HUB_REQUEST_ID_FIELD_NUMBER: _builtins.int
+    verification_id: _builtins.str
+    """The hub's id of the verification."""
+    purpose: _person_pb2.Purpose.ValueType
+    """Why the requesting province verifies."""
+    hub_request_id: _builtins.str
+    """The request id of this leg at the hub, so that the entries of both exchange logs can be matched."""
+    @_builtins.property
+    def members(self) -> _containers.RepeatedCompositeFieldContainer[_verification_pb2.VerifiedMember]:
+        """The household's members, in the order of the original request (items name them by index)."""
+
+    @_builtins.property
+    def item_classes(self) -> _containers.RepeatedScalarFieldContainer[_verification_pb2.ItemClass.ValueType]:
+        """The classes asked for; answer only these."""
+
+    @_builtins.property
+    def consent(self) -> _verification_pb2.Consent:
+        """The household's consent, as the requesting province gave it; the hub checked its validity."""
+
+    @_builtins.property
+    def requester(self) -> Global___Requester:
+        """The node that asked the hub; recorded in the answering node's exchange log."""
+
+    def __init__(
+        self,
+        *,
+        verification_id: _builtins.str = ...,
+        members: _abc.Iterable[_verification_pb2.VerifiedMember] | None = ...,
+        item_classes: _abc.Iterable[_verification_pb2.ItemClass.ValueType] | None = ...,
+        purpose: _person_pb2.Purpose.ValueType = ...,
+        consent: _verification_pb2.Consent | None = ...,
+        requester: Global___Requester | None = ...,
+        hub_request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["consent", b"consent", "requester", b"requester"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consent", b"consent", "hub_request_id", b"hub_request_id", "item_classes", b"item_classes", "members", b"members", "purpose", b"purpose", "requester", b"requester", "verification_id", b"verification_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProvinceNodeServiceAnswerVerificationRequest: _TypeAlias = ProvinceNodeServiceAnswerVerificationRequest  # noqa: Y015
+
+@_typing.final
+class ProvinceNodeServiceAnswerVerificationResponse(_message.Message):
+    """A source's answer: what it holds of the classes asked for, about the members."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    ANSWER_ID_FIELD_NUMBER: _builtins.int
+    answer_id: _builtins.str
+    """The source's own id of this answer (its exchange-log request id)."""
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[_verification_pb2.VerificationItem]:
+        """The items (source_uri is set by the hub); empty when the source holds nothing about the members."""
+
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[_verification_pb2.VerificationItem] | None = ...,
+        answer_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer_id", b"answer_id", "items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProvinceNodeServiceAnswerVerificationResponse: _TypeAlias = ProvinceNodeServiceAnswerVerificationResponse  # noqa: Y015

@@ -47,6 +47,11 @@ class ProvinceNodeServiceStub:
                 request_serializer=hutong_dot_v1_dot_node__pb2.ProvinceNodeServiceFetchRecordDetailRequest.SerializeToString,
                 response_deserializer=hutong_dot_v1_dot_node__pb2.ProvinceNodeServiceFetchRecordDetailResponse.FromString,
                 _registered_method=True)
+        self.AnswerVerification = channel.unary_unary(
+                '/hutong.v1.ProvinceNodeService/AnswerVerification',
+                request_serializer=hutong_dot_v1_dot_node__pb2.ProvinceNodeServiceAnswerVerificationRequest.SerializeToString,
+                response_deserializer=hutong_dot_v1_dot_node__pb2.ProvinceNodeServiceAnswerVerificationResponse.FromString,
+                _registered_method=True)
 
 
 class ProvinceNodeServiceServicer:
@@ -67,6 +72,15 @@ class ProvinceNodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AnswerVerification(self, request, context):
+        """Answers this source's part of a household verification from its own data: only the item classes asked for,
+        each item marked with its sensitivity. Refuses (PERMISSION_DENIED) a purpose it does not serve and
+        (FAILED_PRECONDITION) a consent it does not accept.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ProvinceNodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -74,6 +88,11 @@ def add_ProvinceNodeServiceServicer_to_server(servicer, server):
                     servicer.FetchRecordDetail,
                     request_deserializer=hutong_dot_v1_dot_node__pb2.ProvinceNodeServiceFetchRecordDetailRequest.FromString,
                     response_serializer=hutong_dot_v1_dot_node__pb2.ProvinceNodeServiceFetchRecordDetailResponse.SerializeToString,
+            ),
+            'AnswerVerification': grpc.unary_unary_rpc_method_handler(
+                    servicer.AnswerVerification,
+                    request_deserializer=hutong_dot_v1_dot_node__pb2.ProvinceNodeServiceAnswerVerificationRequest.FromString,
+                    response_serializer=hutong_dot_v1_dot_node__pb2.ProvinceNodeServiceAnswerVerificationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -111,6 +130,33 @@ class ProvinceNodeService:
             '/hutong.v1.ProvinceNodeService/FetchRecordDetail',
             hutong_dot_v1_dot_node__pb2.ProvinceNodeServiceFetchRecordDetailRequest.SerializeToString,
             hutong_dot_v1_dot_node__pb2.ProvinceNodeServiceFetchRecordDetailResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AnswerVerification(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hutong.v1.ProvinceNodeService/AnswerVerification',
+            hutong_dot_v1_dot_node__pb2.ProvinceNodeServiceAnswerVerificationRequest.SerializeToString,
+            hutong_dot_v1_dot_node__pb2.ProvinceNodeServiceAnswerVerificationResponse.FromString,
             options,
             channel_credentials,
             insecure,

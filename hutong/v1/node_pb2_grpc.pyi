@@ -43,6 +43,11 @@ class ProvinceNodeServiceStub:
     def __new__(cls, channel: _aio.Channel) -> ProvinceNodeServiceAsyncStub: ...
     FetchRecordDetail: _grpc.UnaryUnaryMultiCallable[_node_pb2.ProvinceNodeServiceFetchRecordDetailRequest, _node_pb2.ProvinceNodeServiceFetchRecordDetailResponse]
     """Returns one record as the province holds it, with the fields the stated purpose does not allow left empty."""
+    AnswerVerification: _grpc.UnaryUnaryMultiCallable[_node_pb2.ProvinceNodeServiceAnswerVerificationRequest, _node_pb2.ProvinceNodeServiceAnswerVerificationResponse]
+    """Answers this source's part of a household verification from its own data: only the item classes asked for,
+    each item marked with its sensitivity. Refuses (PERMISSION_DENIED) a purpose it does not serve and
+    (FAILED_PRECONDITION) a consent it does not accept.
+    """
 
 @_typing.type_check_only
 class ProvinceNodeServiceAsyncStub(ProvinceNodeServiceStub):
@@ -59,6 +64,11 @@ class ProvinceNodeServiceAsyncStub(ProvinceNodeServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     FetchRecordDetail: _aio.UnaryUnaryMultiCallable[_node_pb2.ProvinceNodeServiceFetchRecordDetailRequest, _node_pb2.ProvinceNodeServiceFetchRecordDetailResponse]  # type: ignore[assignment]
     """Returns one record as the province holds it, with the fields the stated purpose does not allow left empty."""
+    AnswerVerification: _aio.UnaryUnaryMultiCallable[_node_pb2.ProvinceNodeServiceAnswerVerificationRequest, _node_pb2.ProvinceNodeServiceAnswerVerificationResponse]  # type: ignore[assignment]
+    """Answers this source's part of a household verification from its own data: only the item classes asked for,
+    each item marked with its sensitivity. Refuses (PERMISSION_DENIED) a purpose it does not serve and
+    (FAILED_PRECONDITION) a consent it does not accept.
+    """
 
 class ProvinceNodeServiceServicer(metaclass=_abc_1.ABCMeta):
     """Served by province nodes and called only by the ministry hub: the record details the ministry does not store.
@@ -78,5 +88,16 @@ class ProvinceNodeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_node_pb2.ProvinceNodeServiceFetchRecordDetailResponse, _abc.Awaitable[_node_pb2.ProvinceNodeServiceFetchRecordDetailResponse]]:
         """Returns one record as the province holds it, with the fields the stated purpose does not allow left empty."""
+
+    @_abc_1.abstractmethod
+    def AnswerVerification(
+        self,
+        request: _node_pb2.ProvinceNodeServiceAnswerVerificationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_pb2.ProvinceNodeServiceAnswerVerificationResponse, _abc.Awaitable[_node_pb2.ProvinceNodeServiceAnswerVerificationResponse]]:
+        """Answers this source's part of a household verification from its own data: only the item classes asked for,
+        each item marked with its sensitivity. Refuses (PERMISSION_DENIED) a purpose it does not serve and
+        (FAILED_PRECONDITION) a consent it does not accept.
+        """
 
 def add_ProvinceNodeServiceServicer_to_server(servicer: ProvinceNodeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -47,6 +47,10 @@ class _EventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventKind.V
     """A reviewer decided a possible link between this province's record and another's (the linkage review queue):
     linked as one person, or kept apart.
     """
+    EVENT_KIND_VERIFICATION_COMPLETED: _EventKind.ValueType  # 8
+    """A household verification this province asked for is complete: read its report with
+    VerificationService.GetVerification (verification_id).
+    """
 
 class EventKind(_EventKind, metaclass=_EventKindEnumTypeWrapper):
     """What an event is about."""
@@ -70,6 +74,10 @@ EVENT_KIND_OVERDUE: EventKind.ValueType  # 6
 EVENT_KIND_REVIEW_DECISION: EventKind.ValueType  # 7
 """A reviewer decided a possible link between this province's record and another's (the linkage review queue):
 linked as one person, or kept apart.
+"""
+EVENT_KIND_VERIFICATION_COMPLETED: EventKind.ValueType  # 8
+"""A household verification this province asked for is complete: read its report with
+VerificationService.GetVerification (verification_id).
 """
 Global___EventKind: _TypeAlias = EventKind  # noqa: Y015
 
@@ -205,6 +213,7 @@ class Event(_message.Message):
     HOUSEHOLD_ID_FIELD_NUMBER: _builtins.int
     SUMMARY_FIELD_NUMBER: _builtins.int
     OVERDUE_EVENT_ID_FIELD_NUMBER: _builtins.int
+    VERIFICATION_ID_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """The event's id: the same on every delivery; the idempotency key for the province's system."""
     sequence: _builtins.int
@@ -223,6 +232,8 @@ class Event(_message.Message):
     """A one-line summary for people."""
     overdue_event_id: _builtins.str
     """For an overdue event: the event_id of the event that is overdue."""
+    verification_id: _builtins.str
+    """For a verification-completed event: the verification's id."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When the hub raised it."""
@@ -260,10 +271,11 @@ class Event(_message.Message):
         household_id: _builtins.str = ...,
         summary: _builtins.str = ...,
         overdue_event_id: _builtins.str = ...,
+        verification_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "respond_by", b"respond_by", "signal", b"signal"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "event_id", b"event_id", "finding_id", b"finding_id", "household_id", b"household_id", "kind", b"kind", "other_province_codes", b"other_province_codes", "overdue_event_id", b"overdue_event_id", "program", b"program", "record_ids", b"record_ids", "respond_by", b"respond_by", "rule_id", b"rule_id", "sequence", b"sequence", "signal", b"signal", "summary", b"summary"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "event_id", b"event_id", "finding_id", b"finding_id", "household_id", b"household_id", "kind", b"kind", "other_province_codes", b"other_province_codes", "overdue_event_id", b"overdue_event_id", "program", b"program", "record_ids", b"record_ids", "respond_by", b"respond_by", "rule_id", b"rule_id", "sequence", b"sequence", "signal", b"signal", "summary", b"summary", "verification_id", b"verification_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

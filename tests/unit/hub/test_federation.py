@@ -53,6 +53,24 @@ def test_a_directory_file_lists_each_node_with_its_province_and_address(tmp_path
     assert directory.for_province("410000") == ()
 
 
+def test_department_sources_answer_verifications_but_hold_no_records() -> None:
+    vehicles = "hutong://province/440000/node/gd-vehicles"
+    directory = parse_node_directory(
+        {
+            "nodes": {
+                GZ: {"address": "a:1"},
+                GZ2: {"address": "b:1"},
+                vehicles: {"address": "c:1", "department": "广东省公安厅 机动车登记"},
+                CD: {"address": "d:1"},
+            }
+        }
+    )
+    assert [n.uri for n in directory.for_province("440000")] == [GZ, GZ2]  # record details: not the department
+    # A verification asks one node per province and every department source.
+    assert [n.uri for n in directory.verification_sources()] == [GZ, CD, vehicles]
+    assert directory.verification_sources()[-1].department == "广东省公安厅 机动车登记"
+
+
 @pytest.mark.parametrize(
     ("document", "field"),
     [
@@ -69,6 +87,8 @@ def test_a_directory_file_lists_each_node_with_its_province_and_address(tmp_path
         ({"nodes": {GZ: {"address": "h:1", "server_name": ""}}}, f'nodes."{GZ}".server_name'),
         ({"nodes": {GZ: {"address": "h:1", "port": 1}}}, f'nodes."{GZ}".port'),
         ({"nodes": {GZ: {"address": "h:1"}, CD: {"address": "h:1"}}}, f'nodes."{CD}".address'),
+        ({"nodes": {GZ: {"address": "h:1", "department": " "}}}, f'nodes."{GZ}".department'),
+        ({"nodes": {GZ: {"address": "h:1", "department": 3}}}, f'nodes."{GZ}".department'),
     ],
 )
 def test_every_mistake_names_its_key(document: dict[str, object], field: str) -> None:

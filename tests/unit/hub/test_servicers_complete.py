@@ -17,6 +17,7 @@ from gateway.hub.loop_service import NotificationServicer, SignalServicer
 from gateway.hub.query_service import AssistanceQueryServicer
 from gateway.hub.records_service import RecordExchangeServicer
 from gateway.hub.server import SCOPES_BY_METHOD
+from gateway.hub.verification import VerificationServicer
 from gateway.node.serve import ProvinceNodeServicer
 from hutong.v1 import (
     audit_pb2,
@@ -35,6 +36,8 @@ from hutong.v1 import (
     records_pb2_grpc,
     signal_pb2,
     signal_pb2_grpc,
+    verification_pb2,
+    verification_pb2_grpc,
 )
 
 CASES = [
@@ -45,6 +48,7 @@ CASES = [
     (LinkageReviewServicer, linkage_pb2_grpc.LinkageReviewServiceServicer, linkage_pb2, "LinkageReviewService"),
     (NotificationServicer, notification_pb2_grpc.NotificationServiceServicer, notification_pb2, "NotificationService"),
     (SignalServicer, signal_pb2_grpc.SignalServiceServicer, signal_pb2, "SignalService"),
+    (VerificationServicer, verification_pb2_grpc.VerificationServiceServicer, verification_pb2, "VerificationService"),
 ]
 
 
