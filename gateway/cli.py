@@ -205,6 +205,21 @@ def _parser() -> argparse.ArgumentParser:
         help="monitoring rules (TOML) evaluated on households as they change; see deploy/monitoring.example.toml "
         "[monitoring.rules]",
     )
+    serve.add_argument(
+        "--tier-rules",
+        type=Path,
+        metavar="FILE",
+        help="tier rules (TOML, deploy/tiers.example.toml): tier every person held and push changes of tier "
+        "[tiers.rules]",
+    )
+    serve.add_argument(
+        "--standards",
+        type=Path,
+        action="append",
+        metavar="FILE",
+        help="local standards published by a province (CSV, deploy/standards.example.csv); repeatable, merged in "
+        "order; needs --tier-rules [tiers.standards]",
+    )
 
     migrate = hub.add_parser(
         "migrate",
@@ -253,6 +268,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_data_dir_or_config(loop)
     loop.add_argument("--json", action="store_true", help="print JSON")
+    tiers = hub.add_parser(
+        "tiers",
+        help="tiered identification: persons per tier per province, with the untiered and totals",
+        description="Reads the hub's database, the one store.url names (default: SQLite in the data directory), "
+        "read-only: a running hub is fine. Tiers are ordered and labelled by the tier rules the decisions were "
+        "made under (kept in the database), else by tiers.rules in --config, else by id; a tier the rules do not "
+        "name (older rules) is shown by id. --json prints [{province, tier, persons}], tier '' for the untiered. "
+        "Exit 0; 3 when there is no hub database or its schema is older than this release (run hutong hub "
+        "migrate).",
+    )
+    _add_data_dir_or_config(tiers)
+    tiers.add_argument("--json", action="store_true", help="print JSON")
     rules_check = hub.add_parser(
         "rules-check",
         help="check a monitoring rules file and print its digest",
@@ -811,6 +838,11 @@ def _dispatch(args: argparse.Namespace) -> int:
             from gateway.hub.ops_commands import hub_config
 
             return hub_loop(hub_config(args.config, data_dir=args.data_dir), as_json=args.json)
+        if args.hub_command == "tiers":
+            from gateway.hub.ops_commands import hub_config
+            from gateway.tier_commands import hub_tiers
+
+            return hub_tiers(hub_config(args.config, data_dir=args.data_dir), as_json=args.json)
         if args.hub_command == "linkage":
             from gateway.linkage_commands import run_linkage
 

@@ -92,6 +92,10 @@ class Section:
         """A required path; a relative one is read from the config file's directory."""
         return self._base / Path(self.text(key)).expanduser()
 
+    def path_of(self, value: str) -> Path:
+        """A path given as a value (of a list key), read from the config file's directory when relative."""
+        return self._base / Path(value).expanduser()
+
     def optional_path(self, key: str) -> Path | None:
         """A path, or None when the key is absent."""
         return self.path(key) if key in self.table else None

@@ -55,5 +55,10 @@ SELECT citus_add_local_table_to_metadata('linkage_events');
 SELECT citus_add_local_table_to_metadata('linkage_event_records');
 -- Household verifications: few, and completed in one transaction with their event (local above).
 SELECT citus_add_local_table_to_metadata('verifications');
+-- Tiers: decided and pushed (events, local) in one transaction; inputs and state are tiny.
+SELECT citus_add_local_table_to_metadata('tiers');
+SELECT citus_add_local_table_to_metadata('tier_dirty');
+SELECT citus_add_local_table_to_metadata('tier_inputs');
+SELECT citus_add_local_table_to_metadata('tier_state');
 
 COMMIT;

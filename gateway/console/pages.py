@@ -1,7 +1,7 @@
 """The console's pages: server-rendered HTML (Jinja2, autoescaped), no scripts.
 
 Every page needs a login (:mod:`gateway.console.auth`); each says which role it needs. The pages
-here show counts by province and node and the CA's certificates, never a person;
+here show counts by province, node and tier and the CA's certificates, never a person;
 :mod:`gateway.console.audit_pages` holds the exchange log and the person page.
 """
 
@@ -12,6 +12,7 @@ import datetime as dt
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -35,6 +36,8 @@ log = structlog.get_logger("hutong.console")
 CHART_HOURS = 72
 #: Days before expiry a certificate counts as expiring soon.
 EXPIRING_DAYS = 30
+#: Colours of the Tiers page's chart (console.css: ``svg.tiers rect.t0`` to ``.t7``); more tiers reuse them.
+TIER_COLOURS = 8
 _ENV = Environment(loader=PackageLoader("gateway.console", "templates"), autoescape=select_autoescape(["html"]))
 _CSP = (
     "default-src 'self'; script-src 'none'; object-src 'none'; base-uri 'none'; "
@@ -54,6 +57,7 @@ def add_pages(app: web.Application, hub: HubServer) -> None:
     app.router.add_get("/", route(hub, _overview, roles=()))
     app.router.add_get("/provinces", route(hub, _provinces, roles=(ADMIN, AUDIT_READ)))
     app.router.add_get("/loop", route(hub, _loop, roles=(ADMIN, AUDIT_READ)))
+    app.router.add_get("/tiers", route(hub, _tiers, roles=(ADMIN, AUDIT_READ)))
     app.router.add_get("/certificates", route(hub, _certificates, roles=(ADMIN, AUDIT_READ)))
     add_audit_pages(app, hub)
     app.router.add_static("/static/", _static_dir(), show_index=False)
@@ -335,6 +339,56 @@ async def _loop(request: web.Request, hub: HubServer, viewer: Viewer) -> web.Res
     return render("loop.html", title="The loop", viewer=viewer, rows=rows)
 
 
+@dataclass(frozen=True, slots=True)
+class _TierColumn:
+    """A tier as the Tiers page shows it."""
+
+    id: str
+    label: str
+    #: The chart's colour class (console.css).
+    colour: str
+    #: False for a tier the rules in force do not name: decided under older rules, shown by id.
+    known: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class _TierRow:
+    province: str
+    #: Persons per column, in the columns' order.
+    persons: tuple[int, ...]
+    total: int
+
+
+async def _tiers(request: web.Request, hub: HubServer, viewer: Viewer) -> web.Response:
+    assert hub.store is not None
+    counts = await hub.store.tier_counts()
+    rules = hub.tier_rules
+    # The rules' tiers in their order, then the tiers only decisions under older rules name, then the untiered.
+    labels = {t.id: t.label for t in rules.tiers} if rules is not None else {}
+    ids = [*labels, *sorted({c.tier for c in counts if c.tier and c.tier not in labels})]
+    columns = [
+        _TierColumn(tier, labels.get(tier, tier), f"t{i % TIER_COLOURS}", known=tier in labels)
+        for i, tier in enumerate(ids)
+    ]
+    columns.append(_TierColumn("", "Untiered", "untiered"))
+    held: dict[str, dict[str, int]] = defaultdict(dict)
+    for c in counts:
+        held[c.province][c.tier] = c.persons
+    rows = [_TierRow(p, tuple(held[p].get(c.id, 0) for c in columns), sum(held[p].values())) for p in sorted(held)]
+    totals = [sum(row.persons[i] for row in rows) for i in range(len(columns))]
+    return render(
+        "tiers.html",
+        title="Tiers",
+        viewer=viewer,
+        rules=rules,
+        columns=columns,
+        rows=rows,
+        totals=totals,
+        total=sum(totals),
+        chart=_tier_chart(rows, columns),
+    )
+
+
 def _time(us: int) -> str:
     return dt.datetime.fromtimestamp(us / 1e6, dt.UTC).strftime("%Y-%m-%d %H:%M") if us else "never"
 
@@ -361,5 +415,41 @@ def _chart(per_hour: list[tuple[str, int, int]], this_hour: int) -> Markup:
             )
     parts.append(f'<text x="0" y="{height + 12}">{escape(_time((first) * 3_600_000_000))}</text>')
     parts.append(f'<text x="{width}" y="{height + 12}" text-anchor="end">now · peak {peak:,}/h</text>')
+    parts.append("</svg>")
+    return Markup("".join(parts))  # noqa: S704 - built from numbers and escaped text only
+
+
+def _tier_chart(rows: list[_TierRow], columns: list[_TierColumn]) -> Markup:
+    """Persons per tier, one horizontal bar per province stacked by tier, then a legend: inline SVG, no script.
+
+    Bars share one scale (the largest province's total), so provinces compare by length.
+    """
+    label_w, bar_w, row_h, bar_h, key_h = 56, 520, 22, 16, 16
+    width = label_w + bar_w + 80
+    peak = max((row.total for row in rows), default=0)
+    legend_y = len(rows) * row_h + 10
+    parts = [
+        f'<svg class="chart tiers" id="tiers-chart" viewBox="0 0 {width} {legend_y + len(columns) * key_h}"'
+        f' role="img" aria-label="persons per tier in each province, largest province {peak}">'
+    ]
+    for i, row in enumerate(rows):
+        y, province = i * row_h, escape(row.province)
+        parts.append(f'<text x="0" y="{y + 12}">{province}</text>')
+        x = float(label_w)
+        for column, n in zip(columns, row.persons, strict=True):
+            if n:
+                w = bar_w * n / peak
+                parts.append(
+                    f'<rect class="{column.colour}" x="{x:.1f}" y="{y}" width="{w:.1f}" height="{bar_h}"'
+                    f' data-province="{province}" data-tier="{escape(column.id)}" data-persons="{n}">'
+                    f"<title>{province} · {escape(column.label)}: {n:,}</title></rect>"
+                )
+                x += w
+        parts.append(f'<text class="total" x="{x + 4:.1f}" y="{y + 12}">{row.total:,}</text>')
+    for j, column in enumerate(columns):
+        y = legend_y + j * key_h
+        key = escape(column.label if column.known else f"{column.id} (older rules)")
+        parts.append(f'<rect class="{column.colour}" x="{label_w}" y="{y}" width="10" height="10"/>')
+        parts.append(f'<text x="{label_w + 16}" y="{y + 9}" data-tier="{escape(column.id)}">{key}</text>')
     parts.append("</svg>")
     return Markup("".join(parts))  # noqa: S704 - built from numbers and escaped text only

@@ -82,6 +82,7 @@ __all__ = [
     "load_tier_rules",
     "parse_tier_rules",
     "reproduce",
+    "rules_from_canonical",
 ]
 
 #: The standard name that reads the urban or the rural dibao line by the household's area.
@@ -731,7 +732,9 @@ def could_change(
 
 def _number(value: Any, key: str) -> Decimal:
     number = Decimal(-1)
-    if isinstance(value, int | float) and not isinstance(value, bool):
+    if isinstance(value, Decimal):  # from a canonical text (TierRules.from_canonical): exact already
+        number = value
+    elif isinstance(value, int | float) and not isinstance(value, bool):
         try:
             number = Decimal(str(value))
         except InvalidOperation:
@@ -806,6 +809,50 @@ def parse_tier_rules(text: str, *, source: str = "tiers") -> TierRules:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source} is not TOML: {exc}", field="tiers") from None
+    return _rules_of(doc, source, text)
+
+
+def rules_from_canonical(text: str) -> TierRules:
+    """The rule set a :meth:`TierRules.canonical` text describes, with the same digest.
+
+    The hub keeps the rule sets decisions were made under by digest (their canonical text), so
+    that the evidence of an old decision still reproduces after the rules changed.
+    """
+    try:
+        data = json.loads(text)
+        doc = {
+            "version": data["version"],
+            "unknown_area": data["unknown_area"],
+            "tiers": [
+                {
+                    "id": t["id"],
+                    "label": t["label"],
+                    **({"description": t["description"]} if t["description"] else {}),
+                    "when": [_canonical_when(w) for w in t["when"]],
+                }
+                for t in data["tiers"]
+            ],
+        }
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"not a canonical tier rule set: {exc}", field="tiers") from None
+    return _rules_of(doc, "canonical tier rules", "")
+
+
+def _canonical_when(w: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in w.items():
+        if value is None or value == [] or value == 0:
+            continue  # canonical() writes every condition; absent ones as null, [] or 0
+        if key in _BOUNDS:
+            out[key] = {"standard": value["standard"], "times": Decimal(value["times"])}
+        elif key == "rigid_expenditure_ratio_at_least":
+            out[key] = Decimal(value)
+        else:
+            out[key] = value
+    return out
+
+
+def _rules_of(doc: Mapping[str, Any], source: str, text: str) -> TierRules:
     for extra in sorted(set(doc) - _TOP_KEYS):
         raise ConfigError(f"unknown key {extra!r} in {source}", field=extra)
     version = _text(doc.get("version"), "version", required=True, limit=64)

@@ -68,6 +68,7 @@ SECTIONS: dict[str, frozenset[str]] = {
     "policy": frozenset({"file"}),
     "federation": frozenset({"node_directory"}),
     "monitoring": frozenset({"rules"}),
+    "tiers": frozenset({"rules", "standards"}),
 }
 
 
@@ -202,6 +203,10 @@ class HubConfig:
     policy: Path | None = None
     node_directory: Path | None = None
     monitoring_rules: Path | None = None
+    #: Tier rules (TOML, deploy/tiers.example.toml); None: the hub does not tier.
+    tier_rules: Path | None = None
+    #: Local standards the provinces publish (CSV, deploy/standards.example.csv), merged in order.
+    standards: tuple[Path, ...] = ()
 
     def with_flags(self, **flags: Any) -> HubConfig:
         """This config with every flag that was given (not None) in place of the file's value."""
@@ -220,6 +225,12 @@ class HubConfig:
         ):
             if not ok:
                 raise ConfigError(f"{key} ({flag}) must be {what}", field=key)
+        if self.standards and self.tier_rules is None:
+            raise ConfigError(
+                "tiers.standards (--standards) are read only for tiering: set tiers.rules (--tier-rules) too",
+                reason="CONFIG_MISSING",
+                field="tiers.rules",
+            )
         return self
 
     def require_data_dir(self) -> Path:
@@ -289,4 +300,6 @@ def load_hub_config(path: str | Path) -> HubConfig:
         policy=s["policy"].optional_path("file"),
         node_directory=s["federation"].optional_path("node_directory"),
         monitoring_rules=s["monitoring"].optional_path("rules"),
+        tier_rules=s["tiers"].optional_path("rules"),
+        standards=tuple(s["tiers"].path_of(name) for name in s["tiers"].texts("standards", ())),
     )

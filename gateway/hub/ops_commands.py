@@ -15,13 +15,15 @@ import argparse
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import structlog
 from rich.console import Console
 from rich.markup import escape
 
 from gateway.audit.archive import hash_function
+from gateway.domain.standards import StandardsRegistry, load_standards
 from gateway.errors import ConfigError
 from gateway.hub import backup as backups
 from gateway.hub.audit import AUDIT_KEY_FILE, AuditKey, default_origin, log_hash_name
@@ -34,6 +36,8 @@ from gateway.store.sql import SqlStore
 from pki import TlsMaterial
 
 __all__ = ["create_key_files", "hub_config", "hub_database", "hub_settings", "hub_store", "run_hub_ops"]
+
+log = structlog.get_logger("hutong.hub")
 
 
 def hub_config(config: Path | None, **flags: object) -> HubConfig:
@@ -58,6 +62,7 @@ def _tls(config: HubConfig) -> TlsMaterial:
 def hub_settings(config: HubConfig) -> HubSettings:
     """Everything ``hutong hub serve`` runs with: certificates, policy, directory and rules read and checked."""
     from gateway.domain.monitoring import load_rules
+    from gateway.domain.tiers import load_tier_rules
     from gateway.hub.federation import load_node_directory
 
     data_dir = config.require_data_dir()
@@ -81,8 +86,28 @@ def hub_settings(config: HubConfig) -> HubSettings:
         checkpoint_seconds=config.checkpoint_seconds,
         node_directory=load_node_directory(config.node_directory) if config.node_directory else None,
         monitoring_rules=load_rules(config.monitoring_rules) if config.monitoring_rules else None,
+        tier_rules=load_tier_rules(config.tier_rules) if config.tier_rules else None,
+        standards=_standards(config.standards) if config.tier_rules else None,
         prepare_workers=-1 if config.prepare_workers is None else config.prepare_workers,
     )
+
+
+def _standards(paths: Sequence[Path]) -> StandardsRegistry:
+    """The registry of the standards files, in order; rejected rows are logged with their lines, not fatal."""
+    files = []
+    for path in paths:
+        loaded = load_standards(path)
+        for row in loaded.rejected:
+            log.warning("standards_row_rejected", file=str(path), line=row.line, reason=row.reason, detail=row.message)
+        log.info(
+            "standards_loaded",
+            file=str(path),
+            rows=loaded.rows_read,
+            loaded=loaded.loaded,
+            rejected=len(loaded.rejected),
+        )
+        files.append(loaded)
+    return StandardsRegistry.from_files(*files)
 
 
 def run_hub_ops(args: argparse.Namespace) -> int:
@@ -111,6 +136,8 @@ def run_hub_ops(args: argparse.Namespace) -> int:
             policy=args.policy,
             node_directory=args.node_directory,
             monitoring_rules=args.monitoring_rules,
+            tier_rules=args.tier_rules,
+            standards=tuple(args.standards) if args.standards else None,
         )
         asyncio.run(serve_forever(hub_settings(config), port_file=config.port_file))
         return 0

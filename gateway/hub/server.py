@@ -30,6 +30,8 @@ from gateway.domain.access import AccessPolicy
 from gateway.domain.linkage import LinkSettings
 from gateway.domain.monitoring import MonitoringRules
 from gateway.domain.protection import FieldSealer, PersonKeyer
+from gateway.domain.standards import StandardsRegistry
+from gateway.domain.tiers import TierRules
 from gateway.domain.verification import CONSENT_VALID_DAYS
 from gateway.errors import ConfigError
 from gateway.hub.audit import AuditKey, AuditRecorder, default_origin, log_hash_name
@@ -47,6 +49,7 @@ from gateway.hub.preparation import BatchPreparer
 from gateway.hub.query_service import AssistanceQueryServicer
 from gateway.hub.records_service import MAX_BATCH_ITEMS, RecordExchangeServicer, raw_sync_handler
 from gateway.hub.revocation import RevocationList
+from gateway.hub.tiering import Tierer
 from gateway.hub.tokens import TokenKeys, TokenService
 from gateway.hub.verification import VerificationServicer, Verifier
 from gateway.serving import serve_until_signalled
@@ -195,6 +198,12 @@ class HubSettings:
     escalate_seconds: float = 60.0
     #: Monitoring rules evaluated on households as they change (``--monitoring-rules``); None: none.
     monitoring_rules: MonitoringRules | None = None
+    #: Tier rules (gateway.domain.tiers); None: the hub does not tier persons.
+    tier_rules: TierRules | None = None
+    #: The local standards the tier rules read; None: an empty registry (income conditions do not hold).
+    standards: StandardsRegistry | None = None
+    #: Seconds between rounds of tier decisions for persons whose inputs changed.
+    tier_seconds: float = 5.0
     #: Identity linkage's thresholds: link at or above ``link_threshold`` (0.99), review from
     #: ``review_threshold`` (0.5).
     linkage: LinkSettings = field(default_factory=LinkSettings)
@@ -257,6 +266,9 @@ class HubServer:
         self.details: DetailFetcher | None = None
         #: Household verifications (gateway.hub.verification), once started.
         self.verifier: Verifier | None = None
+        #: Tiered identification (gateway.hub.tiering), when the hub runs with tier rules.
+        self.tierer: Tierer | None = None
+        self.tier_rules: TierRules | None = None
         self._notifications: NotificationServicer | None = None
         self._escalation: asyncio.Task[None] | None = None
         self._health_server: grpc.aio.Server | None = None
@@ -295,6 +307,12 @@ class HubServer:
         self.audit_monitor.start(s.audit_verify_seconds)
         if s.monitoring_rules is not None:
             await self._load_rules(s.monitoring_rules)
+        self.tier_rules = s.tier_rules
+        if s.tier_rules is not None:
+            self.tierer = Tierer(
+                self.store, s.tier_rules, s.standards or StandardsRegistry(), self.audit, interval=s.tier_seconds
+            )
+            await self.tierer.start()
         self.keyer = keyer = PersonKeyer(keys.person_key_secret, suite=keys.suite)
         # Identity linkage: the model and the warm index, before the first batch (README, "Identity linkage").
         ledger = LinkageLedger(keyer, FieldSealer(keys), s.linkage, train_min_records=s.linkage_train_min_records)
@@ -447,6 +465,8 @@ class HubServer:
         self._server = None
         if self.verifier is not None:
             await self.verifier.stop()
+        if self.tierer is not None:
+            await self.tierer.stop()
         if self.details is not None:
             await self.details.close()
         if self._preparer is not None:

@@ -41,7 +41,7 @@ from gateway.domain.model import Outcome, Program
 from gateway.domain.policy import EXCLUSIVE_PROGRAMS, duplicate_programs
 from gateway.domain.records import PreparedBatch, Rejection, Retirement, decide_outcome
 from gateway.errors import FailedPrecondition, StoreError, StoreUnavailable
-from gateway.store import verifications
+from gateway.store import tiers, verifications
 from gateway.store.base import (
     AuditFilter,
     BatchAck,
@@ -77,6 +77,7 @@ from gateway.store.sqlite_loop import (
     ReportResult,
     SignalOutcome,
 )
+from gateway.store.tiers import TierCount
 from gateway.store.verifications import StoredVerification
 
 __all__ = ["NodeTotals", "SqlStore", "finding_id"]
@@ -229,6 +230,8 @@ class SqlStore:
         self.readers = readers
         self._ledger = AuditLedger(audit_hash)
         self.loop = LoopLedger()
+        #: Whether the hub tiers persons (gateway.hub.tiering): changes then mark whom to decide again.
+        self.tiering = False
         self._audit_executor: ThreadPoolExecutor | None = None
         self._audit_reader: Connection | None = None
         self._read_executor: ThreadPoolExecutor | None = None
@@ -530,6 +533,11 @@ class SqlStore:
             changed.update(h.household_id for h in batch.households if h_outcomes[h.position] in _WRITTEN)
             if changed:
                 self.loop.monitor(con, province, sorted(changed), now)
+        if self.tiering:
+            # Tiers look at households' income and members too: their members are decided again.
+            households = [h.household_id for h in batch.households if h_outcomes[h.position] in _WRITTEN]
+            if households:
+                tiers.mark_households(con, province, households, now)
 
         rejections.sort(key=lambda x: x.index)
         h_rejections.sort(key=lambda x: x.index)
@@ -625,7 +633,7 @@ class SqlStore:
             con.executemany(_UPSERT_HOUSEHOLD, rows)
 
     def _refresh_findings(self, con: Connection, province: str, person_keys: Iterable[bytes], now: int) -> None:
-        """Re-evaluate duplicate enrollments of the given persons and record what changed.
+        """Re-evaluate duplicate enrollments of the given persons and record what changed (and mark their tiers).
 
         ``province`` is the one whose records changed. Most persons are held by one province
         only; SQL narrows the work to those with an exclusive programme active in another
@@ -633,6 +641,8 @@ class SqlStore:
         every record of the batch.
         """
         keys = list(person_keys)
+        if self.tiering:
+            tiers.mark_dirty(con, keys, now)
         candidates: set[bytes] = set()
         for chunk in _chunks(keys):
             where, args = _in(self.engine, "person_key", chunk)
@@ -938,6 +948,108 @@ class SqlStore:
             ),
         )  # fmt: skip
         return result
+
+    # -- tiers (gateway.store.tiers) ----------------------------------------------------------------
+
+    async def tier_counts(self) -> list[TierCount]:
+        """Persons per province and tier (the untiered as tier ''), in order."""
+        return await self._read(tiers.tier_counts)
+
+    async def tier_of(self, person_key: bytes) -> tiers.StoredTier | None:
+        """A person's stored tier decision (its evidence reproduces it)."""
+        return (await self._read(tiers.current, [person_key])).get(person_key)
+
+    async def tier_inputs_loaded(
+        self, *, rules: tuple[bytes, str, str], standards: tuple[bytes, str]
+    ) -> tuple[tuple[bytes, bytes, str] | None, str | None, bool, bool]:
+        """Keep the rule set and registry the hub runs with, by digest.
+
+        ``rules`` is (digest, version, canonical text), ``standards`` (digest, canonical text). Returns
+        the state before (the digests and day decisions were made under), the text of its registry,
+        and whether the rules and the registry are new to this database.
+        """
+
+        def load(con: Connection) -> tuple[tuple[bytes, bytes, str] | None, str | None, bool, bool]:
+            now = _now_us()
+            before = tiers.state(con)
+            old_text = tiers.inputs_of(con, before[1]) if before is not None else None
+            rules_new = tiers.record_inputs(
+                con, digest=rules[0], kind="rules", version=rules[1], text=rules[2], now=now
+            )
+            standards_new = tiers.record_inputs(
+                con, digest=standards[0], kind="standards", version="", text=standards[1], now=now
+            )
+            return before, old_text, rules_new, standards_new
+
+        result: tuple[tuple[bytes, bytes, str] | None, str | None, bool, bool] = await self._write(load)
+        return result
+
+    async def tier_remark(
+        self, *, everyone: bool, prefixes: Iterable[str], rules_digest: bytes, standards_digest: bytes, day: str
+    ) -> None:
+        """Mark everyone, or the residents under ``prefixes``, and record what decisions are now made under."""
+
+        def remark(con: Connection) -> None:
+            now = _now_us()
+            if everyone:
+                tiers.mark_all(con, now)
+            else:
+                tiers.mark_residences(con, prefixes, now)
+            tiers.set_state(con, rules_digest, standards_digest, day)
+
+        await self._write(remark)
+
+    async def tier_work(
+        self, limit: int
+    ) -> tuple[list[tuple[bytes, int]], dict[bytes, tiers.PersonInputs], dict[bytes, tiers.StoredTier]]:
+        """Up to ``limit`` persons marked for a decision, with their inputs and stored decisions."""
+
+        def read(
+            con: Connection,
+        ) -> tuple[list[tuple[bytes, int]], dict[bytes, tiers.PersonInputs], dict[bytes, tiers.StoredTier]]:
+            marks = tiers.take_dirty(con, limit)
+            keys = [k for k, _ in marks]
+            return marks, tiers.person_inputs(con, keys), tiers.current(con, keys)
+
+        return await self._read(read)
+
+    async def tier_decided(
+        self,
+        marks: Sequence[tuple[bytes, int]],
+        decisions: Sequence[tiers.Decided],
+        forgotten: Sequence[bytes],
+        *,
+        rules_digest: bytes,
+        standards_digest: bytes,
+        day: str,
+    ) -> None:
+        """Store decisions, tell provinces of changed tiers, forget persons no longer held; unmark (one transaction)."""
+
+        def write(con: Connection) -> None:
+            now = _now_us()
+            for d in decisions:
+                tiers.write_decision(
+                    con, decided=d, rules_digest=rules_digest, standards_digest=standards_digest, day=day, now=now
+                )
+                if d.changed:
+                    for province, record_ids in sorted(d.records.items()):
+                        self.loop.push(
+                            con,
+                            province=province,
+                            kind=EVENT_KINDS["tier_changed"],
+                            subject=f"tier:{d.person_key.hex()}:{d.evidence_digest.hex()[:24]}",
+                            fields={
+                                "tier": d.tier,
+                                "previousTier": d.previous_tier,
+                                "recordIds": record_ids,
+                                "summary": d.summary,
+                            },
+                            now=now,
+                        )
+            tiers.forget(con, forgotten)
+            tiers.done(con, marks)
+
+        await self._write(write)
 
     # -- verifications (gateway.store.verifications) ------------------------------------------------
 

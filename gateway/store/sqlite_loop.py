@@ -44,6 +44,7 @@ EVENT_KINDS = {
     "overdue": 6,
     "review_decision": 7,
     "verification_completed": 8,
+    "tier_changed": 9,
 }
 _KIND_NAMES = {number: name for name, number in EVENT_KINDS.items()}
 _DAY_US = 86_400_000_000
@@ -62,6 +63,8 @@ class Deadlines:
     review_decision: int = 30
     #: None: nothing to report back (the province reads the report); never overdue.
     verification_completed: int | None = None
+    #: None: the province is told; the help it gives follows its own procedures.
+    tier_changed: int | None = None
 
     def respond_by(self, kind: int, now_us: int) -> int:
         """When an event of ``kind`` raised now is due; 0 when no outcome is expected."""

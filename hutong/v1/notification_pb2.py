@@ -26,35 +26,35 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from hutong.v1 import person_pb2 as hutong_dot_v1_dot_person__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1chutong/v1/notification.proto\x12\thutong.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16hutong/v1/person.proto\"\xbd\x01\n\nRiskSignal\x12\x11\n\tsignal_id\x18\x01 \x01(\t\x12#\n\x04kind\x18\x02 \x01(\x0e\x32\x15.hutong.v1.SignalKind\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x11\n\tid_number\x18\x04 \x01(\t\x12\x0c\n\x04name\x18\x05 \x01(\t\x12$\n\x0boccurred_on\x18\x06 \x01(\x0b\x32\x0f.hutong.v1.Date\x12\x12\n\namount_fen\x18\x07 \x01(\x03\x12\x0c\n\x04note\x18\x08 \x01(\t\"\xac\x03\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12\"\n\x04kind\x18\x03 \x01(\x0e\x32\x14.hutong.v1.EventKind\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrespond_by\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrecord_ids\x18\x06 \x03(\t\x12#\n\x07program\x18\x07 \x01(\x0e\x32\x12.hutong.v1.Program\x12\x1c\n\x14other_province_codes\x18\x08 \x03(\t\x12\x12\n\nfinding_id\x18\t \x01(\t\x12%\n\x06signal\x18\n \x01(\x0b\x32\x15.hutong.v1.RiskSignal\x12\x0f\n\x07rule_id\x18\x0b \x01(\t\x12\x14\n\x0chousehold_id\x18\x0c \x01(\t\x12\x0f\n\x07summary\x18\r \x01(\t\x12\x18\n\x10overdue_event_id\x18\x0e \x01(\t\x12\x17\n\x0fverification_id\x18\x0f \x01(\t\"\"\n\x10SubscribeRequest\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\t\"4\n\x11SubscribeResponse\x12\x1f\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x10.hutong.v1.Event\"-\n\x18\x41\x63knowledgeEventsRequest\x12\x11\n\tevent_ids\x18\x01 \x03(\t\"F\n\x19\x41\x63knowledgeEventsResponse\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\t\x12\x19\n\x11unknown_event_ids\x18\x02 \x03(\t\"v\n\x14ReportOutcomeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12(\n\x07outcome\x18\x03 \x01(\x0e\x32\x17.hutong.v1.EventOutcome\x12\x0e\n\x06reason\x18\x04 \x01(\t\"j\n\x15ReportOutcomeResponse\x12/\n\x0brecorded_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08replayed\x18\x02 \x01(\x08\x12\x0e\n\x06\x63losed\x18\x03 \x01(\x08*\xb6\x02\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12#\n\x1f\x45VENT_KIND_DUPLICATE_ENROLLMENT\x10\x01\x12*\n&EVENT_KIND_RESIDENT_ENROLLED_ELSEWHERE\x10\x02\x12 \n\x1c\x45VENT_KIND_RETIRED_ELSEWHERE\x10\x03\x12\x1a\n\x16\x45VENT_KIND_RISK_SIGNAL\x10\x04\x12\x1f\n\x1b\x45VENT_KIND_MONITORING_ALERT\x10\x05\x12\x16\n\x12\x45VENT_KIND_OVERDUE\x10\x06\x12\x1e\n\x1a\x45VENT_KIND_REVIEW_DECISION\x10\x07\x12%\n!EVENT_KIND_VERIFICATION_COMPLETED\x10\x08*\x8c\x01\n\x0c\x45ventOutcome\x12\x1d\n\x19\x45VENT_OUTCOME_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x45VENT_OUTCOME_ASSISTED\x10\x01\x12\x1e\n\x1a\x45VENT_OUTCOME_NOT_ELIGIBLE\x10\x02\x12!\n\x1d\x45VENT_OUTCOME_ALREADY_HANDLED\x10\x03*\x9b\x01\n\nSignalKind\x12\x1b\n\x17SIGNAL_KIND_UNSPECIFIED\x10\x00\x12%\n!SIGNAL_KIND_LARGE_MEDICAL_EXPENSE\x10\x01\x12\x18\n\x14SIGNAL_KIND_DISASTER\x10\x02\x12\x18\n\x14SIGNAL_KIND_JOB_LOSS\x10\x03\x12\x15\n\x11SIGNAL_KIND_DEATH\x10\x04\x32\x93\x02\n\x13NotificationService\x12H\n\tSubscribe\x12\x1b.hutong.v1.SubscribeRequest\x1a\x1c.hutong.v1.SubscribeResponse0\x01\x12^\n\x11\x41\x63knowledgeEvents\x12#.hutong.v1.AcknowledgeEventsRequest\x1a$.hutong.v1.AcknowledgeEventsResponse\x12R\n\rReportOutcome\x12\x1f.hutong.v1.ReportOutcomeRequest\x1a .hutong.v1.ReportOutcomeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1chutong/v1/notification.proto\x12\thutong.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16hutong/v1/person.proto\"\xbd\x01\n\nRiskSignal\x12\x11\n\tsignal_id\x18\x01 \x01(\t\x12#\n\x04kind\x18\x02 \x01(\x0e\x32\x15.hutong.v1.SignalKind\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x11\n\tid_number\x18\x04 \x01(\t\x12\x0c\n\x04name\x18\x05 \x01(\t\x12$\n\x0boccurred_on\x18\x06 \x01(\x0b\x32\x0f.hutong.v1.Date\x12\x12\n\namount_fen\x18\x07 \x01(\x03\x12\x0c\n\x04note\x18\x08 \x01(\t\"\xd1\x03\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12\"\n\x04kind\x18\x03 \x01(\x0e\x32\x14.hutong.v1.EventKind\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrespond_by\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrecord_ids\x18\x06 \x03(\t\x12#\n\x07program\x18\x07 \x01(\x0e\x32\x12.hutong.v1.Program\x12\x1c\n\x14other_province_codes\x18\x08 \x03(\t\x12\x12\n\nfinding_id\x18\t \x01(\t\x12%\n\x06signal\x18\n \x01(\x0b\x32\x15.hutong.v1.RiskSignal\x12\x0f\n\x07rule_id\x18\x0b \x01(\t\x12\x14\n\x0chousehold_id\x18\x0c \x01(\t\x12\x0f\n\x07summary\x18\r \x01(\t\x12\x18\n\x10overdue_event_id\x18\x0e \x01(\t\x12\x17\n\x0fverification_id\x18\x0f \x01(\t\x12\x0c\n\x04tier\x18\x10 \x01(\t\x12\x15\n\rprevious_tier\x18\x11 \x01(\t\"\"\n\x10SubscribeRequest\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\t\"4\n\x11SubscribeResponse\x12\x1f\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x10.hutong.v1.Event\"-\n\x18\x41\x63knowledgeEventsRequest\x12\x11\n\tevent_ids\x18\x01 \x03(\t\"F\n\x19\x41\x63knowledgeEventsResponse\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\t\x12\x19\n\x11unknown_event_ids\x18\x02 \x03(\t\"v\n\x14ReportOutcomeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12(\n\x07outcome\x18\x03 \x01(\x0e\x32\x17.hutong.v1.EventOutcome\x12\x0e\n\x06reason\x18\x04 \x01(\t\"j\n\x15ReportOutcomeResponse\x12/\n\x0brecorded_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08replayed\x18\x02 \x01(\x08\x12\x0e\n\x06\x63losed\x18\x03 \x01(\x08*\xd3\x02\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12#\n\x1f\x45VENT_KIND_DUPLICATE_ENROLLMENT\x10\x01\x12*\n&EVENT_KIND_RESIDENT_ENROLLED_ELSEWHERE\x10\x02\x12 \n\x1c\x45VENT_KIND_RETIRED_ELSEWHERE\x10\x03\x12\x1a\n\x16\x45VENT_KIND_RISK_SIGNAL\x10\x04\x12\x1f\n\x1b\x45VENT_KIND_MONITORING_ALERT\x10\x05\x12\x16\n\x12\x45VENT_KIND_OVERDUE\x10\x06\x12\x1e\n\x1a\x45VENT_KIND_REVIEW_DECISION\x10\x07\x12%\n!EVENT_KIND_VERIFICATION_COMPLETED\x10\x08\x12\x1b\n\x17\x45VENT_KIND_TIER_CHANGED\x10\t*\x8c\x01\n\x0c\x45ventOutcome\x12\x1d\n\x19\x45VENT_OUTCOME_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x45VENT_OUTCOME_ASSISTED\x10\x01\x12\x1e\n\x1a\x45VENT_OUTCOME_NOT_ELIGIBLE\x10\x02\x12!\n\x1d\x45VENT_OUTCOME_ALREADY_HANDLED\x10\x03*\x9b\x01\n\nSignalKind\x12\x1b\n\x17SIGNAL_KIND_UNSPECIFIED\x10\x00\x12%\n!SIGNAL_KIND_LARGE_MEDICAL_EXPENSE\x10\x01\x12\x18\n\x14SIGNAL_KIND_DISASTER\x10\x02\x12\x18\n\x14SIGNAL_KIND_JOB_LOSS\x10\x03\x12\x15\n\x11SIGNAL_KIND_DEATH\x10\x04\x32\x93\x02\n\x13NotificationService\x12H\n\tSubscribe\x12\x1b.hutong.v1.SubscribeRequest\x1a\x1c.hutong.v1.SubscribeResponse0\x01\x12^\n\x11\x41\x63knowledgeEvents\x12#.hutong.v1.AcknowledgeEventsRequest\x1a$.hutong.v1.AcknowledgeEventsResponse\x12R\n\rReportOutcome\x12\x1f.hutong.v1.ReportOutcomeRequest\x1a .hutong.v1.ReportOutcomeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'hutong.v1.notification_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EVENTKIND']._serialized_start=1161
-  _globals['_EVENTKIND']._serialized_end=1471
-  _globals['_EVENTOUTCOME']._serialized_start=1474
-  _globals['_EVENTOUTCOME']._serialized_end=1614
-  _globals['_SIGNALKIND']._serialized_start=1617
-  _globals['_SIGNALKIND']._serialized_end=1772
+  _globals['_EVENTKIND']._serialized_start=1198
+  _globals['_EVENTKIND']._serialized_end=1537
+  _globals['_EVENTOUTCOME']._serialized_start=1540
+  _globals['_EVENTOUTCOME']._serialized_end=1680
+  _globals['_SIGNALKIND']._serialized_start=1683
+  _globals['_SIGNALKIND']._serialized_end=1838
   _globals['_RISKSIGNAL']._serialized_start=101
   _globals['_RISKSIGNAL']._serialized_end=290
   _globals['_EVENT']._serialized_start=293
-  _globals['_EVENT']._serialized_end=721
-  _globals['_SUBSCRIBEREQUEST']._serialized_start=723
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=757
-  _globals['_SUBSCRIBERESPONSE']._serialized_start=759
-  _globals['_SUBSCRIBERESPONSE']._serialized_end=811
-  _globals['_ACKNOWLEDGEEVENTSREQUEST']._serialized_start=813
-  _globals['_ACKNOWLEDGEEVENTSREQUEST']._serialized_end=858
-  _globals['_ACKNOWLEDGEEVENTSRESPONSE']._serialized_start=860
-  _globals['_ACKNOWLEDGEEVENTSRESPONSE']._serialized_end=930
-  _globals['_REPORTOUTCOMEREQUEST']._serialized_start=932
-  _globals['_REPORTOUTCOMEREQUEST']._serialized_end=1050
-  _globals['_REPORTOUTCOMERESPONSE']._serialized_start=1052
-  _globals['_REPORTOUTCOMERESPONSE']._serialized_end=1158
-  _globals['_NOTIFICATIONSERVICE']._serialized_start=1775
-  _globals['_NOTIFICATIONSERVICE']._serialized_end=2050
+  _globals['_EVENT']._serialized_end=758
+  _globals['_SUBSCRIBEREQUEST']._serialized_start=760
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=794
+  _globals['_SUBSCRIBERESPONSE']._serialized_start=796
+  _globals['_SUBSCRIBERESPONSE']._serialized_end=848
+  _globals['_ACKNOWLEDGEEVENTSREQUEST']._serialized_start=850
+  _globals['_ACKNOWLEDGEEVENTSREQUEST']._serialized_end=895
+  _globals['_ACKNOWLEDGEEVENTSRESPONSE']._serialized_start=897
+  _globals['_ACKNOWLEDGEEVENTSRESPONSE']._serialized_end=967
+  _globals['_REPORTOUTCOMEREQUEST']._serialized_start=969
+  _globals['_REPORTOUTCOMEREQUEST']._serialized_end=1087
+  _globals['_REPORTOUTCOMERESPONSE']._serialized_start=1089
+  _globals['_REPORTOUTCOMERESPONSE']._serialized_end=1195
+  _globals['_NOTIFICATIONSERVICE']._serialized_start=1841
+  _globals['_NOTIFICATIONSERVICE']._serialized_end=2116
 # @@protoc_insertion_point(module_scope)

@@ -51,6 +51,10 @@ class _EventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventKind.V
     """A household verification this province asked for is complete: read its report with
     VerificationService.GetVerification (verification_id).
     """
+    EVENT_KIND_TIER_CHANGED: _EventKind.ValueType  # 9
+    """A person this province holds moved to another tier of the low-income population (分层分类: core,
+    marginal, rigid expenditure, other monitored), or out of every tier: tier and previous_tier say which.
+    """
 
 class EventKind(_EventKind, metaclass=_EventKindEnumTypeWrapper):
     """What an event is about."""
@@ -78,6 +82,10 @@ linked as one person, or kept apart.
 EVENT_KIND_VERIFICATION_COMPLETED: EventKind.ValueType  # 8
 """A household verification this province asked for is complete: read its report with
 VerificationService.GetVerification (verification_id).
+"""
+EVENT_KIND_TIER_CHANGED: EventKind.ValueType  # 9
+"""A person this province holds moved to another tier of the low-income population (分层分类: core,
+marginal, rigid expenditure, other monitored), or out of every tier: tier and previous_tier say which.
 """
 Global___EventKind: _TypeAlias = EventKind  # noqa: Y015
 
@@ -214,6 +222,8 @@ class Event(_message.Message):
     SUMMARY_FIELD_NUMBER: _builtins.int
     OVERDUE_EVENT_ID_FIELD_NUMBER: _builtins.int
     VERIFICATION_ID_FIELD_NUMBER: _builtins.int
+    TIER_FIELD_NUMBER: _builtins.int
+    PREVIOUS_TIER_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """The event's id: the same on every delivery; the idempotency key for the province's system."""
     sequence: _builtins.int
@@ -234,6 +244,10 @@ class Event(_message.Message):
     """For an overdue event: the event_id of the event that is overdue."""
     verification_id: _builtins.str
     """For a verification-completed event: the verification's id."""
+    tier: _builtins.str
+    """For a tier-changed event: the person's tier now (a tier id of the hub's rules; empty: no tier)."""
+    previous_tier: _builtins.str
+    """For a tier-changed event: the tier before (empty: none, or the person was not tiered yet)."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When the hub raised it."""
@@ -272,10 +286,12 @@ class Event(_message.Message):
         summary: _builtins.str = ...,
         overdue_event_id: _builtins.str = ...,
         verification_id: _builtins.str = ...,
+        tier: _builtins.str = ...,
+        previous_tier: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "respond_by", b"respond_by", "signal", b"signal"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "event_id", b"event_id", "finding_id", b"finding_id", "household_id", b"household_id", "kind", b"kind", "other_province_codes", b"other_province_codes", "overdue_event_id", b"overdue_event_id", "program", b"program", "record_ids", b"record_ids", "respond_by", b"respond_by", "rule_id", b"rule_id", "sequence", b"sequence", "signal", b"signal", "summary", b"summary", "verification_id", b"verification_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "event_id", b"event_id", "finding_id", b"finding_id", "household_id", b"household_id", "kind", b"kind", "other_province_codes", b"other_province_codes", "overdue_event_id", b"overdue_event_id", "previous_tier", b"previous_tier", "program", b"program", "record_ids", b"record_ids", "respond_by", b"respond_by", "rule_id", b"rule_id", "sequence", b"sequence", "signal", b"signal", "summary", b"summary", "tier", b"tier", "verification_id", b"verification_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

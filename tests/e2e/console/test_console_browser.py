@@ -241,6 +241,18 @@ def check_certificates(page: Capture, viewer: Viewer) -> None:
     assert "no-crl" in page["ids"]  # this hub enforces no CRL, and says so
 
 
+def check_tiers(page: Capture, viewer: Viewer) -> None:
+    assert_clean(page)
+    assert page["url"].endswith("/tiers")
+    # This hub runs without tier rules and has decided nothing: the page says how to configure tiering.
+    assert "no-tiers" in page["ids"]
+    assert "This hub does not tier" in page["text"]
+    for needed in ("tiers.rules", "tiers.standards", "--tier-rules", "--standards"):
+        assert needed in page["text"]
+    assert [t["id"] for t in page["tables"]] == []  # nothing counted: no table, no chart
+    assert "tiers-chart" not in page["ids"]
+
+
 PERSON_SEARCH: Sequence[Step] = (
     nav("/person"),
     {"fill": 'input[name="q"]', "value": PERSON},
@@ -256,6 +268,7 @@ TOUR: Sequence[tuple[str, Sequence[Step], Callable[[Capture, Viewer], None]]] = 
     ("person", [*PERSON_SEARCH, {"click": "#look-up"}], check_person),
     ("entry", [{"click": "#person-entries tbody tr:first-child a"}], check_entry),
     ("certificates", [nav("/certificates")], check_certificates),
+    ("tiers", [nav("/tiers")], check_tiers),
     ("audit-status", [{"goto": "/audit/status"}], check_status),  # the Audit page's frame, alone
 )
 

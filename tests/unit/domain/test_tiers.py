@@ -24,6 +24,7 @@ from gateway.domain.tiers import (
     load_tier_rules,
     parse_tier_rules,
     reproduce,
+    rules_from_canonical,
 )
 from gateway.errors import ConfigError, InvalidArgument
 
@@ -469,3 +470,13 @@ def test_the_example_files_load_and_evaluate() -> None:
     assert unknown_area.evidence["standards"]["dibao_rural"]["division"] == "510000"
     assert unknown_area.evidence["assumptions"][0].startswith("area unknown")
     assert reproduce(unknown_area.evidence, rules) == unknown_area
+
+
+def test_a_rule_set_comes_back_from_its_canonical_text_with_the_same_digest() -> None:
+    """The hub keeps old rule sets by their canonical text: old evidence must reproduce under them."""
+    rules = load_tier_rules(DEPLOY / "tiers.example.toml")
+    again = rules_from_canonical(rules.canonical())
+    assert again.digest == rules.digest
+    assert [t.id for t in again.tiers] == [t.id for t in rules.tiers]
+    with pytest.raises(ConfigError):
+        rules_from_canonical('{"version": "x"}')

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 import structlog
 
 from gateway.cli import main
+from gateway.domain.standards import Standard
 from gateway.errors import ConfigError
 from gateway.hub.config import (
     SECTIONS,
@@ -59,6 +61,10 @@ node_directory = "nodes.toml"
 
 [monitoring]
 rules = "monitoring.toml"
+
+[tiers]
+rules = "tiers.toml"
+standards = ["standards/gd.csv", "/abs/ha.csv"]
 """
 
 
@@ -83,6 +89,8 @@ def test_every_key_is_read_and_relative_paths_are_the_config_files(tmp_path: Pat
     assert config.insecure is False
     assert config.prepare_workers == 3
     assert config.ca_registry == Path("/var/lib/hutong-ca/registry.sqlite3")
+    assert config.tier_rules == etc / "tiers.toml"
+    assert config.standards == (etc / "standards" / "gd.csv", Path("/abs/ha.csv"))
     assert (config.cert, config.key, config.ca, config.crl) == (
         etc / "tls" / "hub.pem",
         Path("/abs/hub.key"),
@@ -215,6 +223,29 @@ def test_the_settings_take_every_value_of_the_config(tmp_path: Path, demo_pki: D
     assert hub_settings(HubConfig(data_dir=tmp_path, insecure=True)).prepare_workers == -1
 
 
+def test_the_settings_read_the_tier_rules_and_merge_the_standards_files(tmp_path: Path) -> None:
+    deploy = Path(__file__).resolve().parents[3] / "deploy"
+    extra = tmp_path / "extra.csv"
+    extra.write_text(
+        "division,standard,monthly_yuan,effective_from\n510100,dibao_urban,1000,2026-01-01\nnot,a,row\n",
+        encoding="utf-8",
+    )
+    config = hub_config(
+        None,
+        data_dir=tmp_path,
+        insecure=True,
+        tier_rules=deploy / "tiers.example.toml",
+        standards=(deploy / "standards.example.csv", extra),
+    )
+    settings = hub_settings(config)
+    assert settings.tier_rules is not None
+    assert [t.id for t in settings.tier_rules.tiers] == ["core", "marginal", "rigid_expenditure", "other_monitored"]
+    assert settings.standards is not None
+    chengdu = settings.standards.at("510104", Standard.DIBAO_URBAN, dt.date(2026, 3, 1))
+    assert chengdu is not None
+    assert chengdu.monthly_fen == 100_000  # the later file's row: the bad row beside it was logged, not fatal
+
+
 def test_the_settings_name_the_tls_key_that_is_missing(tmp_path: Path, demo_pki: DemoPki) -> None:
     with pytest.raises(ConfigError) as caught:
         hub_settings(HubConfig(data_dir=tmp_path, cert=demo_pki.hub_cert_path, ca=demo_pki.ca_cert_path))
@@ -284,3 +315,10 @@ def test_every_hub_operations_command_exits_3_naming_a_bad_key(
 def test_serve_without_a_data_dir_exits_3_naming_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["hub", "serve", "--insecure", "--config", str(write(tmp_path, "[hub]\n"))]) == 3
     assert "hub.data_dir" in capsys.readouterr().err
+
+
+def test_standards_without_tier_rules_are_refused_naming_the_key(tmp_path: Path) -> None:
+    config = load_hub_config(write(tmp_path, '[hub]\ndata_dir = "d"\n[tiers]\nstandards = ["s.csv"]\n'))
+    with pytest.raises(ConfigError) as refused:
+        config.checked()
+    assert refused.value.field == "tiers.rules"

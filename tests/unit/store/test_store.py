@@ -504,11 +504,11 @@ async def test_migrations_set_user_version_and_reopen_applies_none_twice(db_path
     for _ in range(2):
         store = SqliteStore(db_path)
         await store.open()
-        assert store.schema_version == 5
+        assert store.schema_version == 6
         await store.close()
     con = sqlite3.connect(db_path)
     try:
-        assert con.execute("PRAGMA user_version").fetchone()[0] == 5
+        assert con.execute("PRAGMA user_version").fetchone()[0] == 6
         assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     finally:
