@@ -280,6 +280,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_data_dir_or_config(tiers)
     tiers.add_argument("--json", action="store_true", help="print JSON")
+    standards = hub.add_parser(
+        "standards",
+        help="check standards files (CSV) as the hub reads them; the values in force at a division on a day",
+        description="Reads each FILE as hutong hub serve --standards does (deploy/standards.example.csv documents the "
+        "columns), prints every rejected row with its line and reason and the merged registry's digest; with "
+        "--division, the dibao (urban, rural) and extreme-poverty standards in force there on --date (default: "
+        "today in China) with the division that set them, and their history. Exit 0 when every row loaded, 4 when "
+        "some were rejected, 3 when a file cannot be read or its header is wrong.",
+    )
+    standards.add_argument("files", nargs="+", type=Path, metavar="FILE", help="standards files, merged in order")
+    standards.add_argument("--division", help="a 6-digit GB/T 2260 county-level code (e.g. 440106)")
+    standards.add_argument("--date", help="YYYY-MM-DD (default: today in China)")
+    standards.add_argument("--json", action="store_true", help="print JSON")
     rules_check = hub.add_parser(
         "rules-check",
         help="check a monitoring rules file and print its digest",
@@ -838,6 +851,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             from gateway.hub.ops_commands import hub_config
 
             return hub_loop(hub_config(args.config, data_dir=args.data_dir), as_json=args.json)
+        if args.hub_command == "standards":
+            from gateway.tier_commands import hub_standards
+
+            return hub_standards(args.files, division=args.division, day=args.date, as_json=args.json)
         if args.hub_command == "tiers":
             from gateway.hub.ops_commands import hub_config
             from gateway.tier_commands import hub_tiers

@@ -1,25 +1,32 @@
-"""``hutong hub tiers``: persons per tier (分层分类) per province, from the shell."""
+"""``hutong hub tiers`` and ``hutong hub standards``: tiers (分层分类) and the standards behind them, from the shell."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Sequence
+from pathlib import Path
 
 from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
+from gateway.domain.divisions import is_known_division
+from gateway.domain.standards import Standard, StandardsRegistry, StandardValue, load_standards
 from gateway.domain.tiers import load_tier_rules
+from gateway.domain.verification import today_in_china
+from gateway.errors import ConfigError
 from gateway.hub.config import HubConfig
 from gateway.hub.ops_commands import hub_database
 from gateway.store import tiers
 from gateway.store.engine import Connection
 from gateway.store.tiers import TierCount
 
-__all__ = ["hub_tiers"]
+__all__ = ["hub_standards", "hub_tiers"]
 
 EXIT_OK = 0
+EXIT_REJECTED = 4
 
 
 def _columns(counts: Sequence[TierCount], rules: Sequence[tuple[str, str]]) -> list[tuple[str, str | None]]:
@@ -105,3 +112,84 @@ def hub_tiers(config: HubConfig, *, as_json: bool = False) -> int:
     if not counts:
         console.print("no tier decisions yet: the hub tiers when tiers.rules and tiers.standards are set in hub.toml")
     return EXIT_OK
+
+
+def hub_standards(paths: Sequence[Path], *, division: str | None, day: str | None, as_json: bool) -> int:
+    """Check standards files as the hub reads them; with ``division``, the values in force there on ``day``.
+
+    Exit 0 when every row loaded, 4 when some were rejected (each printed with its line and reason),
+    3 when a file cannot be read or its header is wrong.
+    """
+    try:
+        when = dt.date.fromisoformat(day) if day else today_in_china()
+    except ValueError:
+        raise ConfigError(f"--date {day!r} is not YYYY-MM-DD", reason="DATE_INVALID", field="date") from None
+    files = [load_standards(path) for path in paths]
+    registry = StandardsRegistry.from_files(*files)
+    rejected = sum(len(f.rejected) for f in files)
+    in_force: dict[str, StandardValue | None] = {}
+    history: dict[str, list[StandardValue]] = {}
+    if division is not None:
+        if not is_known_division(division):
+            raise ConfigError(
+                f"--division {division!r} is not a current GB/T 2260 code", reason="DIVISION_UNKNOWN", field="division"
+            )
+        for standard in Standard:
+            in_force[standard.value] = registry.at(division, standard, when)
+            prefixes = sorted({division[:2] + "0000", division[:4] + "00", division})
+            history[standard.value] = [v for prefix in prefixes for v in registry.history(prefix, standard)]
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "files": [
+                        {
+                            "file": str(path),
+                            "rows": f.rows_read,
+                            "loaded": f.loaded,
+                            "rejected": [
+                                {"line": r.line, "reason": r.reason, "message": r.message} for r in f.rejected
+                            ],
+                        }
+                        for path, f in zip(paths, files, strict=True)
+                    ],
+                    "digest": registry.digest.hex(),
+                    "division": division,
+                    "day": when.isoformat(),
+                    "in_force": {k: v.to_json() if v else None for k, v in in_force.items()},
+                },
+                ensure_ascii=False,
+                indent=2,
+            )
+        )
+        return EXIT_REJECTED if rejected else EXIT_OK
+    console = Console()
+    for path, f in zip(paths, files, strict=True):
+        console.print(f"{path}: {f.rows_read} rows, {f.loaded} loaded, {len(f.rejected)} rejected")
+        for r in f.rejected:
+            console.print(f"  line {r.line}: {r.reason}: {r.message}", markup=False)
+    console.print(f"{len(registry)} values; registry digest sha256:{registry.digest.hex()}")
+    if division is not None:
+        table = Table(title=f"in force at {division} on {when.isoformat()}")
+        for column in ("standard", "monthly (yuan)", "set for", "since", "document"):
+            table.add_column(column)
+        for name, value in in_force.items():
+            if value is None:
+                table.add_row(name, "none", "", "", "")
+            else:
+                table.add_row(
+                    name,
+                    f"{value.monthly_fen / 100:,.2f}",
+                    value.division,
+                    value.effective_from.isoformat(),
+                    value.document,
+                )
+        console.print(table)
+        past = Table(title="history at this division and the divisions above it")
+        for column in ("standard", "division", "since", "monthly (yuan)", "document"):
+            past.add_column(column)
+        for name, values in history.items():
+            for v in values:
+                past.add_row(name, v.division, v.effective_from.isoformat(), f"{v.monthly_fen / 100:,.2f}", v.document)
+        console.print(past)
+    return EXIT_REJECTED if rejected else EXIT_OK

@@ -147,3 +147,37 @@ def test_tiers_refuses_a_directory_without_a_hub_database_and_a_database_of_an_o
     old = run_hutong("hub", "tiers", "--data-dir", str(tmp_path / "old"), "--json", cwd=tmp_path)
     assert old.returncode == 3
     assert "run `hutong hub migrate` first" in old.stderr
+
+
+def test_hub_standards_checks_files_and_answers_what_is_in_force_where_and_when(tmp_path: Path) -> None:
+    example = ROOT / "deploy" / "standards.example.csv"
+    answered = run_hutong(
+        "hub", "standards", str(example), "--division", "440117", "--date", "2026-03-01", "--json", cwd=tmp_path
+    )
+    assert answered.returncode == 0, answered.stderr
+    body = json.loads(answered.stdout)
+    assert body["files"][0]["rejected"] == []
+    # Conghua's own rural line takes effect in July; before, its 2025 transition value is in force.
+    rural = body["in_force"]["dibao_rural"]
+    assert (rural["division"], rural["monthly_fen"]) == ("440117", 118_000)
+    july = run_hutong(
+        "hub", "standards", str(example), "--division", "440117", "--date", "2026-07-01", "--json", cwd=tmp_path
+    )
+    assert json.loads(july.stdout)["in_force"]["dibao_rural"]["monthly_fen"] == 123_000
+    # The city's urban line answers for the county, which publishes none of its own.
+    assert body["in_force"]["dibao_urban"]["division"] == "440100"
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text(
+        "division,standard,monthly_yuan,effective_from\n440106,dibao_urban,abc,2026-01-01\n990000,dibao_urban,1,2026-01-01\n",
+        encoding="utf-8",
+    )
+    rejected = run_hutong("hub", "standards", str(example), str(bad), cwd=tmp_path)
+    assert rejected.returncode == 4
+    assert "line 2: AMOUNT_INVALID" in rejected.stdout
+    assert "line 3: DIVISION" in rejected.stdout
+    unknown = run_hutong("hub", "standards", str(example), "--division", "999999", cwd=tmp_path)
+    assert unknown.returncode == 3
+    assert "DIVISION_UNKNOWN" in unknown.stderr
+    missing = run_hutong("hub", "standards", str(tmp_path / "absent.csv"), cwd=tmp_path)
+    assert missing.returncode == 3
