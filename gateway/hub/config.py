@@ -69,6 +69,7 @@ SECTIONS: dict[str, frozenset[str]] = {
     "federation": frozenset({"node_directory"}),
     "monitoring": frozenset({"rules"}),
     "tiers": frozenset({"rules", "standards"}),
+    "verification": frozenset({"consent_valid_days", "source_seconds"}),
 }
 
 
@@ -203,6 +204,10 @@ class HubConfig:
     policy: Path | None = None
     node_directory: Path | None = None
     monitoring_rules: Path | None = None
+    #: Days a household's signed consent to a verification stays valid.
+    consent_valid_days: int = 180
+    #: Seconds each source of a household verification gets to answer.
+    verification_seconds: float = 30.0
     #: Tier rules (TOML, deploy/tiers.example.toml); None: the hub does not tier.
     tier_rules: Path | None = None
     #: Local standards the provinces publish (CSV, deploy/standards.example.csv), merged in order.
@@ -300,6 +305,8 @@ def load_hub_config(path: str | Path) -> HubConfig:
         policy=s["policy"].optional_path("file"),
         node_directory=s["federation"].optional_path("node_directory"),
         monitoring_rules=s["monitoring"].optional_path("rules"),
+        consent_valid_days=s["verification"].integer("consent_valid_days", defaults.consent_valid_days, 1, 3660),
+        verification_seconds=s["verification"].number("source_seconds", defaults.verification_seconds),
         tier_rules=s["tiers"].optional_path("rules"),
         standards=tuple(s["tiers"].path_of(name) for name in s["tiers"].texts("standards", ())),
     )

@@ -63,7 +63,7 @@ def hub_settings(config: HubConfig) -> HubSettings:
     """Everything ``hutong hub serve`` runs with: certificates, policy, directory and rules read and checked."""
     from gateway.domain.monitoring import load_rules
     from gateway.domain.tiers import load_tier_rules
-    from gateway.hub.federation import load_node_directory
+    from gateway.hub.federation import FederationSettings, load_node_directory
 
     data_dir = config.require_data_dir()
     config.store()  # a bad store.url stops here, before anything is created
@@ -86,6 +86,8 @@ def hub_settings(config: HubConfig) -> HubSettings:
         checkpoint_seconds=config.checkpoint_seconds,
         node_directory=load_node_directory(config.node_directory) if config.node_directory else None,
         monitoring_rules=load_rules(config.monitoring_rules) if config.monitoring_rules else None,
+        consent_valid_days=config.consent_valid_days,
+        federation=FederationSettings(verification_seconds=config.verification_seconds),
         tier_rules=load_tier_rules(config.tier_rules) if config.tier_rules else None,
         standards=_standards(config.standards) if config.tier_rules else None,
         prepare_workers=-1 if config.prepare_workers is None else config.prepare_workers,

@@ -65,6 +65,10 @@ rules = "monitoring.toml"
 [tiers]
 rules = "tiers.toml"
 standards = ["standards/gd.csv", "/abs/ha.csv"]
+
+[verification]
+consent_valid_days = 90
+source_seconds = 12.5
 """
 
 
@@ -90,6 +94,7 @@ def test_every_key_is_read_and_relative_paths_are_the_config_files(tmp_path: Pat
     assert config.prepare_workers == 3
     assert config.ca_registry == Path("/var/lib/hutong-ca/registry.sqlite3")
     assert config.tier_rules == etc / "tiers.toml"
+    assert (config.consent_valid_days, config.verification_seconds) == (90, 12.5)
     assert config.standards == (etc / "standards" / "gd.csv", Path("/abs/ha.csv"))
     assert (config.cert, config.key, config.ca, config.crl) == (
         etc / "tls" / "hub.pem",
@@ -236,8 +241,11 @@ def test_the_settings_read_the_tier_rules_and_merge_the_standards_files(tmp_path
         insecure=True,
         tier_rules=deploy / "tiers.example.toml",
         standards=(deploy / "standards.example.csv", extra),
+        consent_valid_days=30,
+        verification_seconds=5.0,
     )
     settings = hub_settings(config)
+    assert (settings.consent_valid_days, settings.federation.verification_seconds) == (30, 5.0)
     assert settings.tier_rules is not None
     assert [t.id for t in settings.tier_rules.tiers] == ["core", "marginal", "rigid_expenditure", "other_monitored"]
     assert settings.standards is not None
