@@ -38,8 +38,6 @@ import base64
 import binascii
 import contextlib
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -63,6 +61,7 @@ from gateway.audit import (
 )
 from gateway.errors import ConfigError, HutongError
 from gateway.store.base import AuditFilter, Store
+from pki.operator import write_secret_file
 
 __all__ = ["AUDIT_MONITOR_FILE", "STATE_FORMAT", "AuditMonitor", "MonitorStatus"]
 
@@ -73,7 +72,6 @@ STATE_FORMAT = "hutong-audit-monitor/1"
 #: The state file's name in the hub's data directory.
 AUDIT_MONITOR_FILE = "audit-monitor.json"
 # The state names no person, but it is the hub's private bookkeeping: owner only, like the keys.
-_STATE_FILE_MODE = 0o600
 _EVERY_ENTRY = AuditFilter()
 
 
@@ -128,34 +126,9 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def _fsync_directory(directory: Path) -> None:
-    """Flush a rename to disk (POSIX); elsewhere the rename itself has to do."""
-    if os.name != "posix":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` in one rename (mode 0600 throughout): a reader sees the old file or the new."""
+def _save(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            if hasattr(os, "fchmod"):
-                os.fchmod(handle.fileno(), _STATE_FILE_MODE)
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
+    write_secret_file(path, data, field="audit_monitor_state", overwrite=True)
 
 
 class AuditMonitor:
@@ -472,10 +445,11 @@ class AuditMonitor:
         }
         data = (json.dumps(doc, indent=1) + "\n").encode("utf-8")
         try:
-            await asyncio.to_thread(_write_atomically, path, data)
-        except OSError as exc:
+            # Replaced in one rename, 0600 from the first byte: a reader sees the old state or the new.
+            await asyncio.to_thread(_save, path, data)
+        except (HutongError, OSError) as exc:
             # The verification stands in memory; only a restart would have to redo it.
-            log.warning("audit_monitor_state_unwritable", path=str(path), error=exc.strerror or str(exc))
+            log.warning("audit_monitor_state_unwritable", path=str(path), error=str(exc))
 
     # ----------------------------------------------------------------- background task
 
