@@ -308,9 +308,10 @@ def _parser() -> argparse.ArgumentParser:
     jwks.add_argument("--data-dir", type=Path, required=True, help="the hub's data directory")
     rotate = hub.add_parser(
         "rotate-token-key",
-        help="add a new token-signing key; tokens signed by older keys stay valid until they expire",
+        help="add a new token-signing key; API tokens signed by older keys stay valid, console sessions end",
         description="Adds a new signing key to token-keys.json; the newest signs, the previous --keep keys "
-        "still verify. Restart the hub (or its replicas) to use it.",
+        "still verify API tokens (nodes fetch new ones within minutes). Console sessions verify against the "
+        "newest key only: rotating ends every one. Restart the hub (or every replica) to use the new key.",
     )
     rotate.add_argument("--data-dir", type=Path, required=True, help="the hub's data directory")
     rotate.add_argument("--keep", type=int, default=3, help="older keys kept for verification (default 3)")

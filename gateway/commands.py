@@ -224,12 +224,15 @@ def issue_console_token(data_dir: Path, *, subject: str, roles: list[str], hours
 
 
 def rotate_token_key(data_dir: Path, *, keep: int) -> int:
-    """``hutong hub rotate-token-key``: a new signing key; older ones keep verifying."""
+    """``hutong hub rotate-token-key``: a new signing key; older ones keep verifying API tokens."""
     if keep < 1:
         raise ConfigError("--keep must be at least 1", reason="KEEP_INVALID", field="keep")
     rotated = _token_keys(data_dir).rotated(keep=keep)
     rotated.save(data_dir / TOKEN_KEYS_FILE)
-    Console().print(f"new signing key {rotated.active[0]}; restart the hub to use it")
+    Console().print(
+        f"new signing key {rotated.active[0]}; restart the hub (every replica, with this file) to use it. "
+        "Console sessions signed by older keys end then; API tokens stay valid until they expire."
+    )
     return 0
 
 

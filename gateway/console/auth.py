@@ -10,7 +10,8 @@ Two logins, one set of roles:
   ``hutong-console`` (the gRPC API refuses it, and the console refuses API tokens), carrying the
   person's name as subject and their roles as scopes. Pasted into ``/login``, it becomes an
   ``HttpOnly``, ``SameSite=Strict`` session cookie that lives as long as the token; scripts may send
-  it as ``Authorization: Bearer``. Rotating the token keys ends every session.
+  it as ``Authorization: Bearer``. Only the newest token key verifies it, so rotating the keys
+  (``hutong hub rotate-token-key``, then a restart) ends every session.
 
 Roles are scopes: ``admin`` (operators), ``audit:read`` (auditors), and ``query:detail``, which
 lets a viewer reveal full ID numbers and names on the person page (masked for everyone else).

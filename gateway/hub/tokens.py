@@ -204,7 +204,22 @@ class TokenService:
         return claims
 
     def verify_console(self, token: str) -> TokenClaims:
-        """The claims of a valid console login token (audience :data:`CONSOLE_AUDIENCE`, no certificate)."""
+        """The claims of a valid console login token (audience :data:`CONSOLE_AUDIENCE`, no certificate).
+
+        Only the newest key verifies a console token: API tokens live minutes and their clients fetch
+        new ones, so older keys keep verifying them through a rotation; a console session is a
+        person's bearer token for hours, and rotating the keys (then restarting) is how an operator
+        ends every one of them.
+        """
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.InvalidTokenError:
+            kid = None
+        if kid is not None and kid != self.keys.active[0] and self.keys.public_key(kid) is not None:
+            raise errors.Unauthenticated(
+                "this console token was signed with a token key that has since been rotated: ask for a new one",
+                reason="TOKEN_KEY_ROTATED",
+            )
         try:
             claims = self._decode(token, CONSOLE_AUDIENCE)
         except errors.Unauthenticated as exc:

@@ -15,7 +15,7 @@ import pytest
 from gateway import errors
 from gateway.client import HubClient
 from gateway.domain.model import Purpose
-from gateway.hub.tokens import TOKEN_KEYS_FILE, TokenKeys
+from gateway.hub.tokens import CONSOLE_AUDIENCE, TOKEN_KEYS_FILE, TokenKeys, TokenService
 from gateway.rpc_status import error_from_rpc
 from hutong.v1 import auth_pb2, auth_pb2_grpc, query_pb2, query_pb2_grpc
 from pki import DemoPki
@@ -117,6 +117,21 @@ async def test_key_rotation_keeps_tokens_already_issued_valid(
     assert jwt.get_unverified_header(new_token)["kid"] != jwt.get_unverified_header(old_token)["kid"]
     assert await check_with(demo_pki, GZ, hub.port, old_token) is None
     assert await check_with(demo_pki, GZ, hub.port, new_token) is None
+
+
+def test_key_rotation_ends_console_sessions_but_not_api_tokens(tmp_path: Path) -> None:
+    keys = TokenKeys.load_or_create(tmp_path)
+    before = TokenService(keys)
+    session, _ = before.issue("auditor:li.na", ["audit:read"], None, audience=CONSOLE_AUDIENCE)
+    api, _ = before.issue(GZ, ["query:check"], "thumb")
+    assert before.verify_console(session).subject == "auditor:li.na"
+    after = TokenService(keys.rotated())
+    with pytest.raises(errors.Unauthenticated) as ended:
+        after.verify_console(session)
+    assert ended.value.reason == "TOKEN_KEY_ROTATED"
+    assert after.verify(api, "thumb").subject == GZ  # API tokens ride out the rotation
+    fresh, _ = after.issue("auditor:li.na", ["audit:read"], None, audience=CONSOLE_AUDIENCE)
+    assert after.verify_console(fresh).scopes == frozenset({"audit:read"})
 
 
 async def test_the_jwks_verifies_the_hubs_tokens(hub: Any, demo_pki: DemoPki) -> None:
