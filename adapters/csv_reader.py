@@ -57,7 +57,7 @@ def read_delimited(
             if number < header_row:
                 yield SourceRow(f"line {number}", text, None, kind=HEADER)
                 continue
-            header = [name.strip() for name in next(csv.reader([text], delimiter=delimiter, quotechar=quote))]
+            header = _header(path, number, text, delimiter, quote)
             width = len(header)
             yield SourceRow(f"line {number}", text, None, kind=HEADER)
             continue
@@ -90,6 +90,19 @@ def read_delimited(
         yield _broken(first, pending[0][1], "QUOTE_UNTERMINATED", f"a quote opened on line {first} is never closed")
         for item in pending[1:]:
             yield from _retry(item, delimiter, quote, header, width, totals)
+
+
+def _header(path: Path, number: int, text: str, delimiter: str, quote: str) -> list[str]:
+    """The column names of the header line; a line csv cannot split (a bare CR, a huge field) spoils the file."""
+    try:
+        return [name.strip() for name in next(csv.reader([text], delimiter=delimiter, quotechar=quote))]
+    except csv.Error as exc:
+        raise SourceError(
+            f"{path}: header line {number} cannot be split into columns: {exc}",
+            reason="HEADER_INVALID",
+            field=str(path),
+            metadata={"line": str(number)},
+        ) from None
 
 
 def _retry(

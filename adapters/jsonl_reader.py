@@ -3,7 +3,9 @@
 Fields are the object's leaves by dotted path (``person.name``, ``enrollment.start``); arrays
 by index (``enrollments.0.program``). Values become text: strings as is, numbers as written
 (integers without ``.0``), booleans ``true``/``false``, null as ``""``. A line that is not a
-JSON object is refused (``JSON_INVALID``); blank lines are not rows.
+JSON object is refused (``JSON_INVALID``); blank lines are not rows. A string holding a lone
+surrogate (JSON can write ``"\\ud800"``; UTF-8, protobuf and SQLite cannot hold it) spoils its row
+(``ENCODING_INVALID``, naming the field).
 """
 
 from __future__ import annotations
@@ -61,4 +63,25 @@ def read_jsonl(path: Path, *, encoding: str = "utf-8") -> Iterator[SourceRow]:
                 continue
             fields: dict[str, str] = {}
             _flatten(obj, "", fields)
+            broken = _not_unicode(fields)
+            if broken is not None:
+                message = f"{location}: {broken} holds a lone surrogate, which is not text"
+                yield SourceRow(location, text, None, ("ENCODING_INVALID", message))
+                continue
             yield SourceRow(location, text, fields)
+
+
+def _not_unicode(fields: dict[str, str]) -> str | None:
+    """The first field whose name or value does not encode as UTF-8 (a lone surrogate), or None."""
+    for name, value in fields.items():
+        if name.isascii() and value.isascii():  # nearly always: no surrogate possible
+            continue
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            return "a field name"
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return f"field {name}"
+    return None

@@ -8,7 +8,6 @@ mistake is a :class:`ProfileError` naming the key (``record.gender.codes``, ``fo
 from __future__ import annotations
 
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 from gateway.domain.divisions import PROVINCE_CODES
 from gateway.domain.model import EnrollmentStatus, Gender, HouseholdRelation, Program
 from gateway.errors import ConfigError
+from gateway.toml_config import read_toml
 
 __all__ = [
     "ENCODINGS",
@@ -26,6 +26,7 @@ __all__ = [
     "FieldRule",
     "Profile",
     "ProfileError",
+    "date_pattern_problem",
     "load_profile",
     "parse_profile",
 ]
@@ -67,7 +68,18 @@ ENROLLMENT_FIELDS = {
 HOUSEHOLD_FIELDS = {"relation": "relation", "income_per_member": "amount", "version": "integer"}
 _REQUIRED_RECORD = ("record_id", "id_number", "name", "residence_division")
 _REQUIRED_ENROLLMENT = ("program", "status", "start_date", "granting_division")
+#: The tokens of a date pattern (as adapters.mapping reads them) and the part of a date or time each reads.
 _DATE_TOKENS = re.compile(r"YYYY|MM|M|DD|D|HH|mm|ss")
+_DATE_PARTS = {
+    "YYYY": "year",
+    "MM": "month",
+    "M": "month",
+    "DD": "day",
+    "D": "day",
+    "HH": "hour",
+    "mm": "minute",
+    "ss": "second",
+}
 _RULE_KEYS = frozenset({"from", "template", "value", "default", "transforms", "codes", "date", "amount"})
 #: ``{field}`` placeholders of a template.
 TEMPLATE_FIELD = re.compile(r"\{([^{}]+)\}")
@@ -131,13 +143,7 @@ class Profile:
 def load_profile(path: Path | str) -> Profile:
     """Read and validate a profile file."""
     path = Path(path)
-    try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ProfileError(f"profile {path} does not exist", reason="FILE_MISSING", field="profile") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ProfileError(f"profile {path} is not valid TOML: {exc}", field="profile") from exc
+    data = read_toml(path, what="profile", field="profile", error=ProfileError)
     return parse_profile(data, path=path)
 
 
@@ -184,14 +190,30 @@ def _byte_range(value: object, where: str) -> tuple[int, int]:
     return value[0], value[1]
 
 
-def _check_date_pattern(pattern: str, where: str, *, with_time: bool) -> None:
+def date_pattern_problem(pattern: str, *, with_time: bool = True) -> str | None:
+    """What makes ``pattern`` unable to read dates, or None: it needs YYYY, M or MM, D or DD, each part once.
+
+    A part named twice (YYYY...YYYY, M...MM) is refused because the pattern could not say which to believe
+    (and its regular expression would name one group twice).
+    """
     if pattern == "excel":
-        return
+        return None
     tokens = _DATE_TOKENS.findall(pattern)
     if "YYYY" not in tokens or not ({"MM", "M"} & set(tokens)) or not ({"DD", "D"} & set(tokens)):
-        raise _fail(where, f"date pattern {pattern!r} needs YYYY, M or MM, and D or DD (or is 'excel')")
+        return f"date pattern {pattern!r} needs YYYY, M or MM, and D or DD (or is 'excel')"
     if not with_time and {"HH", "mm", "ss"} & set(tokens):
-        raise _fail(where, f"date pattern {pattern!r} has a time part; only updated_at takes one")
+        return f"date pattern {pattern!r} has a time part; only updated_at takes one"
+    parts = [_DATE_PARTS[token] for token in tokens]
+    repeated = next((part for part in parts if parts.count(part) > 1), None)
+    if repeated is not None:
+        return f"date pattern {pattern!r} names the {repeated} more than once"
+    return None
+
+
+def _check_date_pattern(pattern: str, where: str, *, with_time: bool) -> None:
+    problem = date_pattern_problem(pattern, with_time=with_time)
+    if problem is not None:
+        raise _fail(where, problem)
 
 
 def _rule(target: str, kind: str, raw: object, where: str, codes: Mapping[str, Mapping[str, str]]) -> FieldRule:
@@ -288,7 +310,7 @@ def _codes(data: Mapping[str, Any]) -> dict[str, dict[str, str]]:
     return out
 
 
-def _format_options(fmt: str, options: Mapping[str, Any]) -> dict[str, Any]:
+def _format_options(fmt: str, options: Mapping[str, Any], encoding: str) -> dict[str, Any]:
     where = "format"
     allowed: dict[str, set[str]] = {
         "csv": {"delimiter", "quote", "header_row", "total_pattern"},
@@ -337,6 +359,12 @@ def _format_options(fmt: str, options: Mapping[str, Any]) -> dict[str, Any]:
                 value = options.get(key, default)
                 if not isinstance(value, str) or not value:
                     raise _fail(f"format.{key}", "must be non-empty text: the record type's code")
+                # The reader compares the code's bytes in the file's encoding with each line's.
+                try:
+                    value.encode("utf-8" if encoding == "utf-8-sig" else encoding)
+                except UnicodeEncodeError:
+                    message = f"{value!r} cannot be written in {encoding}, the file's encoding"
+                    raise _fail(f"format.{key}", message) from None
                 out[key] = value
         else:
             out["record_type"] = None
@@ -376,7 +404,7 @@ def parse_profile(data: Mapping[str, Any], *, path: Path = Path("<profile>")) ->
     if invalid_ids not in ("reject", "send-unverified"):
         raise _fail("source.invalid_id_numbers", "must be reject or send-unverified")
 
-    options = _format_options(fmt, _table(data, "format", "format", required=False))
+    options = _format_options(fmt, _table(data, "format", "format", required=False), encoding)
     byte_fields: dict[str, tuple[int, int]] = {}
     fields = _table(data, "fields", "fields", required=fmt == "fixed-width")
     if fields and fmt != "fixed-width":

@@ -169,9 +169,14 @@ def _compile_fields(fields: Sequence[str], namespaces: Mapping[str, str], *, dep
 
 
 def _codec_name(label: str, *, explicit: bool, path: Path) -> str:
-    """The Python codec for an encoding label, GB2312 widened to GBK."""
+    """The Python codec for an encoding label, GB2312 widened to GBK; only codecs that decode bytes to text."""
     try:
-        codec = codecs.lookup(_LABELS.get(label.lower(), label)).name
+        info = codecs.lookup(_LABELS.get(label.lower(), label))
+        # Python also has codecs from bytes to bytes (base64, zlib, hex, uu...) and text to text (rot13):
+        # none of them is a character encoding an XML file can be in.
+        if not info._is_text_encoding:
+            raise LookupError(label)
+        codec = info.name
     except LookupError:
         message = f"unknown encoding {label!r}"
         if explicit:
@@ -226,6 +231,11 @@ def _rows(
                             f"bytes at offset {start} (line {line}) are not valid {codec}",
                             {"offset": str(start), "line": str(line)},
                         )
+                except UnicodeError:
+                    # A codec refusing its input as a whole (UTF-16 without a byte-order mark, punycode,
+                    # 'undefined') does not say where: name the chunk.
+                    start = offset - pending
+                    fault = _Fault(f"bytes after offset {start} are not valid {codec}", {"offset": str(start)})
                 else:
                     fault = _feed(parser, state, text.encode("utf-8"), final)
             yield from state.rows

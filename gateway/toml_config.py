@@ -6,6 +6,11 @@ not TOML, or holds a section or key the loader does not know; each setting is th
 :class:`~gateway.errors.ConfigError` whose field is ``section.key`` (exit 3 at the command line).
 Relative paths are read from the config file's directory, so a config directory can be moved or
 mounted as a whole.
+
+:func:`read_toml` is the one way every other TOML file (profiles, policy, tier and monitoring rules, the
+node directory) is read: a file that is missing, unreadable, not UTF-8 or not TOML is a ConfigError
+naming the loader's field, never an ``OSError`` or ``UnicodeDecodeError``. :func:`config_path` is the one
+way a configured path is made: ``~user`` that names nobody, or a NUL byte, is a ConfigError naming the key.
 """
 
 from __future__ import annotations
@@ -17,21 +22,64 @@ from typing import Any
 
 from gateway.errors import ConfigError
 
-__all__ = ["Section", "parse_listen", "read_sections"]
+__all__ = ["Section", "config_path", "parse_listen", "parse_port", "read_sections", "read_text", "read_toml"]
 
 _REQUIRED = object()
 
 
+def read_text(
+    path: Path,
+    *,
+    what: str,
+    field: str,
+    error: type[ConfigError] = ConfigError,
+    missing: str = "FILE_MISSING",
+    unreadable: str = "FILE_MISSING",
+) -> str:
+    """The text of the UTF-8 file ``what`` at ``path``; missing, unreadable or not UTF-8, a ConfigError on ``field``."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{what} {path} does not exist", reason=missing, field=field) from None
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc.strerror or exc}", reason=unreadable, field=field) from None
+    except UnicodeDecodeError as exc:
+        # The offset only: the bytes may be personal data pasted by mistake.
+        where = f"byte {exc.start} does not decode"
+        raise error(f"{what} {path} is not UTF-8 text ({where})", reason="ENCODING_INVALID", field=field) from None
+
+
+def read_toml(
+    path: Path,
+    *,
+    what: str,
+    field: str,
+    error: type[ConfigError] = ConfigError,
+    invalid: str | None = None,
+    missing: str = "FILE_MISSING",
+    unreadable: str = "FILE_MISSING",
+) -> dict[str, Any]:
+    """The document of the TOML file ``what`` at ``path``; any fault (see :func:`read_text`) a ConfigError on ``field``.
+
+    ``invalid`` is the reason for text that is not TOML (the error class's own reason by default).
+    """
+    text = read_text(path, what=what, field=field, error=error, missing=missing, unreadable=unreadable)
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise error(f"{what} {path} is not valid TOML: {exc}", reason=invalid, field=field) from None
+
+
 def read_sections(path: Path, sections: Mapping[str, frozenset[str]], *, what: str) -> dict[str, Section]:
     """Every known section of the TOML file at ``path`` (empty where absent); unknown sections and keys are errors."""
-    try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"no {what} at {path}", reason="CONFIG_MISSING", field="config") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}", reason="CONFIG_UNREADABLE", field="config") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not TOML: {exc}", reason="CONFIG_INVALID", field="config") from None
+    doc = read_toml(
+        path,
+        what=what,
+        field="config",
+        invalid="CONFIG_INVALID",
+        missing="CONFIG_MISSING",
+        unreadable="CONFIG_UNREADABLE",
+    )
     for section, value in doc.items():
         if section not in sections:
             raise ConfigError(f"unknown section [{section}] in {path}", field=section)
@@ -44,12 +92,43 @@ def read_sections(path: Path, sections: Mapping[str, frozenset[str]], *, what: s
     return {name: Section(doc.get(name, {}), name, base) for name in sections}
 
 
+def parse_port(text: str, *, low: int = 0) -> int | None:
+    """``text`` as a port from ``low`` to 65535, or None: ASCII digits only.
+
+    ``str.isdigit`` alone accepts '²' (which ``int`` refuses) and '٧' (which ``int`` reads as 7).
+    """
+    if not (text.isascii() and text.isdigit()) or len(text) > 5:
+        return None
+    port = int(text)
+    return port if low <= port <= 65535 else None
+
+
 def parse_listen(value: str, *, field: str, default_host: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[v6]:PORT``; an empty host is ``default_host``) as (host, port)."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+    host, sep, text = value.rpartition(":")
+    port = parse_port(text) if sep else None
+    if port is None:
         raise ConfigError(f"{field} must be HOST:PORT, not {value!r}", field=field)
-    return host.strip("[]") or default_host, int(port)
+    return host.strip("[]") or default_host, port
+
+
+def config_path(value: str, base: Path, *, field: str) -> Path:
+    """``value`` as a path, ``~`` expanded, a relative one read from ``base``; a ConfigError on ``field`` if none.
+
+    A NUL byte (which no file name holds; ``open`` and ``stat`` raise ValueError) and ``~user`` for a user
+    this machine does not know (``expanduser`` raises RuntimeError) are refused here, once for every key.
+    """
+    if "\x00" in value:
+        raise ConfigError(f"{field} must be a path without a NUL character", reason="PATH_INVALID", field=field)
+    try:
+        return base / Path(value).expanduser()
+    except (RuntimeError, ValueError):
+        user = value[1:].partition("/")[0]
+        raise ConfigError(
+            f"{field} names the home directory of {user or 'the current user'!r}, which this machine does not know",
+            reason="PATH_INVALID",
+            field=field,
+        ) from None
 
 
 class Section:
@@ -90,11 +169,20 @@ class Section:
 
     def path(self, key: str) -> Path:
         """A required path; a relative one is read from the config file's directory."""
-        return self._base / Path(self.text(key)).expanduser()
+        return config_path(self.text(key), self._base, field=f"{self.name}.{key}")
 
-    def path_of(self, value: str) -> Path:
-        """A path given as a value (of a list key), read from the config file's directory when relative."""
-        return self._base / Path(value).expanduser()
+    def path_of(self, value: str, key: str | None = None) -> Path:
+        """A path given as a value (of list ``key``), read from the config file's directory when relative."""
+        return config_path(value, self._base, field=self._field_of(value, key))
+
+    def _field_of(self, value: str, key: str | None) -> str:
+        # path_of's callers pass an item of a list key: name the item (section.key[i]) the error concerns.
+        keys = [key] if key is not None else list(self.table)
+        for name in keys:
+            items = self.table.get(name)
+            if isinstance(items, list) and value in items:
+                return f"{self.name}.{name}[{items.index(value)}]"
+        return f"{self.name}.{key}" if key is not None else self.name
 
     def optional_path(self, key: str) -> Path | None:
         """A path, or None when the key is absent."""

@@ -12,6 +12,7 @@ policies existed.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -149,9 +150,10 @@ def _node(table: Mapping[str, Any], where: str, base: NodePolicy) -> NodePolicy:
         scopes = frozenset(listed)
     rate = table.get("rate_per_second", base.rate_per_second)
     burst = table.get("burst", base.burst)
-    if not isinstance(rate, int | float) or isinstance(rate, bool) or rate <= 0:
+    # TOML allows nan and inf: a bucket refilled at either rate never runs dry.
+    if not isinstance(rate, int | float) or isinstance(rate, bool) or not math.isfinite(rate) or rate <= 0:
         raise ConfigError(
-            f"{where}.rate_per_second must be a positive number",
+            f"{where}.rate_per_second must be a finite positive number",
             reason="POLICY_INVALID",
             field=f"{where}.rate_per_second",
         )
@@ -182,14 +184,14 @@ def _only(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
 
 
 def _known_scope(scope: Any, where: str) -> None:
-    if scope not in SCOPES:
+    if not isinstance(scope, str) or scope not in SCOPES:
         raise ConfigError(
             f"{where}: unknown scope {scope!r} (known: {', '.join(SCOPES)})", reason="POLICY_INVALID", field=where
         )
 
 
 def _purpose(name: Any, where: str) -> Purpose:
-    if name not in _PURPOSE_NAMES:
+    if not isinstance(name, str) or name not in _PURPOSE_NAMES:  # a table or list is unhashable
         raise ConfigError(
             f"{where}: unknown purpose {name!r} (known: {', '.join(_PURPOSE_NAMES)})",
             reason="POLICY_INVALID",

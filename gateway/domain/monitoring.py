@@ -32,6 +32,7 @@ from typing import Any
 
 from gateway.domain.model import Program
 from gateway.errors import ConfigError
+from gateway.toml_config import read_text
 
 __all__ = ["HouseholdFacts", "MonitoringRules", "Rule", "load_rules", "parse_rules"]
 
@@ -163,19 +164,29 @@ def _programs(value: Any, field: str) -> int:
     return mask
 
 
+def _positive(value: Any) -> Decimal | None:
+    """``value`` as a Decimal when it is a finite number above 0 (TOML allows nan and inf), else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = Decimal(str(value))
+    except InvalidOperation:
+        return None
+    return number if number.is_finite() and number > 0 else None
+
+
 def _bound(value: Any, field: str, lines: Mapping[str, Any]) -> tuple[str, Decimal]:
     if not isinstance(value, dict) or set(value) != {"line", "times"}:
         raise ConfigError(f"{field} must be a table with exactly line and times", field=field)
     line, times = value["line"], value["times"]
+    if not isinstance(line, str):
+        raise ConfigError(f"{field}.line must be the name of a [lines.NAME] table", field=f"{field}.line")
     if line not in lines:
         raise ConfigError(f"{field}.line names no [lines.{line}] table", field=f"{field}.line")
-    try:
-        factor = Decimal(str(times))
-    except InvalidOperation:
-        factor = Decimal(-1)
-    if isinstance(times, bool) or not isinstance(times, int | float) or factor <= 0:
+    factor = _positive(times)
+    if factor is None:
         raise ConfigError(f"{field}.times must be a positive number", field=f"{field}.times")
-    return str(line), factor
+    return line, factor
 
 
 def parse_rules(text: str, *, source: str = "rules") -> MonitoringRules:
@@ -197,11 +208,12 @@ def parse_rules(text: str, *, source: str = "rules") -> MonitoringRules:
         lines[name] = {}
         for prefix, yuan in table.items():
             key = f"lines.{name}.{prefix}"
-            if len(prefix) not in (2, 4, 6) or not prefix.isdigit():
+            if len(prefix) not in (2, 4, 6) or not (prefix.isascii() and prefix.isdigit()):
                 raise ConfigError(f"{key}: a division prefix has 2, 4 or 6 digits", field=key)
-            if isinstance(yuan, bool) or not isinstance(yuan, int | float) or yuan <= 0:
+            amount = _positive(yuan)
+            if amount is None:
                 raise ConfigError(f"{key} must be a positive amount in yuan", field=key)
-            lines[name][prefix] = int((Decimal(str(yuan)) * 100).to_integral_value())
+            lines[name][prefix] = int((amount * 100).to_integral_value())
     raw_rules = doc.get("rules", [])
     if not isinstance(raw_rules, list):
         raise ConfigError("rules must be an array of tables ([[rules]])", field="rules")
@@ -246,10 +258,5 @@ def parse_rules(text: str, *, source: str = "rules") -> MonitoringRules:
 
 def load_rules(path: Path) -> MonitoringRules:
     """Read and check a rules file."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot read {path}: {exc.strerror}", reason="FILE_MISSING", field="monitoring_rules"
-        ) from None
+    text = read_text(path, what="monitoring rules", field="monitoring_rules")
     return parse_rules(text, source=str(path))

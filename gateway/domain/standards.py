@@ -94,6 +94,15 @@ def division_prefix(division: str) -> str:
     return division
 
 
+def _is_unicode(text: str) -> bool:
+    """Whether ``text`` encodes as UTF-8 (holds no lone surrogate)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _check_division(division: str, field: str) -> None:
     if not _is_six_digits(division):
         raise InvalidDivision("division code must be 6 ASCII digits", reason="DIVISION_MALFORMED", field=field)
@@ -124,6 +133,9 @@ class StandardValue:
             raise InvalidArgument(
                 "monthly_fen must be a positive whole number of fen", reason="AMOUNT_INVALID", field="monthly_fen"
             )
+        if not isinstance(self.document, str) or not _is_unicode(self.document):
+            # A lone surrogate (JSON "\ud800") would make the registry's digest unwritable.
+            raise InvalidArgument("document must be Unicode text", reason="STANDARD_VALUE_INVALID", field="document")
 
     @property
     def prefix(self) -> str:
@@ -262,7 +274,7 @@ class StandardsRegistry:
         """Rebuild a registry from :meth:`canonical` (as the hub stores it)."""
         try:
             doc = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: arrays or objects nested thousands deep
             raise InvalidArgument(
                 "standards registry is not JSON", reason="STANDARDS_INVALID", field="standards"
             ) from None

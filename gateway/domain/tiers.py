@@ -65,6 +65,7 @@ from gateway.domain.model import ALL_PROGRAMS, Program
 from gateway.domain.monitoring import HouseholdFacts
 from gateway.domain.standards import Standard, StandardsRegistry, StandardValue, changed_on
 from gateway.errors import ConfigError, InvalidArgument
+from gateway.toml_config import read_text
 
 __all__ = [
     "DIBAO",
@@ -800,6 +801,11 @@ def _text(value: Any, key: str, *, required: bool, limit: int) -> str:
         return ""
     if not isinstance(value, str) or not value.strip() or len(value) > limit:
         raise ConfigError(f"{key} must be a non-empty string of at most {limit} characters", field=key)
+    if not value.isascii():
+        try:  # TOML cannot hold a lone surrogate, JSON ("\ud800") can: the digest hashes the text as UTF-8
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConfigError(f"{key} must be Unicode text (it holds a lone surrogate)", field=key) from None
     return value.strip()
 
 
@@ -833,12 +839,16 @@ def rules_from_canonical(text: str) -> TierRules:
                 for t in data["tiers"]
             ],
         }
-    except (ValueError, KeyError, TypeError) as exc:
+    except RecursionError:  # json.loads, on arrays or objects nested thousands deep
+        raise ConfigError("not a canonical tier rule set: nested too deep", field="tiers") from None
+    except (ValueError, KeyError, TypeError, InvalidOperation) as exc:
         raise ConfigError(f"not a canonical tier rule set: {exc}", field="tiers") from None
     return _rules_of(doc, "canonical tier rules", "")
 
 
-def _canonical_when(w: Mapping[str, Any]) -> dict[str, Any]:
+def _canonical_when(w: Any) -> dict[str, Any]:
+    if not isinstance(w, dict):
+        raise TypeError("a condition set (when) must be an object")
     out: dict[str, Any] = {}
     for key, value in w.items():
         if value is None or value == [] or value == 0:
@@ -894,8 +904,5 @@ def _rules_of(doc: Mapping[str, Any], source: str, text: str) -> TierRules:
 
 def load_tier_rules(path: Path) -> TierRules:
     """Read and check a tier rule set."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}", reason="FILE_MISSING", field="tier_rules") from None
+    text = read_text(path, what="tier rules", field="tier_rules")
     return parse_tier_rules(text, source=str(path))

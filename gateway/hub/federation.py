@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +44,7 @@ from gateway.errors import ConfigError, PkiError
 from gateway.hub.disclosure import filter_detail
 from gateway.rpc_status import REQUEST_ID_KEY, error_from_rpc
 from gateway.store.base import NodeRef
+from gateway.toml_config import parse_port, read_toml
 from hutong.v1 import node_pb2, node_pb2_grpc, query_pb2
 from pki import NodeIdentity, TlsMaterial
 
@@ -111,7 +111,7 @@ def _address(value: Any, where: str) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{where} must be HOST:PORT", reason="NODE_DIRECTORY_INVALID", field=where)
     host, sep, port = value.rpartition(":")
-    if not sep or not host.strip("[]") or not port.isdigit() or not 1 <= int(port) <= 65535:
+    if not sep or not host.strip("[]") or parse_port(port, low=1) is None:
         raise ConfigError(
             f"{where} must be HOST:PORT with a port from 1 to 65535, not {value!r}",
             reason="NODE_DIRECTORY_INVALID",
@@ -182,21 +182,7 @@ def parse_node_directory(data: Mapping[str, Any], *, source: str = "the node dir
 
 def load_node_directory(path: Path) -> NodeDirectory:
     """Read and check a federation directory file (TOML)."""
-    try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(
-            f"node directory {path} does not exist", reason="FILE_MISSING", field="node_directory"
-        ) from None
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot read node directory {path}: {exc.strerror or exc}", reason="FILE_MISSING", field="node_directory"
-        ) from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(
-            f"node directory {path} is not valid TOML: {exc}", reason="NODE_DIRECTORY_INVALID", field="node_directory"
-        ) from exc
+    data = read_toml(path, what="node directory", field="node_directory", invalid="NODE_DIRECTORY_INVALID")
     return parse_node_directory(data, source=str(path))
 
 

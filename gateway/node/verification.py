@@ -35,6 +35,7 @@ import hashlib
 import json
 import re
 import sqlite3
+import stat as stat_mode
 import time
 from collections import Counter
 from collections.abc import Collection, Iterator, Mapping, Sequence
@@ -47,7 +48,7 @@ import structlog
 from adapters.csv_reader import read_delimited
 from adapters.jsonl_reader import read_jsonl
 from adapters.mapping import FieldProblem, parse_date
-from adapters.profile import ENCODINGS, TEMPLATE_FIELD
+from adapters.profile import ENCODINGS, TEMPLATE_FIELD, date_pattern_problem
 from adapters.source import DATA, HEADER, SourceError, SourceRow
 from gateway.domain import identity
 from gateway.domain.access import purpose_name
@@ -114,7 +115,6 @@ _BATCH_ROWS = 5000
 _INT64_MAX = 2**63 - 1
 _YUAN = re.compile(r"(?:[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:\.[0-9]{1,2})?")
 _FEN = re.compile(r"[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+")
-_DATE_TOKENS = re.compile(r"YYYY|MM|M|DD|D|HH|mm|ss")
 _SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE sources (
@@ -338,11 +338,10 @@ def _source(section: Section, table: Mapping[str, Any]) -> SourceMapping:
     if date_format is not None:
         if as_of is None:
             raise section.fail("as_of", "the column of the date (date_format is set)")
-        tokens = set(_DATE_TOKENS.findall(date_format))
-        if date_format != "excel" and not ("YYYY" in tokens and tokens & {"M", "MM"} and tokens & {"D", "DD"}):
-            raise section.fail(
-                "date_format", f"a pattern with YYYY, M or MM, and D or DD (or excel), not {date_format!r}"
-            )
+        problem = date_pattern_problem(date_format)
+        if problem is not None:
+            field = f"{section.name}.date_format"
+            raise ConfigError(f"{field}: {problem}", field=field)
     sensitivity = _optional(section, "sensitivity")
     if sensitivity is not None and sensitivity not in _SENSITIVITIES:
         raise section.fail("sensitivity", f"one of {', '.join(_SENSITIVITIES)}, not {sensitivity!r}")
@@ -510,11 +509,16 @@ class SourceSummary:
     reasons: dict[str, int] = field(default_factory=dict)
 
 
-def _file_sha256(path: Path) -> str:
+def _file_sha256(m: SourceMapping) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
+    try:
+        with m.file.open("rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+    except OSError as exc:  # stat() answered, open() or read() did not (permissions, a file going away)
+        raise ConfigError(
+            f"{m.key('file')}: cannot read {m.file}: {exc.strerror or exc}", reason="FILE_MISSING", field=m.key("file")
+        ) from None
     return digest.hexdigest()
 
 
@@ -584,12 +588,17 @@ class ItemIndex:
     def _update_one(self, m: SourceMapping) -> SourceSummary:
         try:
             stat = m.file.stat()
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
             raise ConfigError(
-                f"{m.key('file')}: cannot read {m.file}: {exc.strerror or exc}",
+                f"{m.key('file')}: cannot read {m.file}: {getattr(exc, 'strerror', None) or exc}",
                 reason="FILE_MISSING",
                 field=m.key("file"),
             ) from None
+        if not stat_mode.S_ISREG(stat.st_mode):
+            # A directory cannot be read; a FIFO or a device could be read forever.
+            raise ConfigError(
+                f"{m.key('file')}: {m.file} is not a regular file", reason="FILE_MISSING", field=m.key("file")
+            )
         mapping_sha = m.digest()
         held = self._con.execute(
             "SELECT source_id, mapping_sha256, file_sha256, file_size, file_mtime_ns, rows, loaded, rejected"
@@ -599,7 +608,7 @@ class ItemIndex:
         if held is not None and held[1] == mapping_sha:
             source_id, _, file_sha, size, mtime_ns, rows, loaded, rejected = held
             unchanged = (size, mtime_ns) == (stat.st_size, stat.st_mtime_ns)
-            if not unchanged and size == stat.st_size and _file_sha256(m.file) == file_sha:
+            if not unchanged and size == stat.st_size and _file_sha256(m) == file_sha:
                 # Touched (copied again, restored from a backup) but the same bytes: remember the new time.
                 self._con.execute(
                     "UPDATE sources SET file_mtime_ns = ? WHERE source_id = ?", (stat.st_mtime_ns, source_id)
@@ -614,7 +623,7 @@ class ItemIndex:
 
     def _index(self, m: SourceMapping, mapping_sha: str, size: int, mtime_ns: int) -> SourceSummary:
         started = time.monotonic()
-        file_sha = _file_sha256(m.file)
+        file_sha = _file_sha256(m)
         reasons: Counter[str] = Counter()
         rows = loaded = rejected = 0
         con = self._con

@@ -264,3 +264,12 @@ def test_two_lines_with_a_stray_quote_each_are_not_an_exception(tmp_path: Path) 
     found = rows(path)
     assert all(r.error is not None for r in found if r.kind == DATA and r.fields is None)
     assert found[-1].fields == {"a": "3", "b": "ok"}
+
+
+def test_a_header_line_csv_cannot_split_is_a_source_error_naming_file_and_line(tmp_path: Path) -> None:
+    # A bare CR inside the header (csv.reader: "new-line character seen in unquoted field").
+    path = write(tmp_path, "title\n编号,姓\r名\nA1,李四\n")
+    with pytest.raises(SourceError) as caught:
+        rows(path, header_row=2)
+    assert (caught.value.reason, caught.value.field) == ("HEADER_INVALID", str(path))
+    assert caught.value.metadata == {"line": "2"}

@@ -107,6 +107,15 @@ def test_undecodable_bytes_spoil_only_their_line(tmp_path: Path) -> None:
     assert (first.fields, last.fields) == ({"a": "1"}, {"a": "3"})
 
 
+def test_a_lone_surrogate_spoils_its_line_naming_the_field(tmp_path: Path) -> None:
+    # JSON can escape half a surrogate pair; UTF-8, protobuf and SQLite cannot hold it.
+    path = write(tmp_path, '{"a": "1"}\n{"person": {"name": "王\\ud800"}}\n{"a": "3"}\n')
+    first, bad, last = read(path)
+    assert bad.fields is None
+    assert bad.error == ("ENCODING_INVALID", "line 2: field person.name holds a lone surrogate, which is not text")
+    assert (first.fields, last.fields) == ({"a": "1"}, {"a": "3"})
+
+
 def test_blank_lines_are_not_rows(tmp_path: Path) -> None:
     found = read(write(tmp_path, '\n{"a": "1"}\n   \n\r\n{"a": "2"}\r\n'))
     assert [(r.location, r.fields) for r in found] == [("line 2", {"a": "1"}), ("line 5", {"a": "2"})]

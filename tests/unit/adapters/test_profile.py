@@ -333,6 +333,18 @@ CASES: list[tuple[str, Mutation, str, str]] = [
         "has a time part; only updated_at takes one",
     ),
     (
+        "date pattern naming the year twice",
+        put("record", "birth_date", value={"from": "出生日期", "date": "YYYYMMDD-YYYY"}),
+        "record.birth_date.date",
+        "names the year more than once",
+    ),
+    (
+        "date pattern naming the month as M and MM",
+        put("enrollments", 0, "start_date", value={"from": "开始", "date": "YYYY-M-DD MM"}),
+        "enrollments[0].start_date.date",
+        "names the month more than once",
+    ),
+    (
         "date pattern on a field that is not a date",
         put("record", "name", value={"from": "姓名", "date": "YYYYMMDD"}),
         "record.name.date",
@@ -404,6 +416,15 @@ def test_each_required_record_field_is_required(target: str) -> None:
     exc = error_of(data)
     assert exc.field == f"record.{target}"
     assert "is required" in exc.message
+
+
+@pytest.mark.parametrize("key", ["data", "header", "trailer"])
+def test_a_fixed_width_record_code_must_be_writable_in_the_encoding(key: str) -> None:
+    data = fixed_width_profile()
+    data["format"][key] = "²"  # not in GBK: the reader compares the code's bytes with each line's
+    exc = error_of(data)
+    assert exc.field == f"format.{key}"
+    assert "cannot be written in gbk" in exc.message
 
 
 def test_fixed_width_without_fields_is_refused() -> None:

@@ -245,6 +245,26 @@ def test_an_unknown_declared_encoding_is_a_source_error(tmp_path: Path) -> None:
         list(read_xml(write(tmp_path, content), record_path="m", fields=["n"]))
 
 
+@pytest.mark.parametrize("declared", ["base64", "zlib", "bz2", "hex", "uu", "quopri", "rot13"])
+def test_a_declared_codec_that_is_not_a_character_encoding_is_a_source_error(tmp_path: Path, declared: str) -> None:
+    # Python's codecs from bytes to bytes (or text to text) are not encodings an XML file can be in.
+    path = write(tmp_path, f'<?xml version="1.0" encoding="{declared}"?><r><m><n>x</n></m></r>')
+    with pytest.raises(SourceError, match=f"names an unknown encoding '{declared}'") as caught:
+        list(read_xml(path, record_path="m", fields=["n"]))
+    assert caught.value.field == str(path)
+
+
+@pytest.mark.parametrize("declared", ["utf-16", "punycode", "undefined"])
+def test_a_codec_refusing_the_bytes_as_a_whole_is_a_source_error_naming_the_offset(
+    tmp_path: Path, declared: str
+) -> None:
+    # These raise a bare UnicodeError (UTF-16 without a byte-order mark, for one), which says no position.
+    path = write(tmp_path, f'<?xml version="1.0" encoding="{declared}"?><r><m><n>x</n></m></r>')
+    with pytest.raises(SourceError, match="are not valid") as caught:
+        list(read_xml(path, record_path="m", fields=["n"]))
+    assert caught.value.metadata == {"offset": "0"}
+
+
 @pytest.mark.parametrize("content", [b"", b"not xml at all", b"<r><m>"])
 def test_files_that_are_not_xml_are_source_errors(tmp_path: Path, content: bytes) -> None:
     with pytest.raises(SourceError, match="malformed"):
@@ -269,6 +289,7 @@ def test_a_missing_file_is_a_source_error(tmp_path: Path) -> None:
         ({"fields": ["hh:Card/@"]}, "is not an XML name"),
         ({"fields": [""]}, "is not an XML name"),
         ({"encoding": "no-such-codec"}, "unknown encoding"),
+        ({"encoding": "base64"}, "unknown encoding"),
     ],
 )
 def test_bad_options_are_config_errors_raised_at_once(tmp_path: Path, options: dict[str, object], message: str) -> None:

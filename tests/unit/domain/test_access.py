@@ -58,8 +58,12 @@ def test_a_purpose_not_allowed_under_a_scope_is_refused_naming_both() -> None:
         ({"default": {}}, "default"),
         ({"defaults": {"scopes": ["records:read"]}}, "defaults.scopes"),
         ({"defaults": {"rate_per_second": 0}}, "defaults.rate_per_second"),
+        ({"defaults": {"rate_per_second": float("nan")}}, "defaults.rate_per_second"),  # a bucket that never empties
+        ({"defaults": {"rate_per_second": float("inf")}}, "defaults.rate_per_second"),
         ({"defaults": {"burst": 1.5}}, "defaults.burst"),
         ({"scopes": {"query:enrollment": {"purposes": ["curiosity"]}}}, "scopes.query:enrollment.purposes"),
+        ({"scopes": {"query:enrollment": {"purposes": [{"a": 1}]}}}, "scopes.query:enrollment.purposes"),
+        ({"nodes": {GZ: {"scopes": [["records:write"]]}}}, f'nodes."{GZ}".scopes'),
         ({"scopes": {"query:everything": {}}}, "scopes.query:everything"),
         ({"nodes": {"gz-01": {}}}, 'nodes."gz-01"'),
         ({"nodes": {GZ: {"scope": ["admin"]}}}, f'nodes."{GZ}".scope'),

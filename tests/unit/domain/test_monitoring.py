@@ -97,3 +97,21 @@ def test_the_shipped_example_is_valid() -> None:
         "dibao-income-above-line",
         "large-household-temporary-only",
     ]
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (('"44" = 950', '"44" = nan'), "lines.dibao.44"),
+        (('"44" = 950', '"44" = inf'), "lines.dibao.44"),
+        (('"44" = 950', '"٤٤" = 950'), "lines.dibao.٤٤"),  # Arabic-Indic digits are not a division prefix
+        (("times = 1.5", "times = nan"), "rules[0].income_below.times"),
+        (("times = 1.5", "times = -inf"), "rules[0].income_below.times"),
+        (('line = "dibao", times = 1.5', "line = { a = 1 }, times = 1.5"), "rules[0].income_below.line"),
+        (('line = "dibao", times = 1.5', "line = [], times = 1.5"), "rules[0].income_below.line"),
+    ],
+)
+def test_amounts_and_factors_must_be_finite_and_lines_named_by_text(change: tuple[str, str], field: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        parse_rules(RULES.replace(*change))
+    assert refused.value.field == field

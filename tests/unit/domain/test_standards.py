@@ -244,3 +244,17 @@ def test_the_example_file_loads_every_row() -> None:
     with pytest.raises(ConfigError) as missing:
         load_standards(EXAMPLE.with_name("no-such.csv"))
     assert missing.value.reason == "FILE_MISSING"
+
+
+def test_a_stored_registry_that_json_cannot_rebuild_is_refused_naming_the_key() -> None:
+    # JSON can hold a lone surrogate ("\ud800"); UTF-8, and so the registry's digest, cannot.
+    surrogate = (
+        '{"schema":1,"values":[{"division":"440000","document":"\\ud800","effective_from":"2025-01-01",'
+        '"monthly_fen":95000,"standard":"dibao_urban"}]}'
+    )
+    with pytest.raises(InvalidArgument) as bad:
+        StandardsRegistry.from_canonical(surrogate)
+    assert (bad.value.field, bad.value.reason) == ("values[0].document", "STANDARD_VALUE_INVALID")
+    with pytest.raises(InvalidArgument) as deep:
+        StandardsRegistry.from_canonical("[" * 100_000 + "]" * 100_000)
+    assert (deep.value.field, deep.value.reason) == ("standards", "STANDARDS_INVALID")

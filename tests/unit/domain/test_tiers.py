@@ -480,3 +480,30 @@ def test_a_rule_set_comes_back_from_its_canonical_text_with_the_same_digest() ->
     assert [t.id for t in again.tiers] == [t.id for t in rules.tiers]
     with pytest.raises(ConfigError):
         rules_from_canonical('{"version": "x"}')
+
+
+def _canonical_with(edit: Any) -> str:
+    doc = json.loads(load_tier_rules(DEPLOY / "tiers.example.toml").canonical())
+    edit(doc)
+    return json.dumps(doc, ensure_ascii=False)
+
+
+@pytest.mark.parametrize(
+    ("edit", "field"),
+    [
+        (lambda d: d["tiers"][0].update(when=["not an object"]), "tiers"),
+        (lambda d: d["tiers"][0]["when"][0].update(income_below={"standard": "dibao_urban", "times": "x"}), "tiers"),
+        (lambda d: d["tiers"][0].update(label="\ud800"), "tiers[0].label"),  # a lone surrogate, as JSON can hold
+    ],
+    ids=["when-not-an-object", "times-not-a-number", "label-lone-surrogate"],
+)
+def test_a_damaged_canonical_rule_set_is_a_config_error_naming_the_key(edit: Any, field: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        rules_from_canonical(_canonical_with(edit))
+    assert refused.value.field == field
+
+
+def test_a_canonical_rule_set_nested_too_deep_is_a_config_error() -> None:
+    with pytest.raises(ConfigError) as refused:
+        rules_from_canonical("[" * 100_000 + "]" * 100_000)
+    assert (refused.value.field, refused.value.message) == ("tiers", "not a canonical tier rule set: nested too deep")

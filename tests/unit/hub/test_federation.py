@@ -82,6 +82,8 @@ def test_department_sources_answer_verifications_but_hold_no_records() -> None:
         ({"nodes": {GZ: {}}}, f'nodes."{GZ}".address'),
         ({"nodes": {GZ: {"address": "h"}}}, f'nodes."{GZ}".address'),
         ({"nodes": {GZ: {"address": "h:0"}}}, f'nodes."{GZ}".address'),
+        ({"nodes": {GZ: {"address": "h:744²"}}}, f'nodes."{GZ}".address'),  # isdigit() says yes, int() no
+        ({"nodes": {GZ: {"address": "h:٧٤٤٤"}}}, f'nodes."{GZ}".address'),  # int() reads Arabic-Indic digits
         ({"nodes": {GZ: {"address": ":7444"}}}, f'nodes."{GZ}".address'),
         ({"nodes": {GZ: {"address": 7444}}}, f'nodes."{GZ}".address'),
         ({"nodes": {GZ: {"address": "h:1", "server_name": ""}}}, f'nodes."{GZ}".server_name'),

@@ -423,6 +423,9 @@ def source(**changes: str | None) -> str:
         (source(amount_unit='"yuan"'), "verification.sources[0].amount"),
         (source(as_of='"日期"'), "verification.sources[0].date_format"),
         (source(as_of='"日期"', date_format='"DD/MM"'), "verification.sources[0].date_format"),
+        (source(as_of='"日期"', date_format='"YYYYMMDD YYYY"'), "verification.sources[0].date_format"),
+        (source(file='"real\\u0000estate.csv"'), "verification.sources[0].file"),  # a NUL byte
+        (source(file='"~no-such-user-of-hutong/real-estate.csv"'), "verification.sources[0].file"),
         (source(date_format='"YYYYMMDD"'), "verification.sources[0].as_of"),
         (source(sensitivity='"secret"'), "verification.sources[0].sensitivity"),
         (source(colour='"red"'), "verification.sources[0].colour"),
@@ -435,6 +438,14 @@ def test_a_mistake_in_the_section_is_a_config_error_naming_the_key(tmp_path: Pat
         settings(tmp_path, section)
 
     assert refused.value.field == field
+
+
+def test_a_source_that_is_not_a_regular_file_is_named_when_indexed(tmp_path: Path, index: ItemIndex) -> None:
+    (tmp_path / "real-estate.csv").mkdir()
+    with pytest.raises(ConfigError) as refused:
+        index.update(settings(tmp_path, REAL_ESTATE).sources)
+    assert (refused.value.reason, refused.value.field) == ("FILE_MISSING", "verification.sources[0].file")
+    assert "is not a regular file" in refused.value.message
 
 
 def test_a_missing_file_or_a_column_the_header_lacks_is_named_when_indexed(tmp_path: Path, index: ItemIndex) -> None:
