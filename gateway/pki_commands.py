@@ -40,6 +40,7 @@ from pki.operator import (
     csr_server_names,
     ensure_absent,
     inspect_file,
+    load_csr,
     make_private_dir,
     parse_serial,
     public_key_sha256,
@@ -524,15 +525,7 @@ def pki_inspect(file: Path, *, ca_dir: Path | None, as_json: bool) -> int:
 
 def _read_csr(path: Path) -> x509.CertificateSigningRequest:
     data = read_bytes(path, field="csr_file")
-    try:
-        return x509.load_pem_x509_csr(data) if b"-----BEGIN" in data else x509.load_der_x509_csr(data)
-    except ValueError as exc:
-        raise PkiError(
-            f"{path} holds no certificate signing request (PEM or DER)",
-            reason="CSR_INVALID",
-            field="csr_file",
-            metadata={"path": str(path)},
-        ) from exc
+    return load_csr(data, source=str(path), field="csr_file", metadata={"path": str(path)})
 
 
 def _record_json(record: CertificateRecord, now: dt.datetime) -> dict[str, object]:

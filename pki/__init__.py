@@ -21,8 +21,10 @@ from pki._files import (
     write_pem_private_key,
 )
 from pki._identity import NodeIdentity, hub_names_from_certificate, identity_from_certificate
+from pki._x509 import X509_ERRORS, load_certificates
 
 __all__ = [
+    "X509_ERRORS",
     "CertificateAuthority",
     "DemoPki",
     "NodeCredentials",
@@ -32,6 +34,7 @@ __all__ = [
     "hub_names_from_certificate",
     "identity_from_certificate",
     "load_certificate",
+    "load_certificates",
     "load_private_key",
     "make_csr",
     "write_demo_pki",

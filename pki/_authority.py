@@ -92,6 +92,7 @@ from pki._registry import (
     fingerprint_sha256,
     format_serial,
 )
+from pki._x509 import csr_signature_holds, extension_value, public_key_of
 
 __all__ = [
     "MIN_PASSPHRASE_LENGTH",
@@ -883,20 +884,22 @@ def _hub_csr_key(
     csr: x509.CertificateSigningRequest, dns_names: list[str], ip_addresses: list[str], old: CertificateRecord
 ) -> ec.EllipticCurvePublicKey:
     """The key of a hub renewal CSR, which must ask for exactly the names of the old certificate."""
-    if not csr.is_signature_valid:
+    key = public_key_of(csr, source="the CSR", field="csr.public_key")
+    if not csr_signature_holds(csr):
         raise PkiError(
             "the CSR's signature does not verify with its own public key",
             reason="CSR_SIGNATURE_INVALID",
             field="csr.signature",
         )
-    try:
-        san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    san = extension_value(
+        csr, x509.SubjectAlternativeName, source="the CSR", field="csr.extensions", reason="CSR_INVALID"
+    )
+    asked: tuple[list[str], list[str]] = ([], [])
+    if san is not None:
         asked = (
             sorted(san.get_values_for_type(x509.DNSName)),
             sorted(str(ip) for ip in san.get_values_for_type(x509.IPAddress)),
         )
-    except x509.ExtensionNotFound:
-        asked = ([], [])
     if asked != (sorted(dns_names), sorted(ip_addresses)):
         raise PkiError(
             f"the CSR asks for names {', '.join(asked[0] + asked[1]) or 'none'}, but certificate {old.serial} "
@@ -905,7 +908,6 @@ def _hub_csr_key(
             field="csr.san",
             metadata={"serial": old.serial},
         )
-    key = csr.public_key()
     if not (isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1)):
         raise PkiError(
             "the CSR's key is not ECDSA P-256",

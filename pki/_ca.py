@@ -34,6 +34,7 @@ from pki._files import (
     write_pem_private_key,
 )
 from pki._identity import NodeIdentity, hutong_uris, single_identity
+from pki._x509 import csr_signature_holds, extension_value, public_key_of
 
 __all__ = ["CertificateAuthority", "RevokedEntry", "check_node_csr", "csr_server_names", "generate_key", "make_csr"]
 
@@ -120,14 +121,11 @@ def _node_san(
 
 def csr_server_names(csr: x509.CertificateSigningRequest) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The DNS names and IP addresses a node's CSR asks for besides its identity URI (both may be empty)."""
-    try:
-        san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
+    san = extension_value(
+        csr, x509.SubjectAlternativeName, source="the CSR", field="csr.extensions", reason="CSR_INVALID"
+    )
+    if san is None:
         return (), ()
-    except ValueError as exc:
-        raise PkiError(
-            f"the CSR's extensions cannot be parsed: {exc}", reason="CSR_INVALID", field="csr.extensions"
-        ) from exc
     dns_names = tuple(san.get_values_for_type(x509.DNSName))
     ip_addresses = tuple(str(ip) for ip in san.get_values_for_type(x509.IPAddress))
     for dns_name in dns_names:
@@ -148,29 +146,23 @@ def check_node_csr(csr: x509.CertificateSigningRequest) -> tuple[NodeIdentity, e
     requests needs them) when they are well formed; :func:`csr_server_names` reads them, and
     the CA certifies them only when told to.
 
-    Errors: ``CSR_SIGNATURE_INVALID`` (field ``csr.signature``), ``KEY_TYPE_UNSUPPORTED``
-    (``csr.public_key``), ``CSR_INVALID`` (``csr.san_uri``, ``csr.san_dns`` or ``csr.extensions``;
+    Errors: ``CSR_SIGNATURE_INVALID`` (field ``csr.signature``), ``KEY_TYPE_UNSUPPORTED`` or
+    ``PUBLIC_KEY_INVALID`` (``csr.public_key``), ``CSR_INVALID`` (``csr.san_uri``, ``csr.san_dns`` or
+    ``csr.extensions``;
     the underlying identity reason, e.g. ``PROVINCE_UNKNOWN``, in ``metadata["cause_reason"]``).
     """
-    if not csr.is_signature_valid:
+    # The key first: checking the signature of a key of an unknown type or curve raises.
+    public_key = _require_p256(public_key_of(csr, source="the CSR", field="csr.public_key"), field="csr.public_key")
+    if not csr_signature_holds(csr):
         raise PkiError(
             "the CSR's signature does not verify with its own public key",
             reason="CSR_SIGNATURE_INVALID",
             field="csr.signature",
         )
-    public_key = _require_p256(csr.public_key(), field="csr.public_key")
-    try:
-        san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        uris: list[str] = []
-    except ValueError as exc:
-        raise PkiError(
-            f"the CSR's extensions cannot be parsed: {exc}",
-            reason="CSR_INVALID",
-            field="csr.extensions",
-        ) from exc
-    else:
-        uris = hutong_uris(san)
+    san = extension_value(
+        csr, x509.SubjectAlternativeName, source="the CSR", field="csr.extensions", reason="CSR_INVALID"
+    )
+    uris = hutong_uris(san) if san is not None else []
     try:
         identity = single_identity(uris, subject="the CSR", field="csr.san_uri")
     except PkiError as exc:
@@ -325,10 +317,8 @@ class CertificateAuthority:
         cert = read_certificate(cert_path, field="cert_path")
         key = read_private_key(key_path, passphrase, field="key_path")
         check_key_matches_certificate(key, cert, key_path=Path(key_path), cert_path=Path(cert_path))
-        try:
-            constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-        except (x509.ExtensionNotFound, ValueError):
-            constraints = None
+        # read_certificate parsed the extensions: none can raise here.
+        constraints = extension_value(cert, x509.BasicConstraints, source=str(cert_path), field="cert_path")
         if constraints is None or not constraints.ca:
             raise PkiError(
                 f"{cert_path} is not a CA certificate (BasicConstraints ca=True is missing)",

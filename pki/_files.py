@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.errors import PkiError
 from pki._identity import NodeIdentity
+from pki._x509 import load_certificates
 
 if TYPE_CHECKING:
     from pki._ca import CertificateAuthority
@@ -288,16 +289,7 @@ def read_certificates(path: StrPath, *, field: str = "path") -> list[x509.Certif
     """Every certificate in a PEM file (a chain or a CA bundle), in file order."""
     path = Path(path)
     data = read_bytes(path, field=field)
-    try:
-        certs = x509.load_pem_x509_certificates(data)
-    except ValueError as exc:
-        raise PkiError(
-            f"{path} holds no valid PEM certificate",
-            reason="PEM_INVALID",
-            field=field,
-            metadata={"path": str(path)},
-        ) from exc
-    return certs
+    return load_certificates(data, source=str(path), field=field, metadata={"path": str(path)})
 
 
 def read_certificate(path: StrPath, *, field: str = "path") -> x509.Certificate:

@@ -22,6 +22,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from gateway.errors import PkiError
+from pki._x509 import extension_value
 
 __all__ = ["NodeIdentity", "hub_names_from_certificate", "identity_from_certificate"]
 
@@ -161,16 +162,7 @@ def identity_from_certificate(cert: x509.Certificate) -> NodeIdentity:
 
 
 def _san_of(cert: x509.Certificate) -> x509.SubjectAlternativeName | None:
-    try:
-        return cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return None
-    except ValueError as exc:  # malformed or duplicated extensions
-        raise PkiError(
-            f"certificate extensions cannot be parsed: {exc}",
-            reason="CERTIFICATE_INVALID",
-            field="extensions",
-        ) from exc
+    return extension_value(cert, x509.SubjectAlternativeName, source="the certificate", field="extensions")
 
 
 def hub_names_from_certificate(cert: x509.Certificate) -> tuple[str, ...]:
@@ -197,10 +189,7 @@ def hub_names_from_certificate(cert: x509.Certificate) -> tuple[str, ...]:
             reason="HUB_NAMES_MISSING",
             field="san",
         )
-    try:
-        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    except x509.ExtensionNotFound:
-        usages = None
+    usages = extension_value(cert, x509.ExtendedKeyUsage, source="the certificate", field="extensions")
     if usages is not None and ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
         raise PkiError(
             "the certificate's extended key usage does not allow TLS client authentication",

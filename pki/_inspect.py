@@ -9,6 +9,7 @@ against the intermediate and the root.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from pki._authority import CaDirectory
 from pki._files import StrPath, read_bytes
 from pki._identity import URI_SCHEME, single_identity
 from pki._registry import RevocationReason, fingerprint_sha256, format_serial
+from pki._x509 import X509_ERRORS, csr_signature_holds, load_certificates, load_crl, load_csr, public_key_of
 
 __all__ = ["CertificateReport", "CrlEntryReport", "CrlReport", "CsrReport", "inspect_file", "public_key_sha256"]
 
@@ -115,37 +117,44 @@ def inspect_file(path: StrPath, *, ca: CaDirectory | None = None, now: dt.dateti
     path = Path(path)
     now = now or dt.datetime.now(dt.UTC)
     data = read_bytes(path, field="file")
-    try:
-        if b"-----BEGIN" in data:
-            if b"CERTIFICATE REQUEST-----" in data:
-                return _csr(path, x509.load_pem_x509_csr(data))
-            if b"-----BEGIN X509 CRL-----" in data:
-                return _crl(path, x509.load_pem_x509_crl(data), ca, now)
-            if b"-----BEGIN CERTIFICATE-----" in data:
-                return _certificate(path, x509.load_pem_x509_certificates(data), ca, now)
-        else:
-            for kind in ("certificate", "csr", "crl"):
-                try:
-                    if kind == "certificate":
-                        return _certificate(path, [x509.load_der_x509_certificate(data)], ca, now)
-                    if kind == "csr":
-                        return _csr(path, x509.load_der_x509_csr(data))
-                    return _crl(path, x509.load_der_x509_crl(data), ca, now)
-                except ValueError:
-                    continue
-    except ValueError as exc:
-        raise PkiError(
-            f"{path} cannot be parsed: {exc}",
-            reason="PEM_INVALID",
-            field="file",
-            metadata={"path": str(path)},
-        ) from exc
+    source, meta = str(path), {"path": str(path)}
+    if b"-----BEGIN" in data:
+        if b"CERTIFICATE REQUEST-----" in data:
+            return _csr(path, load_csr(data, source=source, field="file", metadata=meta))
+        if b"-----BEGIN X509 CRL-----" in data:
+            return _crl(path, load_crl(data, source=source, field="file", metadata=meta), ca, now)
+        if b"-----BEGIN CERTIFICATE-----" in data:
+            return _certificate(path, load_certificates(data, source=source, field="file", metadata=meta), ca, now)
+    else:
+        # DER says nothing of its kind: the first loader that takes the bytes decides it, then its checks apply.
+        if _loads(x509.load_der_x509_certificate, data):
+            certs = load_certificates(data, source=source, field="file", der=True, metadata=meta)
+            return _certificate(path, certs, ca, now)
+        if _loads(x509.load_der_x509_csr, data):
+            return _csr(path, load_csr(data, source=source, field="file", metadata=meta))
+        if _loads(x509.load_der_x509_crl, data):
+            return _crl(path, load_crl(data, source=source, field="file", der=True, metadata=meta), ca, now)
     raise PkiError(
         f"{path} holds no certificate, CSR or CRL (PEM or DER)",
         reason="PEM_INVALID",
         field="file",
         metadata={"path": str(path)},
     )
+
+
+def _crl_signed_by(crl: x509.CertificateRevocationList, key: ec.EllipticCurvePublicKey) -> bool:
+    try:
+        return crl.is_signature_valid(key)
+    except X509_ERRORS:  # a signature algorithm cryptography does not know: not one of this CA's
+        return False
+
+
+def _loads(loader: Callable[[bytes], object], data: bytes) -> bool:
+    try:
+        loader(data)
+    except X509_ERRORS:
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------- certificates
@@ -184,7 +193,7 @@ def _certificate(
         uris=uris,
         node_identity=identity,
         identity_problem=problem,
-        key_type=_key_type(cert.public_key()),
+        key_type=_key_type(cert),
         key_usage=_key_usage(cert),
         extended_key_usage=_extended_key_usage(cert),
         fingerprint_sha256=fingerprint_sha256(cert),
@@ -220,6 +229,10 @@ def _with_ca_view(
     )
 
 
+#: What a chain that does not verify raises: the validator's verdict, or a part it could not parse.
+_CHAIN_ERRORS: tuple[type[Exception], ...] = (VerificationError, InvalidSignature, *X509_ERRORS)
+
+
 def _verify_chain(
     cert: x509.Certificate, rest: list[x509.Certificate], ca: CaDirectory, now: dt.datetime
 ) -> tuple[bool, str | None]:
@@ -233,7 +246,7 @@ def _verify_chain(
             return True, None
         verifier = PolicyBuilder().store(Store([root])).time(now).build_client_verifier()
         verifier.verify(cert, [*rest, intermediate])
-    except (VerificationError, ValueError, TypeError, InvalidSignature) as exc:
+    except _CHAIN_ERRORS as exc:
         # The validator explains itself; InvalidSignature carries no message, so name it.
         return False, str(exc) or type(exc).__name__
     return True, None
@@ -245,6 +258,10 @@ def _verify_chain(
 def _csr(path: Path, csr: x509.CertificateSigningRequest) -> CsrReport:
     dns, ips, uris = _names(csr.extensions)
     identity, problem = _identity(uris, subject="the CSR")
+    try:
+        key_sha256 = public_key_sha256(public_key_of(csr, source="the CSR", field="file"))
+    except PkiError:
+        key_sha256 = "unavailable (the key cannot be read)"
     return CsrReport(
         path=path,
         subject=csr.subject.rfc4514_string(),
@@ -253,9 +270,9 @@ def _csr(path: Path, csr: x509.CertificateSigningRequest) -> CsrReport:
         uris=uris,
         node_identity=identity,
         identity_problem=problem,
-        signature_valid=csr.is_signature_valid,
-        key_type=_key_type(csr.public_key()),
-        public_key_sha256=public_key_sha256(csr.public_key()),
+        signature_valid=csr_signature_holds(csr),
+        key_type=_key_type(csr),
+        public_key_sha256=key_sha256,
     )
 
 
@@ -284,7 +301,7 @@ def _crl(path: Path, crl: x509.CertificateRevocationList, ca: CaDirectory | None
         for issuer in (ca.intermediate_certificate(), ca.root_certificate()):
             key = issuer.public_key()
             if crl.issuer == issuer.subject and isinstance(key, ec.EllipticCurvePublicKey):
-                signature_valid = signature_valid or crl.is_signature_valid(key)
+                signature_valid = signature_valid or _crl_signed_by(crl, key)
     next_update = crl.next_update_utc
     return CrlReport(
         path=path,
@@ -335,7 +352,11 @@ def _identity(uris: tuple[str, ...], *, subject: str) -> tuple[str | None, str |
         return None, f"{exc.message} [{exc.reason}]"
 
 
-def _key_type(key: object) -> str:
+def _key_type(obj: x509.Certificate | x509.CertificateSigningRequest) -> str:
+    try:
+        key = public_key_of(obj, source="the file", field="file")
+    except PkiError as exc:
+        return f"unknown ({exc.reason}: {exc.__cause__ or exc.message})"
     if isinstance(key, ec.EllipticCurvePublicKey):
         return f"ECDSA {key.curve.name}"
     if isinstance(key, rsa.RSAPublicKey):

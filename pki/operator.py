@@ -39,6 +39,7 @@ from pki._registry import (
     format_serial,
     parse_serial,
 )
+from pki._x509 import load_csr
 
 __all__ = [
     "MIN_PASSPHRASE_LENGTH",
@@ -65,6 +66,7 @@ __all__ = [
     "format_serial",
     "inspect_file",
     "key_file_is_encrypted",
+    "load_csr",
     "make_private_dir",
     "parse_serial",
     "pem_chain",

@@ -445,8 +445,12 @@ def _read_manifest(directory: Path) -> _Manifest:
     return _Manifest(origin, hash_name, verifier_key, size, segment_size)
 
 
+#: The mode of the directories of an export (files are 0600: ``tempfile.mkstemp`` creates them so).
+_EXPORT_DIR_MODE = 0o700
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a synced hidden temporary file and a rename."""
+    """Write ``data`` to ``path`` (mode 0600) through a synced hidden temporary file and a rename."""
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -487,10 +491,12 @@ def export_log(source: AuditSource, directory: Path, *, segment_size: int = 6553
     _check_segment_size(segment_size, where="")
     bulk = _bulk_hash(source.hash_name)
     size = source.tree_size()
-    directory.mkdir(parents=True, exist_ok=True)
+    # The log names who asked about whom (as person keys): the export is the owner's only, like the
+    # database it comes from. Files are written 0600 (mkstemp); new directories are made 0700.
+    directory.mkdir(mode=_EXPORT_DIR_MODE, parents=True, exist_ok=True)
     previous_size = _previous_export_size(directory, source, segment_size, size)
     for sub in (_ENTRIES, _LEAVES, _CHECKPOINTS):
-        (directory / sub).mkdir(exist_ok=True)
+        (directory / sub).mkdir(mode=_EXPORT_DIR_MODE, exist_ok=True)
 
     # The checkpoints are read, and checked against those already archived, before any segment
     # is (re)written: a source that contradicts the archive must not overwrite any of it.
@@ -723,14 +729,26 @@ def read_export_entries(directory: Path) -> Iterator[tuple[int, bytes]]:
     manifest = _read_manifest(directory)
     index = 0
     for start in _list_segments(directory, manifest):
-        with gzip.open(directory / _entries_file(start), "rb") as entries:
+        file = _entries_file(start)
+        with gzip.open(directory / file, "rb") as entries:
             rest = b""
-            while chunk := entries.read(_READ_CHUNK):
+            while chunk := _read_gzip_chunk(entries, file, index):
                 lines = (rest + chunk).split(b"\n")
                 rest = lines.pop()
                 for line in lines:
                     yield index, line
                     index += 1
+
+
+def _read_gzip_chunk(handle: gzip.GzipFile, file: str, entry: int) -> bytes:
+    """The next chunk of an entries file; a file that is not gzip (or is cut short) is an :class:`ExportInvalid`."""
+    try:
+        return handle.read(_READ_CHUNK)
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        raise ExportInvalid(
+            f"entries file {file} is not a valid gzip file ({exc}): entries from {entry} on cannot be read",
+            metadata={"file": file, "entry": str(entry)},
+        ) from exc
 
 
 def _names(path: Path) -> list[str]:
@@ -945,13 +963,9 @@ class _Verification:
 
     def _read(self, handle: gzip.GzipFile, file: str, entry: int) -> bytes:
         try:
-            return handle.read(_READ_CHUNK)
-        except (OSError, EOFError, zlib.error) as exc:
-            self._segment_error(
-                f"entries file {file} is not a valid gzip file ({exc}): entries from {entry} on cannot be read",
-                file,
-                entry,
-            )
+            return _read_gzip_chunk(handle, file, entry)
+        except ExportInvalid as exc:
+            self._segment_error(exc.message, file, entry)
 
     def _fold(self, first: int, entries: list[bytes], listed: list[bytes], file: str) -> None:
         """Fold entries ``first ..`` into the trees, stopping at every checkpoint size among them."""

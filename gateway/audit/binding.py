@@ -50,6 +50,8 @@ from cryptography.x509 import verification
 
 from gateway.audit.checkpoint import NoteVerifier, parse_verifier_key
 from gateway.audit.errors import BindingInvalid, KeyInvalid
+from gateway.errors import PkiError
+from pki import X509_ERRORS, load_certificates
 
 __all__ = ["BINDING_TYPE", "KeyBinding", "bind_key", "verify_binding"]
 
@@ -117,7 +119,7 @@ def _san(cert: x509.Certificate, *, field: str) -> x509.SubjectAlternativeName |
         return cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return None
-    except ValueError as exc:  # malformed or duplicated extensions
+    except X509_ERRORS as exc:  # malformed or duplicated extensions
         raise BindingInvalid(f"the hub certificate's extensions cannot be parsed: {exc}", field=field) from exc
 
 
@@ -166,11 +168,18 @@ def _server_verifier(
     )
 
 
-def _load_chain(cert_chain_pem: bytes) -> list[x509.Certificate]:
+def _load_certificates(
+    pem: bytes, *, source: str, field: str, metadata: dict[str, str] | None = None
+) -> list[x509.Certificate]:
+    """Certificates read by the PKI's one loader, its refusal restated as a :class:`BindingInvalid`."""
     try:
-        return x509.load_pem_x509_certificates(cert_chain_pem)
-    except ValueError as exc:
-        raise BindingInvalid("cert_chain_pem holds no valid PEM certificate", field="cert_chain_pem") from exc
+        return load_certificates(pem, source=source, field=field, metadata=metadata)
+    except PkiError as exc:
+        raise BindingInvalid(exc.message, field=field, metadata={**exc.metadata, "cause_reason": exc.reason}) from exc
+
+
+def _load_chain(cert_chain_pem: bytes) -> list[x509.Certificate]:
+    return _load_certificates(cert_chain_pem, source="cert_chain_pem", field="cert_chain_pem")
 
 
 def bind_key(
@@ -266,13 +275,16 @@ def _parse_certificates(value: object) -> list[x509.Certificate]:
     certs: list[x509.Certificate] = []
     for position, pem in enumerate(value):
         try:
-            loaded = x509.load_pem_x509_certificates(pem.encode("utf-8"))
-        except ValueError as exc:
+            data = pem.encode("utf-8")
+        except UnicodeEncodeError as exc:
             raise BindingInvalid(
                 f"certificates[{position}] is not a PEM certificate",
                 field="certificates",
                 metadata={"position": str(position)},
             ) from exc
+        loaded = _load_certificates(
+            data, source=f"certificates[{position}]", field="certificates", metadata={"position": str(position)}
+        )
         if len(loaded) != 1:
             raise BindingInvalid(
                 f"certificates[{position}] holds {len(loaded)} certificates, not one",
@@ -293,10 +305,11 @@ def _parse_signature(value: object) -> bytes:
 
 
 def _load_anchors(ca_pem: bytes) -> list[x509.Certificate]:
-    try:
-        return x509.load_pem_x509_certificates(ca_pem)
-    except ValueError as exc:
-        raise BindingInvalid("ca_pem holds no valid PEM certificate", field="ca_pem") from exc
+    return _load_certificates(ca_pem, source="ca_pem", field="ca_pem")
+
+
+#: What a chain that does not verify raises: the validator's verdict, or a part it could not parse.
+_CHAIN_ERRORS: tuple[type[Exception], ...] = (verification.VerificationError, *X509_ERRORS)
 
 
 def _verify_chain(
@@ -312,7 +325,7 @@ def _verify_chain(
     verifier = _server_verifier(anchors, names, at)
     try:
         verifier.verify(leaf, list(intermediates))
-    except verification.VerificationError as exc:
+    except _CHAIN_ERRORS as exc:
         raise BindingInvalid(
             f"the hub certificate does not chain to the CA at {_format_time(at)}: {exc}",
             field="certificates",

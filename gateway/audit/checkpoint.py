@@ -66,6 +66,19 @@ _MAX_SIGNATURES = 100
 _SIGNATURE_PREFIX = "\u2014 "
 _DECIMAL = re.compile(r"0|[1-9][0-9]*")
 _MAX_TREE_SIZE = 2**64 - 1
+#: Times are microseconds within SQL BIGINT, like audit entries' ``time_us``.
+_MAX_TIME_US = 2**63 - 1
+
+
+def _bounded_decimal(text: str, maximum: int) -> int | None:
+    """``text`` as an integer if it is a decimal without leading zeros within ``0..maximum``, else None.
+
+    The length is bounded before converting: int() refuses more than 4,300 digits with ValueError.
+    """
+    if len(text) > len(str(maximum)) or not _DECIMAL.fullmatch(text):
+        return None
+    value = int(text)
+    return value if value <= maximum else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,9 +99,9 @@ class Checkpoint:
         """When the hub signed the checkpoint (its ``time`` extension line), or None without one."""
         for line in self.extensions:
             if line.startswith(TIME_EXTENSION):
-                value = line[len(TIME_EXTENSION) :]
-                if _DECIMAL.fullmatch(value):
-                    return int(value)
+                value = _bounded_decimal(line[len(TIME_EXTENSION) :], _MAX_TIME_US)
+                if value is not None:
+                    return value
         return None
 
     def body(self) -> str:
@@ -295,8 +308,11 @@ def parse_checkpoint_body(text: str, *, hash_size: int = 32) -> Checkpoint:
     origin, size_text, root_b64, *extensions = lines
     if not origin:
         raise CheckpointInvalid("checkpoint origin line is empty", field="origin")
-    if not _DECIMAL.fullmatch(size_text) or int(size_text) > _MAX_TREE_SIZE:
-        raise CheckpointInvalid("checkpoint tree size is not a decimal without leading zeros", field="size")
+    size = _bounded_decimal(size_text, _MAX_TREE_SIZE)
+    if size is None:
+        raise CheckpointInvalid(
+            "checkpoint tree size is not a decimal without leading zeros within 0..2**64-1", field="size"
+        )
     root = _b64(root_b64, "root_hash", CheckpointInvalid)
     if len(root) != hash_size:
         raise CheckpointInvalid(
@@ -306,7 +322,7 @@ def parse_checkpoint_body(text: str, *, hash_size: int = 32) -> Checkpoint:
         )
     if any(not line for line in extensions):
         raise CheckpointInvalid("checkpoint extension lines must not be empty", field="extensions")
-    return Checkpoint(origin, int(size_text), root, tuple(extensions))
+    return Checkpoint(origin, size, root, tuple(extensions))
 
 
 def parse_checkpoint(note: str, *, hash_size: int = 32) -> Checkpoint:

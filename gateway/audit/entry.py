@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -116,23 +116,25 @@ class AuditEntry:
             raise EntryInvalid("payload_digest must be lower-case hex", field="payload_digest")
         if not isinstance(self.counts, Mapping):
             raise EntryInvalid("counts must be a mapping", field="counts")
-        counts: dict[str, int] = {}
-        for name, value in sorted(self.counts.items()):
+        # Types are checked before sorting: sorted() and set() raise TypeError on mixed or unhashable items.
+        for name, value in self.counts.items():
             if not isinstance(name, str) or not _COUNT_NAME.fullmatch(name):
                 raise EntryInvalid("count names must be snake_case", field="counts", metadata={"count": str(name)})
             if not _is_int(value):
                 raise EntryInvalid(
                     f"count {name} must be an integer in 0..2**63-1", field="counts", metadata={"count": name}
                 )
-            counts[name] = value
-        if isinstance(self.person_keys, str):
+        counts = dict(sorted(self.counts.items()))
+        # Callers pass lists, tuples and sets alike; a string would iterate as characters.
+        if isinstance(self.person_keys, (str, bytes)) or not isinstance(self.person_keys, Iterable):
             raise EntryInvalid("person_keys must be a sequence of hex strings", field="person_keys")
-        keys = tuple(sorted(set(self.person_keys)))
-        for position, key in enumerate(keys):
+        given = tuple(self.person_keys)
+        for position, key in enumerate(given):
             if not isinstance(key, str) or not _HEX.fullmatch(key):
                 raise EntryInvalid(
                     "person keys must be lower-case hex", field="person_keys", metadata={"position": str(position)}
                 )
+        keys = tuple(sorted(set(given)))
         object.__setattr__(self, "counts", MappingProxyType(counts))
         object.__setattr__(self, "person_keys", keys)
 
@@ -177,6 +179,8 @@ class AuditEntry:
             )
         except (UnicodeDecodeError, ValueError) as exc:
             raise EntryInvalid(f"entry is not canonical JSON: {exc}") from exc
+        except RecursionError as exc:  # nesting deeper than the interpreter's limit: no entry nests at all
+            raise EntryInvalid("entry is not canonical JSON: nested too deeply") from exc
         if not isinstance(obj, dict):
             raise EntryInvalid("entry is not a JSON object")
         if obj.get("v") != ENTRY_VERSION or isinstance(obj.get("v"), bool):

@@ -4,7 +4,8 @@
   checkpoints; the hub's own verification of the log ("verified up to entry N", framed from
   ``/audit/status``, which refreshes itself: live without a script).
 * ``/audit/entry/{index}`` — one entry whole, with its inclusion proof against the newest
-  signed checkpoint, checked here and shown so that anyone can check it again.
+  signed checkpoint, checked here from the hash of the bytes shown and shown so that anyone can
+  check it again.
 * ``/person`` — one person's records as the hub holds them (provinces, programmes, statuses),
   their duplicate findings and the log entries that touched them. ID numbers are masked unless
   the viewer holds ``query:detail``.
@@ -13,6 +14,11 @@ A page that names a person — an entry's person keys, a person search, the pers
 itself an entry in the exchange log (``/hutong.hub.Console/...``, with the viewer, the stated
 purpose and the person keys) written before the page is sent; if it cannot be written, the page
 is not shown. The log list shows counts of persons, not their keys.
+
+Such a view is written only for a request from the console's own pages (or typed into the
+address bar): a browser sends a certificate login cross-site too, so another site could
+otherwise write views in the viewer's name with a link or an image. A cross-site request gets a
+page that says so, with a link that repeats it from here (``same_origin``, as forms are checked).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from gateway.audit import AuditEntry, ProofInvalid, parse_checkpoint, verify_inclusion
+from gateway.audit import AuditEntry, ProofInvalid, leaf_hash, parse_checkpoint, verify_inclusion
 from gateway.console.auth import ADMIN, AUDIT_READ, QUERY_DETAIL, Viewer
 from gateway.console.pages import render, route, same_origin
 from gateway.domain import identity
@@ -105,6 +111,21 @@ def _purpose(value: str) -> str:
     return value
 
 
+def _cross_site_refusal(request: web.Request, viewer: Viewer) -> web.Response | None:
+    """The page that refuses a view that would be logged, asked from another site; None when it may proceed."""
+    if same_origin(request):
+        return None
+    return render(
+        "denied.html",
+        status=403,
+        title="Confirm this view",
+        viewer=viewer,
+        message="This page records your view in the exchange log, in your name, and the request came from another "
+        "site, which may not make your browser do that. Nothing was recorded or shown.",
+        continue_to=request.path_qs if request.method == "GET" else None,
+    )
+
+
 async def _record_view(
     hub: HubServer,
     request: web.Request,
@@ -117,6 +138,8 @@ async def _record_view(
 ) -> None:
     """Write the exchange-log entry of a page view that names persons; the page is sent only after."""
     assert hub.audit is not None
+    if not same_origin(request):  # each page refuses earlier (_cross_site_refusal); this keeps a new one honest
+        raise web.HTTPForbidden(text="a view recorded in the exchange log must be asked from this console")
     keys = set(person_keys)
     call = CallInfo(
         method=method,
@@ -153,6 +176,8 @@ async def _audit(request: web.Request, hub: HubServer, viewer: Viewer) -> web.Re
     after = 0
     next_after: int | None = None
     person_shown = ""
+    if form["person"] and (refusal := _cross_site_refusal(request, viewer)) is not None:
+        return refusal
     try:
         filt = AuditFilter(
             since_us=_time_us(form["since"], "since"),
@@ -265,19 +290,31 @@ async def _entry(request: web.Request, hub: HubServer, viewer: Viewer) -> web.Re
     latest = await store.latest_checkpoint()
     if found is None:
         raise web.HTTPNotFound(text=f"index: the exchange log has no entry {index}")
-    data, leaf = found
+    data, stored_leaf = found
     entry = AuditEntry.decode(data)
+    if entry.person_keys and (refusal := _cross_site_refusal(request, viewer)) is not None:
+        return refusal
+    assert hub.audit is not None
+    # The proof is checked from the hash of the bytes the page shows, H(0x00 || entry), as
+    # `hutong audit prove` does, never from the leaf hash stored beside them: an entry rewritten in
+    # the database with its leaf hash left alone must not be shown as proved.
+    leaf = leaf_hash(data, hub.audit.hash_fn)
+    leaf_problem = ""
+    if leaf != stored_leaf:
+        leaf_problem = (
+            f"the entry shown hashes to {leaf.hex()}, but the leaf hash stored with it is {stored_leaf.hex()}:"
+            " the entry (or its leaf hash) was changed in the database after it was logged"
+        )
     proof: dict[str, Any] = {"checkpoint": None}
     if latest is not None and latest[0] > index:
         size, note = latest
         checkpoint = parse_checkpoint(note)
         path = await store.inclusion_proof(index, size)
-        assert hub.audit is not None
         try:
             verify_inclusion(leaf, index, size, path, checkpoint.root_hash, hub.audit.hash_fn)
             verdict = ""
         except ProofInvalid as exc:
-            verdict = str(exc)
+            verdict = f"{leaf_problem}; {exc}" if leaf_problem else str(exc)
         proof = {
             "checkpoint": note,
             "size": size,
@@ -303,6 +340,7 @@ async def _entry(request: web.Request, hub: HubServer, viewer: Viewer) -> web.Re
         entry=entry,
         time=_time(entry.time_us),
         leaf=leaf.hex(),
+        leaf_problem=leaf_problem,
         json=data.decode(),
         proof=proof,
     )
@@ -321,6 +359,8 @@ async def _person(request: web.Request, hub: HubServer, viewer: Viewer) -> web.R
     else:
         q = request.query
     asked, why = str(q.get("q", "")).strip(), str(q.get("why", ""))
+    if asked and (refusal := _cross_site_refusal(request, viewer)) is not None:
+        return refusal
     reveal = q.get("reveal") == "1"
     context: dict[str, Any] = {
         "asked": "",

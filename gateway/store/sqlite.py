@@ -7,22 +7,70 @@ while the writer commits.
 
 Durability: ``synchronous=FULL`` by default, so an acknowledged batch survives power loss,
 not just a crash of the process.
+
+Permissions: the database holds person keys, sealed personal data and the exchange log, so a
+new file is created 0600 whatever the umask, and SQLite gives its ``-wal`` and ``-shm`` files
+the mode of the database. An existing file open to group or others is used as it is (refusing
+would stop deployments that work today) with a ``database_file_open_to_others`` warning naming it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
+import stat
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+import structlog
 
 from gateway.audit import HashFn, sha256
 from gateway.errors import StoreError
 from gateway.store.engine import migrations
 from gateway.store.sql import SqlStore, finding_id
 
-__all__ = ["SqliteEngine", "SqliteStore", "finding_id"]
+__all__ = ["DATABASE_FILE_MODE", "SqliteEngine", "SqliteStore", "check_database_file", "finding_id"]
+
+log = structlog.get_logger("hutong.store")
+
+#: The mode of a database file the store creates: the owner's only, like the hub's key files.
+DATABASE_FILE_MODE = 0o600
+#: The files SQLite keeps beside a database (WAL mode, and a rollback journal); they take its mode.
+_COMPANIONS = ("-wal", "-shm", "-journal")
+
+
+def check_database_file(path: Path) -> None:
+    """Create ``path`` empty with mode 0600 if it does not exist; else warn if it, or a companion, is open to others.
+
+    The file is made here with ``O_EXCL`` so that it is private from its first byte (SQLite would
+    create it with the umask's mode), and its mode is set exactly (a umask may take more bits).
+    """
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_CLOEXEC", 0), DATABASE_FILE_MODE)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise StoreError(f"cannot create database {path}: {exc.strerror or exc}", reason="STORE_UNAVAILABLE") from exc
+    else:
+        try:
+            os.fchmod(fd, DATABASE_FILE_MODE)
+        finally:
+            os.close(fd)
+        return
+    for file in (path, *(path.with_name(path.name + suffix) for suffix in _COMPANIONS)):
+        try:
+            mode = file.stat().st_mode
+        except OSError:
+            continue  # no companion file (yet), or nothing to say about it
+        if stat.S_ISREG(mode) and mode & (stat.S_IRWXG | stat.S_IRWXO):
+            log.warning(
+                "database_file_open_to_others",
+                path=str(file),
+                mode=f"{stat.S_IMODE(mode):04o}",
+                hint=f"chmod 600 {file}",
+            )
 
 
 class SqliteEngine:
@@ -40,12 +88,17 @@ class SqliteEngine:
         self.path = path
         self._synchronous = synchronous
         self._cache_kib = cache_mib * 1024
+        # The file's mode is checked (or set) by the first connection only: once per open store.
+        self._file_checked = False
 
     def describe(self) -> str:
         return str(self.path)
 
     def connect(self, *, readonly: bool = False) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self._file_checked:
+            check_database_file(self.path)
+            self._file_checked = True
         try:
             con = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:

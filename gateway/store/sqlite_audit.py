@@ -47,6 +47,9 @@ BLOOM_THRESHOLD = 64
 STORED_LEVEL = 8
 #: Person rows gathered in audit_persons_recent before they are folded into the index, in key order.
 FOLD_ROWS = 65536
+#: The largest integer a SQL ``INTEGER``/``BIGINT`` parameter holds (SQLite raises OverflowError past it,
+#: PostgreSQL NumericValueOutOfRange). Indices and times stored are within it, which makes clamping exact.
+_SQL_MAX = 2**63 - 1
 _BLOOM_BITS_PER_KEY = 10
 _BLOOM_PROBES = 4
 
@@ -241,6 +244,9 @@ def stored_tree(con: Connection, hash_fn: HashFn) -> tuple[int, list[bytes]]:
 
 def read_entries(con: Connection, start: int, end: int) -> Iterator[tuple[bytes, bytes]]:
     """(entry bytes, leaf hash) of entries ``start .. end-1``, in order."""
+    start, end = max(start, 0), min(end, _SQL_MAX)
+    if start >= end:
+        return
     for data, leaf in con.execute(
         "SELECT entry, leaf_hash FROM audit_entries WHERE seq >= ? AND seq < ? ORDER BY seq", (start, end)
     ):
@@ -298,15 +304,24 @@ def _entries_at(con: Connection, seqs: Sequence[int]) -> dict[int, bytes]:
 
 
 def list_entries(con: Connection, filt: AuditFilter, *, after: int, limit: int, size: int) -> list[tuple[int, bytes]]:
-    """Up to ``limit`` (index, entry bytes) matching ``filt`` with ``after <= index < size``, in order."""
+    """Up to ``limit`` (index, entry bytes) matching ``filt`` with ``after <= index < size``, in order.
+
+    Bounds beyond what SQL integers hold are clamped: every stored index and time lies in
+    ``0 .. 2**63-1`` (as :class:`~gateway.audit.AuditEntry` requires), so the answer is the same.
+    """
+    after, size = max(after, 0), min(size, _SQL_MAX)
+    # A time bound of 0 is none (AuditFilter); a negative since bounds nothing, a negative until excludes all.
+    since, until = filt.since_us, filt.until_us
+    if after >= size or limit <= 0 or since > _SQL_MAX or (until and until <= 0):
+        return []
     where = ["seq >= ?", "seq < ?"]
     args: list[object] = [after, size]
-    if filt.since_us:
+    if since > 0:
         where.append("time_us >= ?")
-        args.append(filt.since_us)
-    if filt.until_us:
+        args.append(since)
+    if 0 < until <= _SQL_MAX:  # past it, every stored time is below the bound
         where.append("time_us < ?")
-        args.append(filt.until_us)
+        args.append(until)
     for column, value in (("province", filt.province), ("purpose", filt.purpose)):
         if value:
             where.append(f"{column} = ?")

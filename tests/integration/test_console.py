@@ -615,3 +615,97 @@ async def test_a_rewritten_entry_turns_the_verification_status_red(
     assert f'class="bad" data-verified="{good}">The log does NOT verify beyond entry {good:,}' in text
     metrics = (await page(audited_hub, demo_pki, "/metrics", None))[1]
     assert "hutong_audit_inconsistent 1.0" in metrics
+
+
+# -- views that write log entries: origin (THREAT_MODEL G12) and what the entry page proves (G13) ---------------
+
+
+async def get_from(hub: HubServer, demo_pki: DemoPki, path: str, site: str | None, **headers: str) -> tuple[int, str]:
+    """GET ``path`` with a certificate login, as a browser that says the request came from ``site``."""
+    sent = dict(headers)
+    if site is not None:
+        sent["Sec-Fetch-Site"] = site
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"https://localhost:{hub.console_port}{path}", ssl=as_node(demo_pki, CD), headers=sent) as response,
+    ):
+        return response.status, await response.text()
+
+
+async def test_views_that_write_log_entries_refuse_requests_from_other_sites(
+    audited_hub: HubServer, demo_pki: DemoPki
+) -> None:
+    entries = await log_entries(audited_hub)
+    index = next(i for i, e in enumerate(entries) if e.person_keys)
+    key = entries[index].person_keys[0]
+    views = {
+        f"/audit/entry/{index}": "/hutong.hub.Console/ViewAuditEntry",
+        f"/audit?person={key}&why=audit": "/hutong.hub.Console/SearchAuditLog",
+        f"/person?q={key}&why=audit": "/hutong.hub.Console/ViewPerson",
+    }
+    for path, method in views.items():
+        size = len(await log_entries(audited_hub))
+        # A certificate login goes along with a cross-site link or image: it may not write a view.
+        for site, headers in (("cross-site", {}), ("same-site", {}), (None, {"Origin": "https://evil.example"})):
+            status, text = await get_from(audited_hub, demo_pki, path, site, **headers)
+            assert status == 403, (path, site)
+            assert "Nothing was recorded or shown" in text
+            shown, link = text.split('id="continue"', 1)
+            assert key not in shown  # only in the link that repeats the request from here
+            assert f'href="{path.replace("&", "&amp;")}"' in link
+            assert len(await log_entries(audited_hub)) == size, (path, site)
+        # From the console's own pages, or typed into the address bar, the view is shown and logged.
+        for site in ("same-origin", "none", None):
+            status, text = await get_from(audited_hub, demo_pki, path, site)
+            assert status == 200, (path, site)
+            assert key in text
+            size += 1
+            logged = await log_entries(audited_hub)
+            assert len(logged) == size
+            assert (logged[-1].method, logged[-1].subject) == (method, CD)
+
+
+async def test_pages_that_write_nothing_open_from_other_sites(audited_hub: HubServer, demo_pki: DemoPki) -> None:
+    entries = await log_entries(audited_hub)
+    quiet = next(i for i, e in enumerate(entries) if not e.person_keys)
+    size = len(entries)
+    for path in ("/audit", f"/audit/entry/{quiet}", "/person"):
+        status, _ = await get_from(audited_hub, demo_pki, path, "cross-site")
+        assert status == 200, path
+    assert len(await log_entries(audited_hub)) == size
+
+
+async def test_an_entry_rewritten_with_its_stored_leaf_hash_left_alone_is_not_shown_as_proved(
+    audited_hub: HubServer, demo_pki: DemoPki
+) -> None:
+    entries = await log_entries(audited_hub)
+    index = next(i for i, e in enumerate(entries) if e.method.endswith("/CheckEnrollment"))
+    stored = entries[index].leaf_hash()
+    forged = dataclasses.replace(entries[index], purpose="audit")
+    with contextlib.closing(sqlite3.connect(audited_hub.settings.data_dir / "hub.sqlite3")) as con:
+        con.execute("UPDATE audit_entries SET entry = ? WHERE seq = ?", (forged.encode(), index))  # leaf_hash kept
+        con.commit()
+
+    status, text = await get_from(audited_hub, demo_pki, f"/audit/entry/{index}", "same-origin")
+
+    assert status == 200
+    # The page hashes the bytes it shows, as `hutong audit prove` does, and says they are not what was logged.
+    assert f'id="leaf">{forged.leaf_hash().hex()}<' in text
+    assert 'id="leaf-verdict">This entry is NOT what was logged' in text
+    assert stored.hex() in text
+    assert 'class="notice bad" id="proof-verdict">The proof does NOT verify' in text
+    assert f"Entry {index} is in the log" not in text
+
+
+async def test_an_untouched_entry_shows_the_hash_of_its_bytes_and_no_leaf_problem(
+    audited_hub: HubServer, demo_pki: DemoPki
+) -> None:
+    entries = await log_entries(audited_hub)
+    index = next(i for i, e in enumerate(entries) if e.method.endswith("/SyncRecords"))
+
+    status, text = await get_from(audited_hub, demo_pki, f"/audit/entry/{index}", "same-origin")
+
+    assert status == 200
+    assert f'id="leaf">{entries[index].leaf_hash().hex()}<' in text
+    assert 'id="leaf-verdict"' not in text
+    assert f"Entry {index} is in the log" in text

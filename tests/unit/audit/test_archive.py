@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import re
 import shutil
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -215,6 +217,20 @@ def test_export_writes_the_documented_layout_and_verifies(tmp_path: Path, hash_n
     assert report.latest.time_us == T0 + 37
     assert report.uncovered == 0
     assert report.root_hash == root_hash(log.leaves, hash_function(hash_name))
+
+
+def test_an_export_is_the_owners_only_whatever_the_umask(tmp_path: Path) -> None:
+    previous = os.umask(0o022)
+    try:
+        export_log(MemoryLog("sha256").append(9, sign_at=(9,)), tmp_path / "export", segment_size=8)
+    finally:
+        os.umask(previous)
+    directory = tmp_path / "export"
+    files = [p for p in directory.rglob("*") if p.is_file()]
+    directories = [directory, *(p for p in directory.rglob("*") if p.is_dir())]
+    assert len(files) == 7  # log.json, the binding, 2 entries, 2 leaves and 1 checkpoint file
+    assert {stat.S_IMODE(p.stat().st_mode) for p in files} == {0o600}
+    assert {stat.S_IMODE(p.stat().st_mode) for p in directories} == {0o700}
 
 
 def test_report_counts_entries_no_checkpoint_signs_yet(tmp_path: Path) -> None:
@@ -732,3 +748,23 @@ def test_read_export_entries_yields_every_entry_in_order(exported: Exported) -> 
     read = list(read_export_entries(directory))
     assert [index for index, _ in read] == list(range(len(log.entries)))
     assert [data for _, data in read] == log.entries
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [lambda data: b"not gzip at all", lambda data: data[: len(data) // 2]],
+    ids=["not-gzip", "cut-short"],
+)
+def test_read_export_entries_refuses_an_entries_file_that_is_not_gzip_naming_the_file(
+    exported: Exported, damage: Callable[[bytes], bytes]
+) -> None:
+    _, directory = exported()
+    path = _entries_path(directory, 8)
+    path.write_bytes(damage(path.read_bytes()))
+
+    with pytest.raises(ExportInvalid) as caught:
+        list(read_export_entries(directory))
+
+    assert caught.value.metadata["file"] == f"entries/{path.name}"
+    assert caught.value.metadata["entry"] == "8"
+    assert "not a valid gzip file" in caught.value.message

@@ -279,7 +279,7 @@ def _edited(binding: bytes, **changes: Any) -> bytes:
         (lambda doc: _edited(doc, signed_at="2025-02-30T08:00:00Z"), "signed_at", "not a valid date"),
         (lambda doc: _edited(doc, certificates=[]), "certificates", "non-empty list"),
         (lambda doc: _edited(doc, certificates="PEM"), "certificates", "non-empty list"),
-        (lambda doc: _edited(doc, certificates=["not a PEM"]), "certificates", r"certificates\[0\] is not a PEM"),
+        (lambda doc: _edited(doc, certificates=["not a PEM"]), "certificates", r"certificates\[0\] holds no valid PEM"),
         (lambda doc: _edited(doc, signature="***"), "signature", "not standard base64"),
         (lambda doc: _edited(doc, signature=3), "signature", "base64 string"),
     ],
@@ -353,3 +353,34 @@ def test_a_deeply_nested_document_is_refused_cleanly(demo_pki: DemoPki) -> None:
     with pytest.raises(BindingInvalid) as caught:
         verify_binding(b"[" * 100_000 + b"]" * 100_000, demo_pki.hub_tls.ca_pem)
     assert caught.value.field == "document"
+
+
+def _hub_der_edited(demo_pki: DemoPki, old: bytes, new: bytes) -> str:
+    der = x509.load_pem_x509_certificate(demo_pki.hub_tls.cert_chain_pem).public_bytes(serialization.Encoding.DER)
+    assert der.count(old) == 1
+    body = base64.b64encode(der.replace(old, new)).decode("ascii")
+    return f"-----BEGIN CERTIFICATE-----\n{body}\n-----END CERTIFICATE-----\n"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "cause_reason"),
+    [
+        # X.509 version 3 (INTEGER 2) made 8: cryptography's InvalidVersion.
+        (bytes.fromhex("a003020102"), bytes.fromhex("a003020107"), "PEM_INVALID"),
+        # subjectKeyIdentifier's OID made authorityKeyIdentifier's: DuplicateExtension.
+        (bytes.fromhex("0603551d0e"), bytes.fromhex("0603551d23"), "CERTIFICATE_INVALID"),
+    ],
+    ids=["bad-version", "duplicate-extension"],
+)
+def test_a_malformed_hub_certificate_is_refused_naming_the_member(
+    demo_pki: DemoPki, binding: bytes, old: bytes, new: bytes, cause_reason: str
+) -> None:
+    certificates = json.loads(binding)["certificates"]
+    edited = _edited(binding, certificates=[_hub_der_edited(demo_pki, old, new), *certificates[1:]])
+
+    with pytest.raises(BindingInvalid) as caught:
+        verify_binding(edited, demo_pki.hub_tls.ca_pem)
+
+    assert caught.value.field == "certificates"
+    assert caught.value.metadata["position"] == "0"
+    assert caught.value.metadata["cause_reason"] == cause_reason

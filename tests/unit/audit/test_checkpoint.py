@@ -147,6 +147,7 @@ def test_note_with_too_many_signatures_is_rejected() -> None:
         (f"{ORIGIN}\n-1\n{base64.b64encode(ROOT).decode()}\n", "size"),
         (f"{ORIGIN}\n4\u0662\n{base64.b64encode(ROOT).decode()}\n", "size"),
         (f"{ORIGIN}\n{2**64}\n{base64.b64encode(ROOT).decode()}\n", "size"),
+        (f"{ORIGIN}\n{'1' * 5000}\n{base64.b64encode(ROOT).decode()}\n", "size"),
         (f"{ORIGIN}\n42\n{base64.b64encode(ROOT[:31]).decode()}\n", "root_hash"),
         (f"{ORIGIN}\n42\n{base64.b64encode(ROOT).decode().rstrip('=')}\n", "root_hash"),
         (f"{ORIGIN}\n42\n{base64.b64encode(ROOT).decode()}\n\n", "extensions"),
@@ -224,3 +225,13 @@ def test_signer_key_must_start_with_private_key() -> None:
     text = encode_signer_key(ORIGIN, KEY).replace("PRIVATE+KEY", "SECRET+KEY", 1)
     with pytest.raises(KeyInvalid, match="PRIVATE"):
         parse_signer_key(text)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("1718000000000000", 1718000000000000), (str(2**63 - 1), 2**63 - 1), (str(2**63), None), ("1" * 5000, None)],
+    ids=["a-time", "the-largest", "past-bigint", "over-int-digit-limit"],
+)
+def test_the_time_extension_reads_only_times_within_bigint(value: str, expected: int | None) -> None:
+    # An unreadable time line is opaque, as any other extension: time_us says there is no time.
+    assert parse_checkpoint(_note(extensions=(f"time {value}",))).time_us == expected

@@ -156,3 +156,37 @@ def test_decode_refuses_wrong_members_versions_and_types(mutate: Any) -> None:
 def test_decode_refuses_garbage(data: bytes) -> None:
     with pytest.raises(EntryInvalid):
         AuditEntry.decode(data)
+
+
+def test_decode_refuses_json_nested_deeper_than_the_interpreter_recurses() -> None:
+    with pytest.raises(EntryInvalid, match="nested too deeply"):
+        AuditEntry.decode(b"[" * 100_000 + b"]" * 100_000)
+
+
+@pytest.mark.parametrize(
+    "person_keys",
+    [[{"a": 1}, KEY_A], [None, KEY_A], [KEY_A, 7], [[KEY_A]]],
+    ids=["object", "null-beside-text", "number-beside-text", "nested-list"],
+)
+def test_person_keys_of_other_types_are_refused_naming_the_field_before_sorting(person_keys: list[Any]) -> None:
+    with pytest.raises(EntryInvalid) as caught:
+        _entry(person_keys=person_keys)
+    assert caught.value.field == "person_keys"
+    assert "position" in caught.value.metadata
+
+
+def test_person_keys_of_other_types_in_the_bytes_are_refused_too() -> None:
+    data = _entry().encode().replace(f'"person_keys":["{KEY_A}",'.encode(), b'"person_keys":[null,')
+    with pytest.raises(EntryInvalid) as caught:
+        AuditEntry.decode(data)
+    assert caught.value.field == "person_keys"
+
+
+def test_person_keys_may_be_given_as_a_set() -> None:
+    assert _entry(person_keys={KEY_B, KEY_A}).person_keys == (KEY_A, KEY_B)
+
+
+def test_count_names_of_other_types_are_refused_naming_the_field() -> None:
+    with pytest.raises(EntryInvalid) as caught:
+        _entry(counts={"returned": 1, 2: 3})
+    assert caught.value.field == "counts"

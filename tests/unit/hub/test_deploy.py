@@ -16,6 +16,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -177,6 +178,22 @@ def test_k8s_references_resolve_and_everything_is_in_one_namespace(k8s: K8s) -> 
     assert k8s.pod["serviceAccountName"] in k8s.by_kind["ServiceAccount"]
     (kustomization,) = load_yaml(DEPLOY / "k8s" / "kustomization.yaml")
     assert set(kustomization["resources"]) == k8s.files
+
+
+def test_k8s_hub_verifies_the_postgresql_server_against_a_ca_mounted_from_a_secret(k8s: K8s, tmp_path: Path) -> None:
+    # sslmode=require encrypts but accepts any server (THREAT_MODEL G10); verify-full as hub.example.toml says.
+    url = k8s.hub_config(tmp_path).store().postgres_url
+    assert url is not None
+    query = dict(pair.split("=", 1) for pair in urlsplit(url).query.split("&"))
+    assert query["sslmode"] == "verify-full"
+    root_cert = Path(query["sslrootcert"])
+    for container in (k8s.hub, *(c for c in k8s.pod["initContainers"] if c["name"] == "migrate")):
+        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+        mount = mounts[str(root_cert.parent)]
+        assert mount["readOnly"] is True, container["name"]
+        (volume,) = [v for v in k8s.pod["volumes"] if v["name"] == mount["name"]]
+        secret = k8s.by_kind["Secret"][volume["secret"]["secretName"]]
+        assert root_cert.name in secret["stringData"], container["name"]
 
 
 def test_k8s_secrets_are_templates_holding_no_key_material(k8s: K8s) -> None:

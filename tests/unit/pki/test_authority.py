@@ -791,6 +791,7 @@ def test_operator_public_names_are_pinned() -> None:
         "format_serial",
         "inspect_file",
         "key_file_is_encrypted",
+        "load_csr",
         "make_private_dir",
         "parse_serial",
         "pem_chain",

@@ -904,3 +904,29 @@ async def test_recent_person_rows_are_folded_into_the_index_in_key_order(
         key = bytes.fromhex(entry.person_keys[0])
         found = await sqlite_store.audit_entries(AuditFilter(person_key=key), after=0, limit=10, size=size)
         assert [seq for seq, _ in found] == [index]
+
+
+@pytest.mark.parametrize(
+    ("changes", "everything"),
+    [
+        ({"until_us": 2**63 * 1_000_000}, True),
+        ({"until_us": 2**63}, True),
+        ({"since_us": 2**63}, False),
+        ({"since_us": -(2**70)}, True),
+        ({"until_us": -(2**70)}, False),
+    ],
+    ids=["until-far-past-bigint", "until-just-past-bigint", "since-past-bigint", "since-below", "until-below"],
+)
+async def test_time_bounds_beyond_sql_integers_are_clamped_not_an_overflow(
+    corpus: SqliteStore, changes: dict[str, int], everything: bool
+) -> None:
+    # ListAuditEntries' end_time.seconds = 2**63-1 once overflowed SQLite's INTEGER (INTERNAL): every stored
+    # time is within 0..2**63-1, so a bound past it keeps every entry (or none) in either engine.
+    expected = list(range(len(CORPUS))) if everything else []
+    assert await listed(corpus, dataclasses.replace(EVERYTHING, **changes)) == expected
+
+
+async def test_index_bounds_beyond_sql_integers_are_clamped(corpus: SqliteStore) -> None:
+    assert await corpus.audit_entries(EVERYTHING, after=2**64, limit=5, size=2**65) == []
+    assert [i for i, _ in await corpus.audit_entries(EVERYTHING, after=-(2**64), limit=2, size=2**65)] == [0, 1]
+    assert await corpus.audit_entry(2**64) is None
