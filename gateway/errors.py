@@ -21,6 +21,7 @@ field, the record id and the position of a fault, not the value.
     ├── FailedPrecondition       FAILED_PRECONDITION
     ├── ResourceExhausted        RESOURCE_EXHAUSTED
     ├── Unavailable              UNAVAILABLE
+    │   └── DeadlineExceeded     DEADLINE_EXCEEDED
     ├── ConfigError              (local: bad config, missing files)
     ├── PkiError                 (local: CA and certificate operations)
     └── StoreError               INTERNAL
@@ -33,6 +34,7 @@ from typing import Any
 
 __all__ = [
     "ConfigError",
+    "DeadlineExceeded",
     "FailedPrecondition",
     "HutongError",
     "InvalidArgument",
@@ -171,6 +173,13 @@ class Unavailable(HutongError):
 
     code_name = "UNAVAILABLE"
     default_reason = "UNAVAILABLE"
+
+
+class DeadlineExceeded(Unavailable):
+    """A deadline ended the call before it completed (the server's own, e.g. an idle stream); a retry may succeed."""
+
+    code_name = "DEADLINE_EXCEEDED"
+    default_reason = "DEADLINE_EXCEEDED"
 
 
 class ConfigError(HutongError):

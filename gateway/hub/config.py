@@ -30,6 +30,7 @@ __all__ = [
     "CRYPTO_SUITES",
     "DATABASE_FILE",
     "SECTIONS",
+    "STREAM_IDLE_SECONDS",
     "HubConfig",
     "StoreLocation",
     "load_hub_config",
@@ -45,6 +46,10 @@ CRYPTO_SUITES = ("intl", "sm")
 #: The largest ``sync.max_batch``: a batch travels in one gRPC message of at most 32 MiB.
 _MAX_BATCH_LIMIT = 50_000
 _INSTALL_POSTGRES = "pip install 'hutong[postgres]'"
+#: Default ``limits.stream_idle_seconds``: a client stream silent this long is ended by the hub.
+STREAM_IDLE_SECONDS = 300.0
+#: The largest ``limits.stream_idle_seconds`` (a day): an idle limit is a limit.
+_MAX_STREAM_IDLE = 86_400.0
 
 #: Every key ``hub.toml`` accepts, by section (each one is documented in ``deploy/CONFIG.md``).
 SECTIONS: dict[str, frozenset[str]] = {
@@ -65,6 +70,7 @@ SECTIONS: dict[str, frozenset[str]] = {
     "store": frozenset({"url"}),
     "audit": frozenset({"origin", "checkpoint_seconds"}),
     "sync": frozenset({"max_batch"}),
+    "limits": frozenset({"stream_idle_seconds"}),
     "policy": frozenset({"file"}),
     "federation": frozenset({"node_directory"}),
     "monitoring": frozenset({"rules"}),
@@ -201,6 +207,8 @@ class HubConfig:
     audit_origin: str | None = None
     checkpoint_seconds: float = 10.0
     max_batch: int = MAX_BATCH_ITEMS
+    #: Seconds a client stream (SyncRecords) may send nothing before the hub ends it (DEADLINE_EXCEEDED).
+    stream_idle_seconds: float = STREAM_IDLE_SECONDS
     policy: Path | None = None
     node_directory: Path | None = None
     monitoring_rules: Path | None = None
@@ -258,6 +266,9 @@ def load_hub_config(path: str | Path) -> HubConfig:
     path = Path(path)
     s = read_sections(path, SECTIONS, what="hub config")
     hub, tls, store, audit, sync = (s[name] for name in ("hub", "tls", "store", "audit", "sync"))
+    idle = s["limits"].number("stream_idle_seconds", STREAM_IDLE_SECONDS)
+    if idle > _MAX_STREAM_IDLE:
+        raise s["limits"].fail("stream_idle_seconds", f"a positive number of seconds, at most {_MAX_STREAM_IDLE:g}")
     defaults = HubConfig()
     host, port = parse_listen(
         hub.text("listen", f"{defaults.host}:{defaults.port}"), field="hub.listen", default_host=defaults.host
@@ -302,6 +313,7 @@ def load_hub_config(path: str | Path) -> HubConfig:
         audit_origin=origin,
         checkpoint_seconds=audit.number("checkpoint_seconds", defaults.checkpoint_seconds),
         max_batch=sync.integer("max_batch", defaults.max_batch, 1, _MAX_BATCH_LIMIT),
+        stream_idle_seconds=idle,
         policy=s["policy"].optional_path("file"),
         node_directory=s["federation"].optional_path("node_directory"),
         monitoring_rules=s["monitoring"].optional_path("rules"),

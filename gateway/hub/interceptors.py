@@ -7,6 +7,12 @@ INTERNAL with a logged traceback and no detail leaked to the caller. Then, befor
 or the error leaves the hub, the :class:`Recorder` (the exchange log) appends the call's entry;
 if it cannot, the call fails closed with the recorder's error instead of answering unaudited.
 
+Request bodies are decoded leniently: one that is not the method's request message reaches the
+pipeline (instead of grpc.aio answering UNKNOWN before any of it runs) and is refused, after the
+caller is identified, as INVALID_ARGUMENT ``REQUEST_MALFORMED``, audited like any other refusal.
+Client streams may also be given an idle limit: a stream whose caller sends nothing for
+``stream_idle_seconds`` is ended with DEADLINE_EXCEEDED ``STREAM_IDLE``.
+
 Health checking and reflection are not wrapped: they carry no personal data and must be
 reachable by load balancers that hold no node identity.
 
@@ -30,6 +36,7 @@ import grpc
 import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from google.protobuf.message import DecodeError
 
 from gateway import errors
 from gateway.domain.access import AccessPolicy, TokenBucket
@@ -163,6 +170,10 @@ class Authenticator:
             self._cache[pem] = peer
             if len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
+        # TLS verified this certificate's chain, so the identity it names is the ministry CA's word; an
+        # expired or revoked one is refused below, but its entry still says who kept knocking (G6).
+        call.caller = peer.caller
+        call.thumbprint = peer.thumbprint
         if time.time() > peer.not_after:
             raise errors.Unauthenticated(
                 "the client certificate has expired; renew it", reason="CLIENT_CERTIFICATE_EXPIRED"
@@ -173,8 +184,6 @@ class Authenticator:
                 reason="CLIENT_CERTIFICATE_REVOKED",
                 metadata={"serial": f"{peer.serial:x}"},
             )
-        call.caller = peer.caller
-        call.thumbprint = peer.thumbprint
 
     @staticmethod
     def _parse(pem: bytes) -> _Peer:
@@ -211,7 +220,11 @@ class Authenticator:
 
 
 class Authorizer:
-    """Refuses a call unless it carries the scope its method needs and the caller's rate allows it.
+    """Refuses a call unless the caller's rate allows it and it carries the scope its method needs.
+
+    The rate is spent first, per certificate identity: a certified node sending calls without a
+    valid token or scope is throttled (RESOURCE_EXHAUSTED ``RATE_LIMITED``) like any other, so its
+    refusals cannot flood the exchange log at the speed of the network.
 
     With a :class:`~gateway.hub.tokens.TokenService`, the scope must be in the call's access
     token (``authorization: Bearer``), which must be bound to the caller's certificate, and the
@@ -234,14 +247,20 @@ class Authorizer:
         self._buckets: dict[str, TokenBucket] = {}
 
     async def enter(self, call: CallInfo, context: grpc.aio.ServicerContext) -> None:
-        """Check the token and scope, then spend one unit of the caller's rate."""
+        """Spend one unit of the caller's rate, then check the token and scope."""
         caller = current_caller()
+        uri = caller.uri
+        now = time.monotonic()
+        bucket = self._buckets.get(uri)
+        if bucket is None:
+            node = self._policy.for_node(uri)
+            bucket = self._buckets[uri] = TokenBucket(node.rate_per_second, node.burst, now)
+        bucket.take(now)
         scope = self._scopes.get(call.method)
         if scope is None:
             raise errors.PermissionDenied(
                 f"{call.method} is not mapped to a scope", reason="SCOPE_UNKNOWN", metadata={"method": call.method}
             )
-        uri = caller.uri
         if scope:
             if self._tokens is not None:
                 claims = self._tokens.verify(_bearer(context), call.thumbprint)
@@ -258,12 +277,6 @@ class Authorizer:
                     )
             self._policy.require_scope(uri, scope)
             call.extra["scope"] = scope
-        now = time.monotonic()
-        bucket = self._buckets.get(uri)
-        if bucket is None:
-            node = self._policy.for_node(uri)
-            bucket = self._buckets[uri] = TokenBucket(node.rate_per_second, node.burst, now)
-        bucket.take(now)
 
     def exit(self, call: CallInfo) -> None:
         """Nothing to observe."""
@@ -283,17 +296,20 @@ def _bearer(context: grpc.aio.ServicerContext) -> str:
 
 
 class LogContext:
-    """Binds rpc, node, province and request id to every log line of the call; logs and counts its end."""
+    """Binds node and province to every log line of the call; logs and counts its end.
+
+    The rpc and request id are bound by :class:`HubInterceptor` before any step runs, so the line
+    of a call refused by an earlier step still says which call it was; so does its caller, when
+    the certificate named one.
+    """
 
     def __init__(self, observe: Callable[[CallInfo, float], None] | None = None) -> None:
         #: Called with each finished call and its duration in seconds (the hub's metrics).
         self._observe = observe
 
     async def enter(self, call: CallInfo, context: grpc.aio.ServicerContext) -> None:
-        """Bind the call's identity to structlog's context."""
+        """Bind the caller's identity to structlog's context."""
         structlog.contextvars.bind_contextvars(
-            rpc=call.method,
-            request_id=call.request_id,
             province=call.caller.province_code if call.caller else None,
             node=call.caller.node_name if call.caller else None,
         )
@@ -306,7 +322,9 @@ class LogContext:
         duration_ms = round(seconds * 1000, 3)
         level = log.info if call.code == "OK" else log.warning
         purpose = {"purpose": call.purpose} if call.purpose else {}
-        level("rpc_finished", code=call.code, duration_ms=duration_ms, **purpose, **call.counts, **call.extra)
+        # A call refused before enter() ran has no node bound; name the caller if it is known.
+        who = {"province": call.caller.province_code, "node": call.caller.node_name} if call.caller else {}
+        level("rpc_finished", code=call.code, duration_ms=duration_ms, **who, **purpose, **call.counts, **call.extra)
 
 
 def _request_id(context: grpc.aio.ServicerContext) -> str:
@@ -314,6 +332,60 @@ def _request_id(context: grpc.aio.ServicerContext) -> str:
         if key == REQUEST_ID_KEY and isinstance(value, str) and 0 < len(value) <= 128 and value.isprintable():
             return value
     return os.urandom(16).hex()
+
+
+class _Undecodable:
+    """A request body that did not decode as its message: refused inside the pipeline, not by grpc.aio."""
+
+    __slots__ = ("data", "message")
+
+    def __init__(self, data: bytes, message: str) -> None:
+        self.data = data
+        #: The request message's full name, for the refusal.
+        self.message = message
+
+
+def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """``deserializer``, returning an :class:`_Undecodable` where it would raise.
+
+    grpc.aio answers a deserializer's exception with UNKNOWN before the handler runs: no
+    ErrorInfo, no audit entry, no log line with the caller.
+    """
+    if deserializer is None:
+        return None
+    owner = getattr(deserializer, "__self__", None)
+    descriptor = getattr(owner, "DESCRIPTOR", None)
+    message = getattr(descriptor, "full_name", "") or "request message"
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except (DecodeError, ValueError, RecursionError):
+            return _Undecodable(bytes(data), message)
+
+    return deserialize
+
+
+def _decoded(request: Any) -> Any:
+    """The request, or INVALID_ARGUMENT if its body did not decode."""
+    if isinstance(request, _Undecodable):
+        raise errors.InvalidArgument(
+            f"the request body is not a valid {request.message}",
+            reason="REQUEST_MALFORMED",
+            metadata={"message": request.message},
+        )
+    return request
+
+
+def _as_received(request: Any) -> Any:
+    """What the audit entry's digest covers: the message, or the bytes that did not decode."""
+    return request.data if isinstance(request, _Undecodable) else request
+
+
+def _deadline_passed(context: grpc.aio.ServicerContext) -> bool:
+    """True once the caller's deadline is over: whatever the handler did, the caller saw DEADLINE_EXCEEDED."""
+    remaining = context.time_remaining()
+    return remaining is not None and remaining <= 0
 
 
 class _Capture:
@@ -338,11 +410,22 @@ class HubInterceptor:
     handler object on every call (measured: a third of CheckEnrollment's throughput).
     """
 
-    def __init__(self, steps: Sequence[CallStep], *, recorder: Recorder | None = None, role: str = "hub") -> None:
+    def __init__(
+        self,
+        steps: Sequence[CallStep],
+        *,
+        recorder: Recorder | None = None,
+        role: str = "hub",
+        stream_idle_seconds: float | None = None,
+    ) -> None:
+        if stream_idle_seconds is not None and stream_idle_seconds <= 0:
+            raise ValueError("stream_idle_seconds must be positive")
         self._steps = tuple(steps)
         self._recorder = recorder
         #: What the server is ("hub", "node"), for the messages of the errors it sends.
         self._role = role
+        #: Longest wait for the next message of a client stream; None: no limit.
+        self._stream_idle = stream_idle_seconds
 
     def register(
         self,
@@ -376,13 +459,13 @@ class HubInterceptor:
                 else grpc.unary_stream_rpc_method_handler
             )
             wrapped = self._wrap_stream(method, full, behavior, handler.request_streaming)
-            return make(wrapped, handler.request_deserializer, handler.response_serializer)
+            return make(wrapped, _lenient(handler.request_deserializer), handler.response_serializer)
         behavior = handler.stream_unary if handler.request_streaming else handler.unary_unary
         make = (
             grpc.stream_unary_rpc_method_handler if handler.request_streaming else grpc.unary_unary_rpc_method_handler
         )
         wrapped = self._wrap_unary(method, full, behavior, handler.request_streaming)
-        return make(wrapped, handler.request_deserializer, handler.response_serializer)
+        return make(wrapped, _lenient(handler.request_deserializer), handler.response_serializer)
 
     def _begin(self, method: str, full: str, streaming: bool, context: grpc.aio.ServicerContext) -> CallInfo:
         structlog.contextvars.clear_contextvars()
@@ -394,7 +477,35 @@ class HubInterceptor:
             streaming_request=streaming,
         )
         _current.set(call)
+        # Bound before any step runs: the log line of a refused call still names the call.
+        structlog.contextvars.bind_contextvars(rpc=method, request_id=call.request_id)
         return call
+
+    async def _requests(self, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        """A client stream's messages, each decoded, each awaited at most ``stream_idle_seconds``.
+
+        A node that goes silent mid-stream would otherwise hold its stream, a reader task and
+        pipeline slots until its connection dies. DEADLINE_EXCEEDED, not CANCELLED: the hub
+        ended the call on a deadline of its own; everything acknowledged before stays applied.
+        """
+        incoming = aiter(requests)
+        idle = self._stream_idle
+        while True:
+            try:
+                if idle is None:
+                    item = await anext(incoming)
+                else:
+                    async with asyncio.timeout(idle):
+                        item = await anext(incoming)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise errors.DeadlineExceeded(
+                    f"the stream sent nothing for {idle:g} seconds; the {self._role} ended it",
+                    reason="STREAM_IDLE",
+                    metadata={"idle_seconds": f"{idle:g}"},
+                ) from None
+            yield _decoded(item)
 
     async def _enter(self, call: CallInfo, context: grpc.aio.ServicerContext) -> None:
         for step in self._steps:
@@ -415,6 +526,11 @@ class HubInterceptor:
         self, call: CallInfo, context: grpc.aio.ServicerContext, request: Any, response: Any, failure: Exception | None
     ) -> None:
         """Audit the call, log it, and send its error, if any (aborting raises)."""
+        if failure is None and _deadline_passed(context):
+            # The caller's deadline ended the call while the handler finished (grpc.aio may end a
+            # request stream as if half-closed when it passes): the caller never sees this answer.
+            await self._cancelled(call, request)
+            return
         if failure is not None:
             call.code = _code_of(failure)
         if self._recorder is not None:
@@ -449,15 +565,15 @@ class HubInterceptor:
             failure: Exception | None = None
             try:
                 await self._enter(call, context)
-                response = await behavior(request, context)
+                response = await behavior(self._requests(request) if streaming else _decoded(request), context)
             except asyncio.CancelledError:
-                await self._cancelled(call, request)
+                await self._cancelled(call, _as_received(request))
                 raise
             except Exception as exc:
                 if _is_abort(exc):
                     raise
                 failure = exc
-            await self._finish(call, context, request, response, failure)
+            await self._finish(call, context, _as_received(request), response, failure)
             return response
 
         return wrapped
@@ -468,16 +584,16 @@ class HubInterceptor:
             failure: Exception | None = None
             try:
                 await self._enter(call, context)
-                async for response in behavior(request, context):
+                async for response in behavior(self._requests(request) if streaming else _decoded(request), context):
                     yield response
             except (asyncio.CancelledError, GeneratorExit):
-                await self._cancelled(call, request)
+                await self._cancelled(call, _as_received(request))
                 raise
             except Exception as exc:
                 if _is_abort(exc):
                     raise
                 failure = exc
-            await self._finish(call, context, request, None, failure)
+            await self._finish(call, context, _as_received(request), None, failure)
 
         return wrapped
 

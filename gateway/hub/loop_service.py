@@ -102,8 +102,10 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
         """Record deliveries; the node's cursor moves over every event it has acknowledged in order."""
         caller = current_caller()
         if len(request.event_ids) > MAX_ACKNOWLEDGE:
-            raise errors.InvalidArgument(
-                f"at most {MAX_ACKNOWLEDGE} event_ids per call", reason="TOO_MANY_ITEMS", field="event_ids"
+            raise errors.ResourceExhausted(
+                f"at most {MAX_ACKNOWLEDGE} event_ids per call; got {len(request.event_ids)}; split them",
+                reason="BATCH_TOO_LARGE",
+                field="event_ids",
             )
         current_call().counts["events"] = len(request.event_ids)
         cursor, unknown = await self._store.acknowledge_events(caller, list(request.event_ids))
@@ -238,8 +240,10 @@ class SignalServicer(signal_pb2_grpc.SignalServiceServicer):
         call.purpose = "monitoring-follow-up"
         check_client_id(request.request_id, "request_id")
         if len(request.signals) > MAX_SIGNALS:
-            raise errors.InvalidArgument(
-                f"at most {MAX_SIGNALS} signals per call", reason="TOO_MANY_ITEMS", field="signals"
+            raise errors.ResourceExhausted(
+                f"at most {MAX_SIGNALS} signals per call; got {len(request.signals)}; split them",
+                reason="BATCH_TOO_LARGE",
+                field="signals",
             )
         prepared: list[PreparedSignal] = []
         results: dict[int, signal_pb2.SignalResult] = {}

@@ -77,6 +77,7 @@ def hub_settings(config: HubConfig) -> HubSettings:
         health_listen=config.health_listen,
         console_listen=config.console_listen,
         max_batch_items=config.max_batch,
+        stream_idle_seconds=config.stream_idle_seconds,
         crl_path=config.crl,
         ca_registry=config.ca_registry,
         crypto_suite=config.crypto_suite,

@@ -63,8 +63,10 @@ def check_client_id(value: str, field: str) -> str:
     return value
 
 
-def _refuse(batch_id: str, reason: str, field: str, message: str, code: str) -> PreparedRequest:
-    return PreparedRequest(batch_id, b"", None, Rejection(-1, batch_id, reason, field, message, code))
+def _refuse(raw: bytes, batch_id: str, reason: str, field: str, message: str, code: str) -> PreparedRequest:
+    # The digest of a refused batch covers the bytes as they arrived: its audit entry names them.
+    digest = hashlib.sha256(raw).digest()
+    return PreparedRequest(batch_id, digest, None, Rejection(-1, batch_id, reason, field, message, code))
 
 
 def prepare_request(preparer: RecordPreparer, province_code: str, raw: bytes, max_items: int) -> PreparedRequest:
@@ -72,15 +74,18 @@ def prepare_request(preparer: RecordPreparer, province_code: str, raw: bytes, ma
     try:
         request = records_pb2.SyncRecordsRequest.FromString(raw)
     except DecodeError:
-        return _refuse("", "BATCH_MALFORMED", "", "the batch is not a valid SyncRecordsRequest", "INVALID_ARGUMENT")
+        return _refuse(
+            raw, "", "BATCH_MALFORMED", "", "the batch is not a valid SyncRecordsRequest", "INVALID_ARGUMENT"
+        )
     batch_id = request.batch_id
     try:
         check_client_id(batch_id, "batch_id")
     except errors.HutongError as exc:
-        return _refuse(batch_id, exc.reason, "batch_id", exc.message, exc.code_name)
+        return _refuse(raw, batch_id, exc.reason, "batch_id", exc.message, exc.code_name)
     n_records, n_households = len(request.records), len(request.households)
     if n_records > max_items or n_households > max_items:
         return _refuse(
+            raw,
             batch_id,
             "BATCH_TOO_LARGE",
             "records" if n_records > max_items else "households",
@@ -134,7 +139,9 @@ def _prepare_in_worker(province_code: str, raw: bytes) -> PreparedRequest:
     try:
         return prepare_request(_worker, province_code, raw, _worker_max_items)
     except Exception as exc:  # never let a worker error break the stream; the hub logs it
-        return _refuse("", "INTERNAL", "", f"the hub failed to prepare this batch: {type(exc).__name__}", "INTERNAL")
+        return _refuse(
+            raw, "", "INTERNAL", "", f"the hub failed to prepare this batch: {type(exc).__name__}", "INTERNAL"
+        )
 
 
 class BatchPreparer:
@@ -188,6 +195,7 @@ class BatchPreparer:
                     self._pool = self._new_pool()
                     pool.shutdown(wait=False, cancel_futures=True)
         return _refuse(
+            raw,
             "",
             "PREPARATION_FAILED",
             "",

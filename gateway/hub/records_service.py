@@ -103,17 +103,34 @@ class RecordExchangeServicer(records_pb2_grpc.RecordExchangeServiceServicer):
         for task in list(self._readers):
             task.cancel()
 
-    async def _apply(self, call: CallInfo, caller: NodeRef, prepared: PreparedRequest) -> BatchAck:
-        if prepared.refusal is not None or prepared.batch is None:
-            return BatchAck(prepared.batch_id, b"", b"", [], [], 0, batch_rejection=prepared.refusal)
-        batch = prepared.batch
+    async def _apply(self, call: CallInfo, caller: NodeRef, prepared: PreparedRequest, position: int) -> BatchAck:
         call.batch_digests.append(prepared.digest)
+        if prepared.refusal is not None or prepared.batch is None:
+            return await self._refuse(call, prepared, position)
+        batch = prepared.batch
         # Each applied batch is its own audit entry, committed in the batch's transaction.
         audit = None
         if self._audit is not None:
             keys = [r.person_key for r in batch.records]
             audit = self._audit.batch_entry(call, prepared.batch_id, prepared.digest, keys)
         return await self._store.apply_batch(caller, prepared.batch_id, prepared.digest, batch, audit)
+
+    async def _refuse(self, call: CallInfo, prepared: PreparedRequest, position: int) -> BatchAck:
+        """Refuse a batch before the store, its entry durable before the refusal is sent (every refusal is one)."""
+        ack = BatchAck(prepared.batch_id, b"", b"", [], [], 0, batch_rejection=prepared.refusal)
+        if self._audit is not None:
+            refusal = prepared.refusal
+            # ``batch``: its place in the stream (1-based), the one name a batch without a usable id has.
+            entry = self._audit.entry(
+                call,
+                outcome=refusal.code_name if refusal is not None else "INTERNAL",
+                counts={"batch": position},
+                person_keys=(),
+                digest=prepared.digest,
+                batch_id=prepared.batch_id,
+            )
+            await self._audit.append(entry)
+        return ack
 
     async def SyncRecords(  # type: ignore[override]  # requests arrive as bytes: see raw_sync_handler
         self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext
@@ -148,7 +165,7 @@ class RecordExchangeServicer(records_pb2_grpc.RecordExchangeServiceServicer):
         batches = 0
         try:
             while (pending := await queue.get()) is not None:
-                ack = await self._apply(call, caller, await pending)
+                ack = await self._apply(call, caller, await pending, batches + 1)
                 batches += 1
                 counts = ack.counts()
                 for outcome, n in counts.items():

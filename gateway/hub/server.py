@@ -13,7 +13,6 @@ import gc
 import ipaddress
 import os
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,7 +37,7 @@ from gateway.hub.audit import AuditKey, AuditRecorder, default_origin, log_hash_
 from gateway.hub.audit_monitor import AUDIT_MONITOR_FILE, AuditMonitor
 from gateway.hub.audit_service import AuditServicer
 from gateway.hub.auth_service import AuthServicer
-from gateway.hub.config import DATABASE_FILE, store_for
+from gateway.hub.config import DATABASE_FILE, STREAM_IDLE_SECONDS, store_for
 from gateway.hub.federation import DetailFetcher, FederationSettings, NodeDirectory
 from gateway.hub.interceptors import Authenticator, Authorizer, CallInfo, HubInterceptor, LogContext
 from gateway.hub.keys import load_or_create_keys
@@ -55,6 +54,7 @@ from gateway.hub.verification import VerificationServicer, Verifier
 from gateway.serving import serve_until_signalled
 from gateway.store.sql import SqlStore
 from gateway.store.sqlite_linkage import LinkageLedger
+from gateway.toml_config import read_toml
 from hutong.v1 import (
     audit_pb2,
     audit_pb2_grpc,
@@ -114,6 +114,11 @@ SCOPES_BY_METHOD = {
     "GetVerification": "verification:request",
 }
 _MAX_MESSAGE = 32 * 1024 * 1024
+#: A connection with no call open for this long is closed (GOAWAY; a client reconnects on its next call).
+_MAX_CONNECTION_IDLE_MS = 15 * 60 * 1000
+#: The hub pings an idle connection every minute and drops it when a ping goes unanswered this long:
+#: a node that vanished without closing (power, network) does not hold its streams open.
+_KEEPALIVE_TIMEOUT_MS = 20_000
 _STATUS_FLUSH_SECONDS = 0.2
 _SERVICES = (
     auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
@@ -153,6 +158,9 @@ class HubSettings:
     console_listen: tuple[str, int] | None = None
     #: Largest batch (records, and separately households) accepted.
     max_batch_items: int = MAX_BATCH_ITEMS
+    #: Seconds a client stream (SyncRecords) may send nothing before the hub ends it with
+    #: DEADLINE_EXCEEDED ``STREAM_IDLE``; None: no limit.
+    stream_idle_seconds: float | None = STREAM_IDLE_SECONDS
     #: Seconds open calls get to finish on shutdown.
     grace_seconds: float = 10.0
     #: SQLite ``synchronous`` level: FULL survives power loss; NORMAL only process crashes.
@@ -231,6 +239,14 @@ class HubServer:
                     reason="INSECURE_NOT_LOOPBACK",
                     field="host",
                 )
+            if settings.console_listen is not None and not _is_loopback(settings.console_listen[0]):
+                # Without TLS the console is plain HTTP: its tokens and person pages would cross the network.
+                raise ConfigError(
+                    "--insecure serves the console in plain HTTP and binds loopback only; refusing to listen on "
+                    + settings.console_listen[0],
+                    reason="INSECURE_NOT_LOOPBACK",
+                    field="console_listen",
+                )
         elif settings.tls is None:
             raise ConfigError(
                 "the hub needs a certificate, key and CA (or --insecure for a loopback-only debug port)",
@@ -242,6 +258,10 @@ class HubServer:
                 "a node directory needs TLS: the hub calls province nodes with its own certificate",
                 reason="NODE_DIRECTORY_WITHOUT_TLS",
                 field="node_directory",
+            )
+        if settings.stream_idle_seconds is not None and settings.stream_idle_seconds <= 0:
+            raise ConfigError(
+                "stream_idle_seconds must be positive", reason="STREAM_IDLE_INVALID", field="stream_idle_seconds"
             )
         if settings.checkpoint_seconds <= 0:
             raise ConfigError(
@@ -344,13 +364,16 @@ class HubServer:
                 LogContext(self.metrics.observe),
             ],
             recorder=self.audit,
+            stream_idle_seconds=s.stream_idle_seconds,
         )
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", _MAX_MESSAGE),
                 ("grpc.max_send_message_length", _MAX_MESSAGE),
                 ("grpc.keepalive_time_ms", 60_000),
+                ("grpc.keepalive_timeout_ms", _KEEPALIVE_TIMEOUT_MS),
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+                ("grpc.max_connection_idle_ms", _MAX_CONNECTION_IDLE_MS),
             ],
         )
         self._records = RecordExchangeServicer(
@@ -541,15 +564,7 @@ class HubServer:
 
 def load_policy(path: Path) -> AccessPolicy:
     """Read and validate a policy file (TOML)."""
-    try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"policy file {path} does not exist", reason="FILE_MISSING", field="policy") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(
-            f"policy file {path} is not valid TOML: {exc}", reason="POLICY_INVALID", field="policy"
-        ) from exc
+    data = read_toml(path, what="policy file", field="policy", invalid="POLICY_INVALID")
     return AccessPolicy.from_mapping(data)
 
 

@@ -15,7 +15,8 @@ no client certificate                           UNAVAILABLE (TLS handshake)     
 certificate of a foreign CA                     UNAVAILABLE (TLS handshake)            none
 expired certificate                             UNAVAILABLE (TLS handshake)            none
 revoked certificate (CRL)                       UNAUTHENTICATED CLIENT_CERTIFICATE_    one, outcome
-                                                REVOKED (scope-free RPCs too)          UNAUTHENTICATED
+                                                REVOKED (scope-free RPCs too)          UNAUTHENTICATED, naming
+                                                                                       the revoked node
 no token / not a Bearer token                   UNAUTHENTICATED TOKEN_MISSING          one, naming the caller
 token of another node (cnf mismatch)            UNAUTHENTICATED TOKEN_CERTIFICATE_     one
                                                 MISMATCH
@@ -422,17 +423,10 @@ async def test_a_revoked_certificate_is_refused_on_every_rpc_and_the_refusal_is_
     assert (entry.method, entry.outcome, entry.subject, entry.person_keys) == (rpc.path, "UNAUTHENTICATED", "", ())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FINDING: the entry of a call refused for a revoked (or since-expired) certificate names no caller."
-    " gateway/hub/interceptors.py Authenticator.enter raises CLIENT_CERTIFICATE_REVOKED/EXPIRED before it sets"
-    " call.caller (it has already parsed the identity into `peer`), so AuditRecorder.entry writes caller='' and"
-    " province='': an auditor cannot tell which node kept using a revoked certificate, nor find its attempts"
-    " by province.",
-)
 async def test_the_entry_of_a_call_refused_for_a_revoked_certificate_names_the_revoked_node(
     bench: Bench, call_rpc: Callable[..., Any], entries_of: Callable[..., Any]
 ) -> None:
+    """TLS verified the certificate's chain, so its identity is the CA's word: the refusal is attributed to it (G6)."""
     (rpc,) = [r for r in RPCS if r.name == "CheckEnrollment"]
     request_id = new_request_id("revoked-caller")
     answer = await call_rpc(bench.channels[REVOKED], rpc, (), request_id)
@@ -550,14 +544,6 @@ async def test_a_scope_the_policy_withdrew_is_refused_though_the_token_still_car
 # -- what the hub's own log says about a refusal -------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FINDING: the log line of a call refused by authentication or authorization names neither the rpc,"
-    " the node nor the request id. gateway/hub/interceptors.py HubInterceptor._begin clears structlog's"
-    " context and LogContext.enter (the step that binds rpc, node, province, request_id) runs after"
-    " Authenticator and Authorizer; when they raise, LogContext.exit still logs `rpc_finished"
-    " code=UNAUTHENTICATED` with nothing to tell which call, from whom, was refused.",
-)
 async def test_the_log_line_of_a_refused_call_names_the_rpc_and_request_id(
     bench: Bench, call_rpc: Callable[..., Any]
 ) -> None:
@@ -568,3 +554,16 @@ async def test_the_log_line_of_a_refused_call_names_the_rpc_and_request_id(
     assert answer.reason == "TOKEN_MISSING"
     (line,) = [e for e in logs if e["event"] == "rpc_finished" and e.get("code") == "UNAUTHENTICATED"]
     assert (line.get("rpc"), line.get("request_id")) == ("CheckEnrollment", request_id)
+    assert (line.get("province"), line.get("node")) == ("440000", "gz-01")
+
+
+async def test_the_log_line_of_a_call_refused_for_a_revoked_certificate_names_the_call_and_the_node(
+    bench: Bench, call_rpc: Callable[..., Any]
+) -> None:
+    (rpc,) = [r for r in RPCS if r.name == "CheckEnrollment"]
+    request_id = new_request_id("log-line-revoked")
+    with capture_logs(processors=[merge_contextvars]) as logs:
+        answer = await call_rpc(bench.channels[REVOKED], rpc, (), request_id)
+    assert answer.reason == "CLIENT_CERTIFICATE_REVOKED"
+    (line,) = [e for e in logs if e["event"] == "rpc_finished" and e.get("request_id") == request_id]
+    assert (line.get("rpc"), line.get("code"), line.get("province")) == ("CheckEnrollment", "UNAUTHENTICATED", "440000")

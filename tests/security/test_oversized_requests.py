@@ -8,6 +8,7 @@ the pipeline opened before its first message arrived, ends CANCELLED in the hub'
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -95,19 +96,11 @@ async def test_a_batch_over_max_batch_items_is_refused_in_its_stream_which_goes_
     assert list(refused.record_outcomes) == []
     assert list(applied.record_outcomes) == [CREATED]
     await still_serving(small_hub, channels, bearer)
-    entries = await entries_of(small_hub, "sync-big", count=2)
-    assert [(e.batch_id, e.outcome) for e in entries] == [("fits", "OK"), ("", "OK")]
+    entries = await entries_of(small_hub, "sync-big", count=3)
+    assert [(e.batch_id, e.outcome) for e in entries] == [("big", "RESOURCE_EXHAUSTED"), ("fits", "OK"), ("", "OK")]
     assert dict(entries[-1].counts) == {"batches": 2, "created": 1}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FINDING: a batch refused before the store (BATCH_TOO_LARGE, BATCH_MALFORMED, CLIENT_ID_*) leaves no"
-    " entry of its own, while a batch the store refuses (BATCH_ID_REUSED) does. gateway/hub/records_service.py"
-    " RecordExchangeServicer._apply returns the refusal without a batch_entry and without appending to"
-    " call.batch_digests; the stream's entry only counts it in `batches`, so the log cannot say which batch was"
-    " refused, or why.",
-)
 async def test_a_batch_refused_for_its_size_has_an_entry_naming_it(
     small_hub: HubServer,
     channels: dict[str, grpc.aio.Channel],
@@ -122,8 +115,46 @@ async def test_a_batch_refused_for_its_size_has_an_entry_naming_it(
     metadata = (*await bearer(GZ, port=small_hub.port), ("x-request-id", "sync-big-entry"))
     (ack,) = [a async for a in stub.SyncRecords(iter([too_big]), metadata=metadata, timeout=10)]
     assert ack.batch_rejection.reason == "BATCH_TOO_LARGE"
-    entries = await entries_of(small_hub, "sync-big-entry")
+    entries = await entries_of(small_hub, "sync-big-entry", count=2)
     assert [(e.batch_id, e.outcome) for e in entries if e.batch_id] == [("big", "RESOURCE_EXHAUSTED")]
+    (refused,) = [e for e in entries if e.batch_id]
+    assert (dict(refused.counts), refused.person_keys) == ({"batch": 1}, ())
+
+
+@pytest.mark.parametrize(
+    ("body", "reason", "outcome"),
+    [
+        (b"\xff\xff\xff", "BATCH_MALFORMED", "INVALID_ARGUMENT"),
+        (records_pb2.SyncRecordsRequest().SerializeToString(), "CLIENT_ID_MISSING", "INVALID_ARGUMENT"),
+        (records_pb2.SyncRecordsRequest(batch_id="\x01").SerializeToString(), "CLIENT_ID_INVALID", "INVALID_ARGUMENT"),
+    ],
+    ids=["malformed", "no-batch-id", "bad-batch-id"],
+)
+async def test_every_batch_refused_before_the_store_has_an_entry_of_its_own(
+    small_hub: HubServer,
+    channels: dict[str, grpc.aio.Channel],
+    bearer: Callable[..., Any],
+    make_record: Callable[..., person_pb2.PersonRecord],
+    entries_of: Callable[..., Any],
+    body: bytes,
+    reason: str,
+    outcome: str,
+) -> None:
+    """Whatever the refusal, the log says which batch of the stream it was (``batch``: its place) and why."""
+    fits = records_pb2.SyncRecordsRequest(batch_id="fits", records=[make_record("r9", sequence=9)])
+    sync = channels[GZ].stream_stream(
+        "/hutong.v1.RecordExchangeService/SyncRecords",
+        request_serializer=lambda data: data,
+        response_deserializer=records_pb2.SyncRecordsResponse.FromString,
+    )
+    metadata = (*await bearer(GZ, port=small_hub.port), ("x-request-id", f"refused-{reason}"))
+    acks = [a async for a in sync(iter([fits.SerializeToString(), body]), metadata=metadata, timeout=10)]
+    assert [a.batch_rejection.reason for a in acks] == ["", reason]
+    applied, refused, stream = await entries_of(small_hub, f"refused-{reason}", count=3)
+    assert (applied.batch_id, applied.outcome) == ("fits", "OK")
+    assert (refused.outcome, dict(refused.counts), refused.person_keys) == (outcome, {"batch": 2}, ())
+    assert refused.payload_digest == hashlib.sha256(body).hexdigest()  # the bytes as they arrived
+    assert (stream.batch_id, stream.outcome, dict(stream.counts)) == ("", "OK", {"batches": 2, "created": 1})
 
 
 # -- a message over the hub's receive limit -----------------------------------------------------
@@ -176,15 +207,6 @@ async def test_a_sync_batch_over_the_receive_limit_ends_the_stream_resource_exha
 
 # -- lists over a call's item limit ---------------------------------------------------------------
 
-INCONSISTENT_LIMIT = pytest.mark.xfail(
-    strict=True,
-    reason="FINDING: the hub answers the same kind of limit two ways. RetireRecords (records_service.py) and"
-    " BatchCheckEnrollment (query_service.py) answer RESOURCE_EXHAUSTED BATCH_TOO_LARGE, as SyncRecords batches"
-    " do; AcknowledgeEvents and SubmitSignals (gateway/hub/loop_service.py) answer INVALID_ARGUMENT"
-    " TOO_MANY_ITEMS for a list over MAX_ACKNOWLEDGE / MAX_SIGNALS, so a client cannot handle 'split it' in"
-    " one place.",
-)
-
 #: RPC → (path, request over its limit, the field the refusal names).
 OVER_THE_LIMIT: dict[str, tuple[str, Any, str]] = {
     "RetireRecords": (
@@ -220,12 +242,7 @@ OVER_THE_LIMIT: dict[str, tuple[str, Any, str]] = {
 
 @pytest.mark.parametrize(
     "rpc",
-    [
-        "RetireRecords",
-        "BatchCheckEnrollment",
-        pytest.param("AcknowledgeEvents", marks=INCONSISTENT_LIMIT),
-        pytest.param("SubmitSignals", marks=INCONSISTENT_LIMIT),
-    ],
+    ["RetireRecords", "BatchCheckEnrollment", "AcknowledgeEvents", "SubmitSignals"],
 )
 async def test_a_list_over_a_calls_item_limit_is_resource_exhausted_naming_the_field_and_logged(
     small_hub: HubServer,
@@ -252,13 +269,6 @@ async def test_a_list_over_a_calls_item_limit_is_resource_exhausted_naming_the_f
 # -- calls over a node's rate ---------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FINDING: a node's rate limit does not apply to calls the hub refuses. gateway/hub/interceptors.py"
-    " Authorizer.enter spends the node's TokenBucket only after the token and scope checks pass, so a node"
-    " (or a stolen certificate) sending calls without a valid token or scope is never RATE_LIMITED, and"
-    " each such call costs the hub a durable exchange-log append.",
-)
 async def test_calls_without_a_token_count_against_the_nodes_rate(
     hub_factory: Any, demo_pki: DemoPki, rpc_answer: Callable[..., Any], log_size: Callable[..., Any]
 ) -> None:
@@ -266,12 +276,21 @@ async def test_calls_without_a_token_count_against_the_nodes_rate(
     tls = demo_pki.nodes[GZ].tls
     credentials = grpc.ssl_channel_credentials(tls.ca_pem, tls.private_key_pem, tls.cert_chain_pem)
     reasons = []
+    request = query_pb2.CheckEnrollmentRequest(id_number=SOME_ID, purpose=DUPLICATE_CHECK)
     async with grpc.aio.secure_channel(f"localhost:{hub.port}", credentials) as channel:
         stub = query_pb2_grpc.AssistanceQueryServiceStub(channel)
-        request = query_pb2.CheckEnrollmentRequest(id_number=SOME_ID, purpose=DUPLICATE_CHECK)
         for _ in range(6):
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await stub.CheckEnrollment(request, timeout=5)
-            reasons.append(rpc_answer(refused.value).reason)
+            reasons.append(rpc_answer(refused.value))
     assert await log_size(hub) == 6  # every refusal is an entry, limited or not
-    assert "RATE_LIMITED" in reasons, reasons
+    # The burst goes to the token check; the next call, well within two seconds, is throttled first.
+    assert [a.reason for a in reasons[:4]] == ["TOKEN_MISSING"] * 3 + ["RATE_LIMITED"], reasons
+    assert reasons[3].code == "RESOURCE_EXHAUSTED"
+    # The bucket is the certificate's: another node is not throttled by GZ's refusals.
+    other = demo_pki.nodes[ZZ].tls
+    credentials = grpc.ssl_channel_credentials(other.ca_pem, other.private_key_pem, other.cert_chain_pem)
+    async with grpc.aio.secure_channel(f"localhost:{hub.port}", credentials) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await query_pb2_grpc.AssistanceQueryServiceStub(channel).CheckEnrollment(request, timeout=5)
+    assert rpc_answer(refused.value).reason == "TOKEN_MISSING"

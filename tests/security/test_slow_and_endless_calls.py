@@ -1,8 +1,9 @@
 """Streams that never end and callers that are slow: deadlines end them, the hub frees them and serves on.
 
 The hub enforces the caller's deadline (gRPC cancels the call when it passes) and logs the
-abandoned call as CANCELLED: it cannot tell a deadline from a cancel. It sets no deadline of its
-own on an idle stream (see the xfail below).
+abandoned call as CANCELLED, even when the handler had already ended (the deadline is over, so the
+caller never saw its answer). It also ends a client stream that sends nothing for
+``stream_idle_seconds`` with DEADLINE_EXCEEDED ``STREAM_IDLE``, a deadline of its own.
 
 The count of open SyncRecords streams is read with the records servicer's ``wait_idle`` (what drain
 uses): the hub exposes no public count or metric of open streams.
@@ -76,34 +77,55 @@ def cancelled_calls(hub: HubServer, method: str) -> float:
     return value or 0.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FINDING: the hub has no idle or stream deadline. A SyncRecords stream that sends one batch and then"
-    " nothing is acknowledged and kept open for ever (gateway/hub/records_service.py SyncRecords' reader awaits"
-    " the next request with no timeout; gateway/hub/server.py sets keepalive_time_ms only, which the client"
-    " answers, and neither grpc.max_connection_idle_ms, grpc.max_connection_age_ms nor a maximum of concurrent"
-    " streams); each such stream holds a reader task and pipeline slots until the node goes away. Two seconds"
-    " here stand for whatever idle limit is chosen: make it a HubSettings field and set it short in this test.",
-)
 async def test_a_sync_stream_that_goes_silent_after_a_batch_is_ended_by_the_hub(
-    hub: HubServer, demo_pki: DemoPki, bearer: Callable[..., Any]
+    hub_factory: Any,
+    demo_pki: DemoPki,
+    bearer: Callable[..., Any],
+    entries_of: Callable[..., Any],
+    rpc_answer: Callable[..., Any],
 ) -> None:
+    """``stream_idle_seconds`` (``[limits]`` in hub.toml, 300 by default; one here) ends a silent stream."""
+    hub = await hub_factory(stream_idle_seconds=1.0)
     released = asyncio.Event()
     async with channel_of(demo_pki, GZ, hub.port) as channel:
+        metadata = (*await bearer(GZ, port=hub.port), ("x-request-id", "idle"))
         call = records_pb2_grpc.RecordExchangeServiceStub(channel).SyncRecords(
-            one_batch_then_silence("b1", released), metadata=await bearer(GZ)
+            one_batch_then_silence("b1", released), metadata=metadata
         )
         try:
             ack = await asyncio.wait_for(call.read(), 5)
             assert ack.batch_id == "b1"
             assert await sync_streams_open(hub)
-            # The hub must end the stream on its own: a status or the end of the stream, not silence.
-            with contextlib.suppress(grpc.aio.AioRpcError):
-                await asyncio.wait_for(call.read(), 2)
+            # The hub ends the stream on its own, with a status: the node set no deadline.
+            with pytest.raises(grpc.aio.AioRpcError) as ended:
+                await asyncio.wait_for(call.read(), 5)
             assert not await sync_streams_open(hub)
         finally:
             released.set()
             call.cancel()
+    answer = rpc_answer(ended.value)
+    assert (answer.code, answer.reason, answer.metadata) == ("DEADLINE_EXCEEDED", "STREAM_IDLE", {"idle_seconds": "1"})
+    batch, stream = await entries_of(hub, "idle", count=2)
+    assert (batch.batch_id, batch.outcome) == ("b1", "OK")  # what was acknowledged stays applied
+    assert (stream.method, stream.caller, stream.outcome) == (SYNC, GZ, "DEADLINE_EXCEEDED")
+    assert dict(stream.counts) == {"batches": 1}
+
+
+async def test_a_sync_stream_that_keeps_sending_is_not_ended_by_the_idle_limit(
+    hub_factory: Any, demo_pki: DemoPki, bearer: Callable[..., Any]
+) -> None:
+    """The limit is on silence, not on the stream's length: batches closer than the limit keep it open."""
+    hub = await hub_factory(stream_idle_seconds=1.0)
+
+    async def steady() -> AsyncIterator[records_pb2.SyncRecordsRequest]:
+        for n in range(4):
+            yield records_pb2.SyncRecordsRequest(batch_id=f"steady-{n}")
+            await asyncio.sleep(0.5)
+
+    async with channel_of(demo_pki, GZ, hub.port) as channel:
+        stub = records_pb2_grpc.RecordExchangeServiceStub(channel)
+        acks = [a async for a in stub.SyncRecords(steady(), metadata=await bearer(GZ, port=hub.port), timeout=20)]
+    assert [a.batch_id for a in acks] == [f"steady-{n}" for n in range(4)]
 
 
 async def test_a_subscription_whose_deadline_passes_is_deadline_exceeded_and_freed(
@@ -150,22 +172,15 @@ async def test_a_silent_sync_stream_whose_deadline_passes_is_deadline_exceeded_a
     batch, stream = await entries_of(hub, "sync-deadline", count=2)
     assert (batch.batch_id, batch.outcome) == ("b1", "OK")  # what was acknowledged stays applied
     assert (stream.method, dict(stream.counts)) == (SYNC, {"batches": 1})
-    # CANCELLED as a rule; now and then OK (see the xfail below).
-    assert stream.outcome in {"CANCELLED", "OK"}
+    # Abandoned: the caller saw DEADLINE_EXCEEDED, never an OK (see the test below).
+    assert stream.outcome == "CANCELLED"
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="FINDING (a race, hence not strict): a SyncRecords stream ended by its caller's deadline is now and then"
-    " logged OK (3 of 30 in a sequential run). When the deadline passes, grpc.aio may end the request iterator as"
-    " if the node had half-closed before it cancels the handler; gateway/hub/records_service.py SyncRecords then"
-    " ends normally (its reader saw StopAsyncIteration), context.cancelled() is still False, and"
-    " gateway/hub/interceptors.py HubInterceptor._finish records outcome OK for a call the node saw fail with"
-    " DEADLINE_EXCEEDED.",
-)
 async def test_every_sync_stream_ended_by_its_deadline_is_logged_cancelled(
     hub: HubServer, demo_pki: DemoPki, bearer: Callable[..., Any], exchange_log: Callable[..., Any]
 ) -> None:
+    """When the deadline passes, grpc.aio may end the request stream as if the node had half-closed, and the
+    servicer ends normally; the hub sees that the deadline is over and logs CANCELLED, never OK."""
     attempts = 12
     released = asyncio.Event()
     async with channel_of(demo_pki, GZ, hub.port) as channel:
@@ -233,5 +248,6 @@ async def test_twenty_slow_streams_do_not_hold_up_other_callers_and_are_all_free
         await asyncio.sleep(0.05)
     assert sorted(e.method for e in ended) == sorted([SYNC] * 10 + [SUBSCRIBE] * 10)
     assert {e.outcome for e in ended if e.method == SUBSCRIBE} == {"CANCELLED"}
-    # A sync stream's outcome is CANCELLED as a rule, now and then OK (see the race above).
+    # A sync stream cancelled without a deadline is CANCELLED as a rule, now and then OK: grpc.aio may end its
+    # request stream as if the node had half-closed, and nothing tells that from a real half-close in time.
     assert {e.outcome for e in ended if e.method == SYNC} <= {"CANCELLED", "OK"}

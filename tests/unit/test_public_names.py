@@ -14,6 +14,7 @@ def test_client_exports() -> None:
 def test_error_hierarchy_exports() -> None:
     assert sorted(gateway.errors.__all__) == [
         "ConfigError",
+        "DeadlineExceeded",
         "FailedPrecondition",
         "HutongError",
         "InvalidArgument",

@@ -53,6 +53,9 @@ checkpoint_seconds = 30
 [sync]
 max_batch = 2000
 
+[limits]
+stream_idle_seconds = 120
+
 [policy]
 file = "policy.toml"
 
@@ -110,6 +113,7 @@ def test_every_key_is_read_and_relative_paths_are_the_config_files(tmp_path: Pat
         30.0,
         2000,
     )
+    assert config.stream_idle_seconds == 120.0
     assert (config.policy, config.node_directory, config.monitoring_rules) == (
         etc / "policy.toml",
         etc / "nodes.toml",
@@ -122,6 +126,7 @@ def test_an_empty_file_gives_the_defaults_of_the_flags(tmp_path: Path) -> None:
     assert config == HubConfig(path=config.path)
     assert (config.host, config.port, config.grace_seconds, config.max_batch) == ("127.0.0.1", 7443, 10.0, 5000)
     assert config.checkpoint_seconds == 10.0
+    assert config.stream_idle_seconds == 300.0  # a silent client stream is ended after five minutes
     assert config.store_url == ""
     with pytest.raises(ConfigError) as missing:
         config.require_data_dir()
@@ -159,6 +164,9 @@ def test_every_section_of_the_loader_is_in_the_full_example_above() -> None:
         ("[audit]\norigin = ''\n", "audit.origin"),
         ("[sync]\nmax_batch = 0\n", "sync.max_batch"),
         ("[sync]\nmax_batch = 1.5\n", "sync.max_batch"),
+        ("[limits]\nstream_idle_seconds = 0\n", "limits.stream_idle_seconds"),
+        ("[limits]\nstream_idle_seconds = 86401\n", "limits.stream_idle_seconds"),
+        ("[limits]\nstream_idle_seconds = 'never'\n", "limits.stream_idle_seconds"),
         ("[policy]\npath = 'p.toml'\n", "policy.path"),
         ("[federation]\nnode_directory = ['a']\n", "federation.node_directory"),
         ("[monitoring]\nrules = true\n", "monitoring.rules"),
@@ -215,6 +223,7 @@ def test_the_settings_take_every_value_of_the_config(tmp_path: Path, demo_pki: D
         audit_origin="o.example/log",
         checkpoint_seconds=2.0,
         max_batch=100,
+        stream_idle_seconds=45.0,
     )
     settings = hub_settings(config)
     assert (settings.data_dir, settings.host, settings.port) == (tmp_path / "hub", "127.0.0.2", 7000)
@@ -224,6 +233,7 @@ def test_the_settings_take_every_value_of_the_config(tmp_path: Path, demo_pki: D
     assert settings.tls.cert_chain_pem == demo_pki.hub_tls.cert_chain_pem
     assert (settings.crl_path, settings.store_url) == (tmp_path / "crl.pem", config.store_url)
     assert (settings.audit_origin, settings.checkpoint_seconds, settings.max_batch_items) == ("o.example/log", 2.0, 100)
+    assert settings.stream_idle_seconds == 45.0
     # Without prepare_workers: one per CPU, as the hub has always done.
     assert hub_settings(HubConfig(data_dir=tmp_path, insecure=True)).prepare_workers == -1
 
