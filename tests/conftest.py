@@ -9,6 +9,11 @@ from __future__ import annotations
 import datetime as dt
 import os
 import secrets
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,6 +39,143 @@ CD_URI = "hutong://province/510000/node/cd-01"
 FAST_RETRY = RetryConfig(
     initial_backoff=0.01, max_backoff=0.05, total_deadline=3.0, max_attempts=2, attempt_timeout=10.0
 )
+
+
+#: The ``hutong`` command, run as a real process.
+HUTONG = [sys.executable, "-m", "gateway.cli"]
+
+
+class HubProcess:
+    """One ``hutong hub serve`` process group on a loopback port that stays the same across restarts.
+
+    The first start binds port 0 and learns the port from ``--port-file``; later starts (after
+    :meth:`kill`, a SIGKILL of the whole group: the hub and its preparation workers) ask for that
+    port again, so clients reconnect to the same address. Each start logs to ``hub-<n>.log``.
+    """
+
+    def __init__(self, workdir: Path, args: Sequence[str]) -> None:
+        self.workdir = workdir
+        self.args = list(args)
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def log_path(self) -> Path:
+        """The log of the current (or last) run."""
+        return self.workdir / f"hub-{max(self.starts - 1, 0)}.log"
+
+    def start(self, *, timeout: float = 60) -> int:
+        """Start (or restart) the hub and wait until it serves; returns its port."""
+        assert self.process is None or self.process.poll() is not None, "the hub is running"
+        port_file = self.workdir / "hub.port"
+        port_file.unlink(missing_ok=True)
+        log_path = self.workdir / f"hub-{self.starts}.log"
+        self.starts += 1
+        with log_path.open("wb") as log:  # the child keeps its own descriptor
+            self.process = subprocess.Popen(
+                [
+                    *HUTONG,
+                    "hub",
+                    "serve",
+                    *self.args,
+                    "--listen",
+                    f"127.0.0.1:{self.port}",
+                    "--port-file",
+                    str(port_file),
+                ],
+                stdout=log,
+                stderr=log,
+                start_new_session=True,  # the hub and its preparation workers die together
+            )
+        deadline = time.monotonic() + timeout
+        while not port_file.exists():
+            assert self.process.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, "the hub did not start"
+            time.sleep(0.05)
+        self.port = int(port_file.read_text())
+        return self.port
+
+    def kill(self) -> None:
+        """SIGKILL the hub's process group, as a power cut would: whatever it had in flight is cut off."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self, *, timeout: float = 60) -> int | None:
+        """SIGTERM (a graceful stop) if it runs; its exit code, or None if it was not running."""
+        if self.process is None or self.process.poll() is not None:
+            return None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout)
+
+
+#: ``hub_process(*serve_args, workdir=tmp_path)``: a :class:`HubProcess`, not started; stopped after the test.
+HubProcessFactory = Callable[..., HubProcess]
+
+
+@pytest.fixture
+def hub_process(tmp_path: Path) -> Iterator[HubProcessFactory]:
+    """Make ``hutong hub serve`` processes (``--listen`` and ``--port-file`` are added); SIGTERM after the test."""
+    made: list[HubProcess] = []
+
+    def make(*args: str, workdir: Path | None = None) -> HubProcess:
+        hub = HubProcess(workdir or tmp_path, args)
+        made.append(hub)
+        return hub
+
+    yield make
+    for hub in made:
+        if hub.process is not None and hub.process.poll() is None:
+            try:
+                hub.stop()
+            except subprocess.TimeoutExpired:
+                os.killpg(hub.process.pid, signal.SIGKILL)
+                hub.process.wait(timeout=30)
+
+
+class OutboxView:
+    """A read-only look at a node's ``outbox.sqlite`` from outside the node process."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def progress(self) -> tuple[int, int]:
+        """(batches written, batches acknowledged) as the outbox says now; (0, 0) before it exists."""
+        if not self.path.exists():
+            return 0, 0
+        con = sqlite3.connect(self.path, timeout=10)
+        try:
+            written, acked = con.execute("SELECT count(*), count(acked_us) FROM batches").fetchone()
+            return int(written), int(acked)
+        except sqlite3.OperationalError:  # the schema is still being made
+            return 0, 0
+        finally:
+            con.close()
+
+    def tally(self) -> tuple[int, int, int, int, dict[str, int]]:
+        """(records created, outcomes counted, items sent, batches unacknowledged, {record id: version queued}).
+
+        Each record's outcome is counted once across every run and resend, so after a complete
+        sync of N new records this is (N, N, N, 0, ...).
+        """
+        con = sqlite3.connect(self.path)
+        try:
+            created, outcomes, items = con.execute(
+                "SELECT sum(created), sum(created + updated + unchanged + stale + rejected), sum(items)"
+                " FROM batches WHERE kind='sync'"
+            ).fetchone()
+            unacked = con.execute("SELECT count(*) FROM batches WHERE acked_us IS NULL").fetchone()[0]
+            versions = dict(con.execute("SELECT record_id, version FROM records").fetchall())
+        finally:
+            con.close()
+        return int(created or 0), int(outcomes or 0), int(items or 0), int(unacked), versions
+
+
+@pytest.fixture
+def outbox_view() -> Callable[[Path], OutboxView]:
+    """``outbox_view(path)``: an :class:`OutboxView` of the node outbox at ``path``."""
+    return OutboxView
 
 
 #: The PostgreSQL server tests use; CI sets HUTONG_REQUIRE_POSTGRES=1 so that its absence fails them.

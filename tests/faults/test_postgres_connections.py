@@ -1,0 +1,140 @@
+"""A PostgreSQL hub whose database connections are all killed, again and again, while ``hutong node sync`` runs.
+
+Why this stands in for restarting PostgreSQL: the test server (127.0.0.1:5432) is shared by every
+test worker and by other suites running at the same time, so restarting it would fail their tests.
+What a hub sees of a server restart is every one of its connections dropped at once — the writer's
+mid-transaction, the pooled readers' idle — and new connections accepted again a moment later.
+``pg_terminate_backend`` on every backend of the hub's own database does exactly that to the hub
+and to nobody else: the server ends each backend (the client gets "terminating connection due to
+administrator command", as on a fast shutdown) and the next connection is a fresh backend. The
+database is one this test creates for itself (``CREATE DATABASE``) and drops afterwards.
+
+The sync completes by itself with exact counts, the hub (one process, never restarted) answers
+afterwards, and the exchange log in PostgreSQL verifies offline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import secrets
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+from adapters.samples.synthetic import guangdong_person, write_guangdong_export
+from gateway.audit import AuditEntry
+
+HUTONG = [sys.executable, "-m", "gateway.cli"]
+POSTGRES_URL = os.environ.get("HUTONG_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+RECORDS = int(os.environ.get("HUTONG_FAULT_RECORDS", "3000"))
+#: How many times every connection of the hub is terminated during the sync.
+TERMINATIONS = 3
+WAIT_SECONDS = 120.0
+pytestmark = [pytest.mark.postgres, pytest.mark.timeout(240)]
+
+
+@pytest.fixture
+def dedicated_database() -> Iterator[tuple[Any, str, str]]:
+    """(admin connection to the server's ``test`` database, the new database's name, its URL); dropped after."""
+    import psycopg
+
+    try:
+        admin = psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=3)
+    except psycopg.Error as exc:
+        reason = f"PostgreSQL is not reachable at {POSTGRES_URL} ({str(exc).strip()}); set HUTONG_TEST_POSTGRES_URL"
+        if os.environ.get("HUTONG_REQUIRE_POSTGRES") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    name = f"hutong_fault_{secrets.token_hex(6)}"
+    admin.execute(f"CREATE DATABASE {name}")
+    try:
+        yield admin, name, urlunsplit(urlsplit(POSTGRES_URL)._replace(path=f"/{name}"))
+    finally:
+        admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+        admin.close()
+
+
+def terminate_backends(admin: Any, database: str) -> int:
+    """End every backend connected to ``database`` (the hub's writer and pooled readers); how many."""
+    rows = admin.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+        (database,),
+    ).fetchall()
+    return sum(1 for (ended,) in rows if ended)
+
+
+async def test_every_database_connection_killed_mid_sync_is_reopened_and_the_hub_holds_each_record_once(
+    dedicated_database: tuple[Any, str, str],
+    tmp_path: Path,
+    fault_certs: Path,
+    hub_process: Callable[..., Any],
+    node_config: Callable[..., Path],
+    outbox_view: Callable[[Path], Any],
+    exchange_log_verified: Callable[..., list[bytes]],
+) -> None:
+    admin, database, url = dedicated_database
+    hub_toml = tmp_path / "etc" / "hub.toml"
+    hub_toml.parent.mkdir()
+    hub_toml.write_text(
+        f'[hub]\ndata_dir = "{tmp_path / "hub"}"\nprepare_workers = 0\n'
+        f'[tls]\ncert = "{fault_certs / "hub.pem"}"\nkey = "{fault_certs / "hub.key"}"\n'
+        f'ca = "{fault_certs / "ca.pem"}"\n'
+        f'[store]\nurl = "{url}"\n[audit]\ncheckpoint_seconds = 0.2\n',
+        encoding="utf-8",
+    )
+    migrate = await asyncio.create_subprocess_exec(
+        *HUTONG, "hub", "migrate", "--config", str(hub_toml), "--create-keys",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    migrated, _ = await migrate.communicate()
+    assert migrate.returncode == 0, migrated.decode()
+    hub = hub_process("--config", str(hub_toml))
+    await asyncio.to_thread(hub.start)
+    config = node_config(tmp_path / "node.toml", fault_certs, f"localhost:{hub.port}")
+    export = tmp_path / "export.csv"
+    write_guangdong_export(export, range(RECORDS))
+    outbox = outbox_view(tmp_path / "node" / "outbox.sqlite")
+    log = tmp_path / "node.log"
+    with log.open("ab") as out:
+        node = await asyncio.create_subprocess_exec(
+            *HUTONG, "node", "sync", "--config", str(config), str(export), cwd=tmp_path, stdout=out, stderr=out
+        )
+
+    batches = 2 * -(-RECORDS // max(20, RECORDS // 50))  # a batch of records and one of households per batch_size
+    terminated: list[int] = []
+    async with asyncio.timeout(WAIT_SECONDS):
+        for k in range(1, TERMINATIONS + 1):
+            while outbox.progress()[1] < k * batches // (TERMINATIONS + 1):
+                assert node.returncode is None, log.read_text()[-3000:]
+                await asyncio.sleep(0.01)
+            terminated.append(terminate_backends(admin, database))
+        assert await node.wait() == 0, log.read_text()[-3000:]
+    assert all(terminated), terminated  # each time, the hub had connections to lose
+
+    import psycopg
+
+    with psycopg.connect(url) as con:
+        held: dict[str, int] = dict(
+            con.execute("SELECT record_id, version FROM records WHERE province = '440000'").fetchall()
+        )
+    assert set(held) == {guangdong_person(n)[0] for n in range(RECORDS)}
+    created, outcomes, items, unacked, versions = outbox.tally()
+    assert (created, outcomes, items, unacked) == (RECORDS, RECORDS, RECORDS, 0)
+    assert versions == held
+    assert hub.process.poll() is None  # the same hub process throughout
+
+    assert hub.stop() == 0, hub.log_path.read_text()[-3000:]
+    entries = exchange_log_verified(["--config", str(hub_toml)], fault_certs, tmp_path / "audit")
+    applied = collections.Counter(
+        e.batch_id for e in map(AuditEntry.decode, entries) if e.batch_id and not e.counts.get("replayed")
+    )
+    assert len(applied) == outbox.progress()[0]
+    assert set(applied.values()) == {1}
+    reconnects = hub.log_path.read_text().count("store_reconnecting")
+    print(f"postgres: terminations={terminated} store_reconnecting={reconnects} records={RECORDS}")
