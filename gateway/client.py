@@ -60,6 +60,10 @@ class RetryConfig:
     attempt_timeout: float = 10.0
 
 
+#: How often the client pings the hub while a call is open (the hub must accept pings this often).
+_KEEPALIVE_TIME_MS = 20_000
+
+
 def _purpose(value: int) -> person_pb2.Purpose.ValueType:
     return person_pb2.Purpose.ValueType(value)
 
@@ -68,7 +72,17 @@ def _programs(values: Sequence[int]) -> list[person_pb2.Program.ValueType]:
     return [person_pb2.Program.ValueType(v) for v in values]
 
 
+#: What grpc.aio says when a stream's message could not be written because the connection went away
+#: under it (grpc/grpc#36066): an INTERNAL made by the client's own runtime, not an answer of the hub.
+_LOCAL_WRITE_FAILURE = "Internal error from Core"
+
+
 def _translate(exc: grpc.aio.AioRpcError) -> errors.HutongError:
+    if exc.code() == grpc.StatusCode.INTERNAL and exc.details() == _LOCAL_WRITE_FAILURE:
+        return errors.Unavailable(
+            "the connection to the hub was lost while sending; what was not acknowledged can be sent again",
+            reason="CONNECTION_LOST",
+        )
     return error_from_rpc(exc.code(), exc.details(), exc.trailing_metadata())
 
 
@@ -88,36 +102,58 @@ class HubClient:
         options: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", 32 * 1024 * 1024),
             ("grpc.max_send_message_length", 32 * 1024 * 1024),
+            # Ping the hub every 20 s while a call is open, and give the connection up when a ping goes
+            # unanswered for 10 s: a connection the network forgot without a reset (NAT or firewall
+            # state lost) would otherwise hold a stream until the kernel's retransmissions give up.
+            # The hub accepts pings this often (gateway/hub/server.py).
+            ("grpc.keepalive_time_ms", _KEEPALIVE_TIME_MS),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.http2.max_pings_without_data", 0),
         ]
         if server_name:
             options.append(("grpc.ssl_target_name_override", server_name))
+        self._open: Callable[[], grpc.aio.Channel]
         if tls is not None:
             creds = grpc.ssl_channel_credentials(tls.ca_pem, tls.private_key_pem, tls.cert_chain_pem)
-            self._channel = grpc.aio.secure_channel(target, creds, options=options)
+            self._open = lambda: grpc.aio.secure_channel(target, creds, options=options)
         elif insecure_identity is not None:
-            self._channel = grpc.aio.insecure_channel(target, options=options)
+            self._open = lambda: grpc.aio.insecure_channel(target, options=options)
         else:
             raise errors.ConfigError("give TLS material, or an identity for an --insecure hub", field="tls")
         self._metadata: tuple[tuple[str, str], ...] = (
             ((INSECURE_IDENTITY_KEY, insecure_identity),) if tls is None and insecure_identity else ()
         )
         self._retry = retry
-        self.records = records_pb2_grpc.RecordExchangeServiceStub(self._channel)
-        self._sync_serialized = self._channel.stream_stream(
-            "/hutong.v1.RecordExchangeService/SyncRecords",
-            request_serializer=None,  # the requests are bytes already
-            response_deserializer=records_pb2.SyncRecordsResponse.FromString,
-        )
-        self.auth = auth_pb2_grpc.AuthServiceStub(self._channel)
         self._scopes = list(scopes)
         self._token: str | None = None
         self._token_refresh_at = 0.0
         self._token_lock = asyncio.Lock()
-        self.queries = query_pb2_grpc.AssistanceQueryServiceStub(self._channel)
-        self.audit = audit_pb2_grpc.AuditServiceStub(self._channel)
-        self.notifications = notification_pb2_grpc.NotificationServiceStub(self._channel)
-        self.signals = signal_pb2_grpc.SignalServiceStub(self._channel)
-        self.verifications = verification_pb2_grpc.VerificationServiceStub(self._channel)
+        self._bind(self._open())
+
+    def _bind(self, channel: grpc.aio.Channel) -> None:
+        self._channel = channel
+        self.records = records_pb2_grpc.RecordExchangeServiceStub(channel)
+        self._sync_serialized = channel.stream_stream(
+            "/hutong.v1.RecordExchangeService/SyncRecords",
+            request_serializer=None,  # the requests are bytes already
+            response_deserializer=records_pb2.SyncRecordsResponse.FromString,
+        )
+        self.auth = auth_pb2_grpc.AuthServiceStub(channel)
+        self.queries = query_pb2_grpc.AssistanceQueryServiceStub(channel)
+        self.audit = audit_pb2_grpc.AuditServiceStub(channel)
+        self.notifications = notification_pb2_grpc.NotificationServiceStub(channel)
+        self.signals = signal_pb2_grpc.SignalServiceStub(channel)
+        self.verifications = verification_pb2_grpc.VerificationServiceStub(channel)
+
+    async def reconnect(self) -> None:
+        """Give up the current connection (calls on it end) and open a new one for the next calls.
+
+        For a connection that still looks open but carries nothing (a stream unacknowledged past
+        its deadline): gRPC keeps using a transport until a keepalive ping fails.
+        """
+        old = self._channel
+        self._bind(self._open())
+        await old.close()
 
     async def __aenter__(self) -> HubClient:
         return self

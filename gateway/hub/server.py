@@ -373,6 +373,8 @@ class HubServer:
                 ("grpc.keepalive_time_ms", 60_000),
                 ("grpc.keepalive_timeout_ms", _KEEPALIVE_TIMEOUT_MS),
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+                # Nodes ping every 20 s while a call is open (gateway/client.py), a silent stream included.
+                ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
                 ("grpc.max_connection_idle_ms", _MAX_CONNECTION_IDLE_MS),
             ],
         )

@@ -29,7 +29,7 @@ import functools
 import json
 import multiprocessing
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -495,6 +495,8 @@ class _Sender:
                 else:
                     await self._stream(head, ingest_done)
         except errors.HutongError as exc:
+            if exc.reason == "ACK_TIMEOUT":
+                await self._client.reconnect()  # the old connection may be dead without knowing it
             # Progress is any acknowledgement during this connection: the time allowed without one
             # (retry_deadline_seconds) starts again from the failure, not from when the stream opened.
             if retryable(exc) and self._progress.batches_acked > acked_before:
@@ -509,10 +511,42 @@ class _Sender:
         await self._call(self._outbox.apply_retire_ack, batch, ack)
         self._progress.batches_acked += 1
 
+    async def _next_ack(
+        self, acks: AsyncIterator[records_pb2.SyncRecordsResponse], sent_at: collections.deque[float]
+    ) -> records_pb2.SyncRecordsResponse | None:
+        """The next acknowledgement, or None at the stream's end.
+
+        A batch in flight must be acknowledged within ``attempt_timeout_seconds`` of being sent,
+        or the stream is given up as UNAVAILABLE ``ACK_TIMEOUT`` and resent on a new connection:
+        a connection the network forgot without a reset (NAT or firewall state lost) would
+        otherwise hold the sync until the kernel's retransmissions give up, a quarter of an hour.
+        While nothing is in flight (the export is still being read) the wait has no limit.
+        """
+        pending = asyncio.ensure_future(anext(acks, None))
+        limit = self._retry.attempt_timeout
+        try:
+            while True:
+                wait = limit - (time.monotonic() - sent_at[0]) if sent_at else limit
+                done, _ = await asyncio.wait({pending}, timeout=max(wait, 0.0))
+                if done:
+                    return pending.result()
+                if sent_at and time.monotonic() - sent_at[0] >= limit:
+                    raise errors.Unavailable(
+                        f"the hub acknowledged nothing for {limit:g} seconds with {len(sent_at)} batches in flight;"
+                        " reconnecting",
+                        reason="ACK_TIMEOUT",
+                    )
+        finally:
+            if not pending.done():
+                pending.cancel()
+                with contextlib.suppress(asyncio.CancelledError, errors.HutongError):
+                    await pending
+
     async def _stream(self, head: Batch, ingest_done: Callable[[], bool]) -> None:
         """Stream sync batches from ``head`` until a retire batch or the end; every sent batch acknowledged."""
         credits = asyncio.Semaphore(self._window)
         in_flight: collections.deque[Batch] = collections.deque()
+        sent_at: collections.deque[float] = collections.deque()  # monotonic send time of each in flight
         after = head.seq - 1
 
         async def requests() -> Any:
@@ -528,15 +562,17 @@ class _Sender:
                 if batch is None or batch.kind != "sync":
                     return
                 in_flight.append(batch)
+                sent_at.append(time.monotonic())
                 after = batch.seq
                 yield batch.request
 
         acks = self._client.sync_serialized(requests())
         try:
-            async for ack in acks:
+            while (ack := await self._next_ack(acks, sent_at)) is not None:
                 if not in_flight:
                     raise errors.StoreError("the hub acknowledged a batch never sent", reason="ACK_UNEXPECTED")
                 batch = in_flight.popleft()
+                sent_at.popleft()
                 if ack.batch_id != batch.batch_id:
                     raise errors.StoreError(
                         f"expected the acknowledgement of {batch.batch_id}, got {ack.batch_id}",

@@ -40,7 +40,7 @@ from gateway.domain.linkage import LinkageModel
 from gateway.domain.model import Outcome, Program
 from gateway.domain.policy import EXCLUSIVE_PROGRAMS, duplicate_programs
 from gateway.domain.records import PreparedBatch, Rejection, Retirement, decide_outcome
-from gateway.errors import FailedPrecondition, StoreError, StoreUnavailable
+from gateway.errors import FailedPrecondition, ResourceExhausted, StoreError, StoreUnavailable
 from gateway.store import tiers, verifications
 from gateway.store.base import (
     AuditFilter,
@@ -154,9 +154,15 @@ def _version_conflict(index: int, item_id: str, version: int) -> Rejection:
 
 
 def _store_error(exc: BaseException, errors: tuple[type[BaseException], ...]) -> BaseException:
-    if isinstance(exc, errors):
-        return StoreError(f"database write failed: {exc}", reason="STORE_WRITE_FAILED")
-    return exc
+    if not isinstance(exc, errors):
+        return exc
+    # SQLite's SQLITE_FULL, PostgreSQL's disk_full (53100): nothing was applied, and the same write
+    # will succeed once space is freed, so the caller is told to retry later, not that it failed.
+    if getattr(exc, "sqlite_errorname", None) == "SQLITE_FULL" or getattr(exc, "sqlstate", None) == "53100":
+        return ResourceExhausted(
+            "the hub's database has no space left; nothing was applied: send it again later", reason="STORE_FULL"
+        )
+    return StoreError(f"database write failed: {exc}", reason="STORE_WRITE_FAILED")
 
 
 def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:

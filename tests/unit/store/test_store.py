@@ -31,8 +31,9 @@ from gateway.domain.records import (
     decode_enrollments,
     unseal_pii,
 )
-from gateway.errors import StoreError
+from gateway.errors import ResourceExhausted, StoreError
 from gateway.store.base import BatchAck, NodeRef
+from gateway.store.sql import _store_error
 from gateway.store.sqlite import SqliteStore
 
 GZ = NodeRef("440000", "gz-01")
@@ -544,6 +545,21 @@ async def test_concurrent_batches_are_committed_together_each_with_its_own_ackno
     assert [a.batch_id for a in acks] == [f"b-{n}" for n in range(8)]
     assert all(outcomes(a) == [Outcome.CREATED] for a in acks)
     assert (await store.sync_state(nodes[0])).records_held == 8
+
+
+def test_a_full_disk_is_a_write_to_send_again_later_not_a_failure(tmp_path: Path) -> None:
+    con = sqlite3.connect(tmp_path / "full.sqlite3")
+    con.execute("PRAGMA max_page_count = 4")  # what a full file system looks like to SQLite: SQLITE_FULL
+    con.execute("CREATE TABLE t (b BLOB)")
+    with pytest.raises(sqlite3.OperationalError) as full:
+        con.execute("INSERT INTO t VALUES (zeroblob(100000))")
+    con.close()
+    error = _store_error(full.value, (sqlite3.Error,))
+    assert isinstance(error, ResourceExhausted)  # RESOURCE_EXHAUSTED: nodes retry it, unlike INTERNAL
+    assert error.reason == "STORE_FULL"
+    other = _store_error(sqlite3.IntegrityError("NOT NULL constraint failed"), (sqlite3.Error,))
+    assert isinstance(other, StoreError)
+    assert other.reason == "STORE_WRITE_FAILED"
 
 
 async def test_a_failing_write_in_a_group_is_rolled_back_alone(store: SqliteStore) -> None:
