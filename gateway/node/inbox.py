@@ -34,6 +34,7 @@ from gateway import errors
 from gateway.client import HubClient
 from gateway.node.config import InboxSettings, NodeConfig
 from gateway.node.sync import retryable
+from gateway.store.sqlite import check_database_file
 from hutong.v1 import notification_pb2
 
 __all__ = ["Inbox", "InboxStatus", "deliver_pending", "run_inbox", "sign_body"]
@@ -82,6 +83,7 @@ class Inbox:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        check_database_file(path)  # 0600: events name the province's persons
         self._con = sqlite3.connect(path, isolation_level=None, timeout=30.0)
         self._con.execute("PRAGMA journal_mode=WAL")
         self._con.execute("PRAGMA synchronous=FULL")

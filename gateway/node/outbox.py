@@ -34,6 +34,7 @@ from typing import Any
 from gateway.domain.model import Household, PersonRecord
 from gateway.errors import ConfigError, StoreError
 from gateway.node.wire import batch_request, content_digest, household_to_proto, record_to_proto
+from gateway.store.sqlite import check_database_file
 from hutong.v1 import node_pb2, person_pb2, records_pb2
 
 __all__ = ["RECORD_OUTCOMES", "Batch", "Outbox", "OutboxStatus", "RunInfo"]
@@ -192,6 +193,7 @@ class Outbox:
         path = Path(path)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            check_database_file(path)  # 0600: the outbox holds the export's records in clear
             con = sqlite3.connect(path, isolation_level=None, timeout=60.0, check_same_thread=False)
             con.execute("PRAGMA journal_mode=WAL")
             con.execute("PRAGMA synchronous=FULL")

@@ -61,6 +61,7 @@ from gateway.domain.verification import (
     item_class_named,
 )
 from gateway.errors import ConfigError, HutongError, InvalidIdNumber
+from gateway.store.sqlite import check_database_file
 from gateway.toml_config import Section
 
 __all__ = [
@@ -536,6 +537,7 @@ class ItemIndex:
     @classmethod
     def open(cls, path: Path) -> ItemIndex:
         """Open (or create) the index at ``path``; an index of another layout is emptied (it is derived data)."""
+        check_database_file(path)  # 0600: the index holds the sources' items of named persons
         try:
             # check_same_thread=False: built in a worker thread at start, then read on the event loop.
             con = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
