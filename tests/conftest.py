@@ -462,3 +462,13 @@ def bearer(client_for: ClientFor) -> Callable[..., Awaitable[tuple[tuple[str, st
         return await client_for(uri, port=port).call_metadata()
 
     return make
+
+
+@pytest.fixture
+def loose_umask() -> Iterator[None]:
+    """The common umask 022, under which SQLite alone would create 0644 files."""
+    previous = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(previous)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,15 +11,7 @@ from gateway.node.inbox import Inbox
 from gateway.node.outbox import Outbox
 from gateway.node.verification import ItemIndex
 
-
-@pytest.fixture(autouse=True)
-def loose_umask() -> Iterator[None]:
-    """The common umask 022, under which SQLite alone would create 0644 files."""
-    previous = os.umask(0o022)
-    try:
-        yield
-    finally:
-        os.umask(previous)
+pytestmark = pytest.mark.usefixtures("loose_umask")
 
 
 def _private(path: Path) -> bool:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,16 +11,6 @@ import structlog
 
 from gateway.audit import AuditEntry
 from gateway.store.sqlite import DATABASE_FILE_MODE, SqliteStore
-
-
-@pytest.fixture
-def loose_umask() -> Iterator[None]:
-    """The common umask 022, under which SQLite alone would create 0644 files."""
-    previous = os.umask(0o022)
-    try:
-        yield
-    finally:
-        os.umask(previous)
 
 
 def _mode(path: Path) -> int:
