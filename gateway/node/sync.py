@@ -549,17 +549,19 @@ class _Sender:
         sent_at: collections.deque[float] = collections.deque()  # monotonic send time of each in flight
         after = head.seq - 1
 
+        ended = False  # the stream is over: gRPC's task feeding it from requests() must stop too
+
         async def requests() -> Any:
             nonlocal after
             while True:
                 await credits.acquire()
-                while True:
+                while not ended:
                     self.wake.clear()
                     batch = await self._call(self._outbox.next_batch, after)
                     if batch is not None or ingest_done():
                         break
                     await _wait(self.wake, 1.0)
-                if batch is None or batch.kind != "sync":
+                if ended or batch is None or batch.kind != "sync":
                     return
                 in_flight.append(batch)
                 sent_at.append(time.monotonic())
@@ -584,6 +586,12 @@ class _Sender:
                 self._progress.batches_acked += 1
                 credits.release()
         finally:
+            # A call that failed by itself leaves gRPC's task that writes the requests waiting in
+            # requests() (grpc.aio cancels it only on cancel()): wake it so that it returns, rather
+            # than being destroyed pending when the loop closes.
+            ended = True
+            credits.release()
+            self.wake.set()
             await acks.aclose()
         if in_flight:
             raise errors.Unavailable(
