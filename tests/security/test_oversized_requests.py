@@ -188,7 +188,7 @@ async def test_a_sync_batch_over_the_receive_limit_ends_the_stream_resource_exha
     entries_of: Callable[..., Any],
     rpc_answer: Callable[..., Any],
 ) -> None:
-    """The stream was open (and authorized) when its message arrived: the hub logs it CANCELLED, nothing applied."""
+    """The stream was open (and authorized) when its message arrived: nothing applied, and the stream is logged."""
     huge = records_pb2.SyncRecordsRequest(batch_id="huge", records=[make_record("r1", name="张" * (_MAX_MESSAGE // 3))])
     stub = records_pb2_grpc.RecordExchangeServiceStub(channels[GZ])
     metadata = (*await bearer(GZ, port=small_hub.port), ("x-request-id", "sync-huge"))
@@ -197,7 +197,10 @@ async def test_a_sync_batch_over_the_receive_limit_ends_the_stream_resource_exha
             pass  # pragma: no cover - no acknowledgement may arrive
     assert rpc_answer(refused.value).code == "RESOURCE_EXHAUSTED"
     (entry,) = await entries_of(small_hub, "sync-huge")
-    assert (entry.batch_id, entry.outcome, dict(entry.counts)) == ("", "CANCELLED", {"batches": 0})
+    # CANCELLED as a rule; now and then OK: grpc ended the stream itself, which the hub sees as a half-close
+    # until grpc.aio cancels the handler (THREAT_MODEL A-R1). Nothing was applied either way.
+    assert (entry.batch_id, dict(entry.counts)) == ("", {"batches": 0})
+    assert entry.outcome in ("CANCELLED", "OK")
     await still_serving(small_hub, channels, bearer)
     state = await records_pb2_grpc.RecordExchangeServiceStub(channels[GZ]).GetSyncState(
         records_pb2.GetSyncStateRequest(), metadata=await bearer(GZ, port=small_hub.port), timeout=5
