@@ -110,6 +110,36 @@ def verify_exchange_log(hub_args: list[str], certs: Path, out: Path, *, known: S
 
 
 @pytest.fixture
+def postgres_hub(tmp_path: Path, fault_certs: Path, hub_process: Callable[..., Any]) -> Callable[[str], Any]:
+    """``await postgres_hub(url)``: ``hutong hub serve`` on the PostgreSQL database at ``url``, migrated and started.
+
+    Its configuration is ``tmp_path/etc/hub.toml`` (what ``hutong audit export --config`` reads afterwards).
+    """
+
+    async def start(url: str) -> Any:
+        hub_toml = tmp_path / "etc" / "hub.toml"
+        hub_toml.parent.mkdir()
+        hub_toml.write_text(
+            f'[hub]\ndata_dir = "{tmp_path / "hub"}"\nprepare_workers = 0\n'
+            f'[tls]\ncert = "{fault_certs / "hub.pem"}"\nkey = "{fault_certs / "hub.key"}"\n'
+            f'ca = "{fault_certs / "ca.pem"}"\n'
+            f'[store]\nurl = "{url}"\n[audit]\ncheckpoint_seconds = 0.2\n',
+            encoding="utf-8",
+        )
+        migrate = await asyncio.create_subprocess_exec(
+            *HUTONG, "hub", "migrate", "--config", str(hub_toml), "--create-keys",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        migrated, _ = await migrate.communicate()
+        assert migrate.returncode == 0, migrated.decode()
+        hub = hub_process("--config", str(hub_toml))
+        await asyncio.to_thread(hub.start)
+        return hub
+
+    return start
+
+
+@pytest.fixture
 def exchange_log_verified() -> Callable[..., list[bytes]]:
     """``exchange_log_verified(hub_args, certs, out, known=[notes])``: export, verify offline, return the entries."""
     return verify_exchange_log

@@ -73,29 +73,13 @@ async def test_every_database_connection_killed_mid_sync_is_reopened_and_the_hub
     dedicated_database: tuple[Any, str, str],
     tmp_path: Path,
     fault_certs: Path,
-    hub_process: Callable[..., Any],
+    postgres_hub: Callable[[str], Any],
     node_config: Callable[..., Path],
     outbox_view: Callable[[Path], Any],
     exchange_log_verified: Callable[..., list[bytes]],
 ) -> None:
     admin, database, url = dedicated_database
-    hub_toml = tmp_path / "etc" / "hub.toml"
-    hub_toml.parent.mkdir()
-    hub_toml.write_text(
-        f'[hub]\ndata_dir = "{tmp_path / "hub"}"\nprepare_workers = 0\n'
-        f'[tls]\ncert = "{fault_certs / "hub.pem"}"\nkey = "{fault_certs / "hub.key"}"\n'
-        f'ca = "{fault_certs / "ca.pem"}"\n'
-        f'[store]\nurl = "{url}"\n[audit]\ncheckpoint_seconds = 0.2\n',
-        encoding="utf-8",
-    )
-    migrate = await asyncio.create_subprocess_exec(
-        *HUTONG, "hub", "migrate", "--config", str(hub_toml), "--create-keys",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    migrated, _ = await migrate.communicate()
-    assert migrate.returncode == 0, migrated.decode()
-    hub = hub_process("--config", str(hub_toml))
-    await asyncio.to_thread(hub.start)
+    hub = await postgres_hub(url)
     config = node_config(tmp_path / "node.toml", fault_certs, f"localhost:{hub.port}")
     export = tmp_path / "export.csv"
     write_guangdong_export(export, range(RECORDS))
@@ -130,7 +114,7 @@ async def test_every_database_connection_killed_mid_sync_is_reopened_and_the_hub
     assert hub.process.poll() is None  # the same hub process throughout
 
     assert hub.stop() == 0, hub.log_path.read_text()[-3000:]
-    entries = exchange_log_verified(["--config", str(hub_toml)], fault_certs, tmp_path / "audit")
+    entries = exchange_log_verified(["--config", str(tmp_path / "etc" / "hub.toml")], fault_certs, tmp_path / "audit")
     applied = collections.Counter(
         e.batch_id for e in map(AuditEntry.decode, entries) if e.batch_id and not e.counts.get("replayed")
     )

@@ -211,29 +211,13 @@ async def test_database_server_restarted_and_crash_restarted_mid_sync_the_hub_re
     own_postgres: PostgresServer,
     tmp_path: Path,
     fault_certs: Path,
-    hub_process: Callable[..., Any],
+    postgres_hub: Callable[[str], Any],
     node_config: Callable[..., Path],
     outbox_view: Callable[[Path], Any],
     exchange_log_verified: Callable[..., list[bytes]],
 ) -> None:
     server = own_postgres
-    hub_toml = tmp_path / "etc" / "hub.toml"
-    hub_toml.parent.mkdir()
-    hub_toml.write_text(
-        f'[hub]\ndata_dir = "{tmp_path / "hub"}"\nprepare_workers = 0\n'
-        f'[tls]\ncert = "{fault_certs / "hub.pem"}"\nkey = "{fault_certs / "hub.key"}"\n'
-        f'ca = "{fault_certs / "ca.pem"}"\n'
-        f'[store]\nurl = "{server.url}"\n[audit]\ncheckpoint_seconds = 0.2\n',
-        encoding="utf-8",
-    )
-    migrate = await asyncio.create_subprocess_exec(
-        *HUTONG, "hub", "migrate", "--config", str(hub_toml), "--create-keys",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    migrated, _ = await migrate.communicate()
-    assert migrate.returncode == 0, migrated.decode()
-    hub = hub_process("--config", str(hub_toml))
-    await asyncio.to_thread(hub.start)
+    hub = await postgres_hub(server.url)
     config = node_config(tmp_path / "node.toml", fault_certs, f"localhost:{hub.port}")
     export = tmp_path / "export.csv"
     write_guangdong_export(export, range(RECORDS))
@@ -296,7 +280,10 @@ async def test_database_server_restarted_and_crash_restarted_mid_sync_the_hub_re
 
     assert hub.stop() == 0, hub.log_path.read_text()[-3000:]
     entries = exchange_log_verified(
-        ["--config", str(hub_toml)], fault_certs, tmp_path / "audit", known=[*seen_before_restart, note_after]
+        ["--config", str(tmp_path / "etc" / "hub.toml")],
+        fault_certs,
+        tmp_path / "audit",
+        known=[*seen_before_restart, note_after],
     )
     assert len(entries) >= size_after
     applied = collections.Counter(
