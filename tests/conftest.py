@@ -10,13 +10,14 @@ import datetime as dt
 import os
 import secrets
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import pytest
 
@@ -178,6 +179,33 @@ def outbox_view() -> Callable[[Path], OutboxView]:
     return OutboxView
 
 
+def missing(reason: str, *, required_by: str) -> NoReturn:
+    """Skip the test for a missing prerequisite, saying what is missing; fail instead where the
+    environment variable ``required_by`` is 1 (``.ci/run`` sets them, so CI never skips these)."""
+    if os.environ.get(required_by) == "1":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def prerequisite() -> Callable[..., NoReturn]:
+    """:func:`missing`, for test modules (which cannot import this conftest)."""
+    return missing
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def free_port() -> Callable[[], int]:
+    """``free_port()``: a loopback port nothing listens on now (bound, then released), for a server
+    that must be told its port (or a node that must be down)."""
+    return _free_port
+
+
 #: The PostgreSQL server tests use; CI sets HUTONG_REQUIRE_POSTGRES=1 so that its absence fails them.
 POSTGRES_URL = os.environ.get("HUTONG_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -230,9 +258,7 @@ def postgres_url(_postgres_schema: tuple[Any, str, str, dict[str, list[tuple[Any
     HUTONG_REQUIRE_POSTGRES=1 (CI), where it fails instead.
     """
     if isinstance(_postgres_schema, str):
-        if os.environ.get("HUTONG_REQUIRE_POSTGRES") == "1":
-            pytest.fail(_postgres_schema)
-        pytest.skip(_postgres_schema)
+        missing(_postgres_schema, required_by="HUTONG_REQUIRE_POSTGRES")
     admin, schema, url, seeds = _postgres_schema
     with admin.transaction():
         admin.execute("SET LOCAL lock_timeout = '10s'")
@@ -253,12 +279,18 @@ def postgres_url(_postgres_schema: tuple[Any, str, str, dict[str, list[tuple[Any
 
 
 @pytest.fixture
+def postgres_server_url(_postgres_schema: tuple[Any, str, str, dict[str, list[tuple[Any, ...]]]] | str) -> str:
+    """The test PostgreSQL server's URL (its ``test`` database), for tests that make databases of their own."""
+    if isinstance(_postgres_schema, str):
+        missing(_postgres_schema, required_by="HUTONG_REQUIRE_POSTGRES")
+    return POSTGRES_URL
+
+
+@pytest.fixture
 def empty_postgres_url(_postgres_schema: tuple[Any, str, str, dict[str, list[tuple[Any, ...]]]] | str) -> Iterator[str]:
     """The URL of a new, empty schema (nothing migrated), for tests of migrating; dropped afterwards."""
     if isinstance(_postgres_schema, str):
-        if os.environ.get("HUTONG_REQUIRE_POSTGRES") == "1":
-            pytest.fail(_postgres_schema)
-        pytest.skip(_postgres_schema)
+        missing(_postgres_schema, required_by="HUTONG_REQUIRE_POSTGRES")
     admin = _postgres_schema[0]
     schema = f"e_{secrets.token_hex(6)}"
     admin.execute(f"CREATE SCHEMA {schema}")

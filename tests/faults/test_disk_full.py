@@ -23,7 +23,7 @@ import sqlite3
 import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -47,18 +47,25 @@ pytestmark = pytest.mark.timeout(180)
 
 
 @pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """An 8 MiB tmpfs mounted at ``tmp_path/disk``; unmounted after the test."""
+def small_disk(tmp_path: Path, prerequisite: Callable[..., NoReturn]) -> Iterator[Path]:
+    """An 8 MiB tmpfs mounted at ``tmp_path/disk``; unmounted after the test.
+
+    Mounting needs root: elsewhere the test skips saying so; CI runs as root and sets
+    HUTONG_REQUIRE_ROOT_TESTS=1, so that there it fails instead of skipping.
+    """
     mount_point = tmp_path / "disk"
     mount_point.mkdir()
     mount, umount = shutil.which("mount"), shutil.which("umount")
     if os.geteuid() != 0 or mount is None or umount is None:
-        pytest.skip("mounting a small tmpfs for the hub's data directory needs root and mount(8)")
+        prerequisite(
+            "mounting a small tmpfs for the hub's data directory needs root and mount(8)",
+            required_by="HUTONG_REQUIRE_ROOT_TESTS",
+        )
     mounted = subprocess.run(
         [mount, "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount_point)], capture_output=True, text=True
     )
     if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+        prerequisite(f"cannot mount a tmpfs here: {mounted.stderr.strip()}", required_by="HUTONG_REQUIRE_ROOT_TESTS")
     try:
         yield mount_point
     finally:

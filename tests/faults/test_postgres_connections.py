@@ -31,7 +31,6 @@ from adapters.samples.synthetic import guangdong_person, write_guangdong_export
 from gateway.audit import AuditEntry
 
 HUTONG = [sys.executable, "-m", "gateway.cli"]
-POSTGRES_URL = os.environ.get("HUTONG_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 RECORDS = int(os.environ.get("HUTONG_FAULT_RECORDS", "3000"))
 #: How many times every connection of the hub is terminated during the sync.
 TERMINATIONS = 3
@@ -40,21 +39,15 @@ pytestmark = [pytest.mark.postgres, pytest.mark.timeout(240)]
 
 
 @pytest.fixture
-def dedicated_database() -> Iterator[tuple[Any, str, str]]:
+def dedicated_database(postgres_server_url: str) -> Iterator[tuple[Any, str, str]]:
     """(admin connection to the server's ``test`` database, the new database's name, its URL); dropped after."""
     import psycopg
 
-    try:
-        admin = psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=3)
-    except psycopg.Error as exc:
-        reason = f"PostgreSQL is not reachable at {POSTGRES_URL} ({str(exc).strip()}); set HUTONG_TEST_POSTGRES_URL"
-        if os.environ.get("HUTONG_REQUIRE_POSTGRES") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
+    admin = psycopg.connect(postgres_server_url, autocommit=True, connect_timeout=3)
     name = f"hutong_fault_{secrets.token_hex(6)}"
     admin.execute(f"CREATE DATABASE {name}")
     try:
-        yield admin, name, urlunsplit(urlsplit(POSTGRES_URL)._replace(path=f"/{name}"))
+        yield admin, name, urlunsplit(urlsplit(postgres_server_url)._replace(path=f"/{name}"))
     finally:
         admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
         admin.close()

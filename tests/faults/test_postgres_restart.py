@@ -31,7 +31,6 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,7 +38,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -148,34 +147,25 @@ def server_binaries() -> Path | str:
     return max(found, key=lambda path: tuple(int(part) for part in path.parent.name.split(".") if part.isdigit()))
 
 
-def free_loopback_port() -> int:
-    """A port on 127.0.0.1 nothing listens on now (bound, then released for the server)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture
-def own_postgres() -> Iterator[PostgresServer]:
+def own_postgres(free_port: Callable[[], int], prerequisite: Callable[..., NoReturn]) -> Iterator[PostgresServer]:
     """A started PostgreSQL server of this test alone; stopped (immediately) and its directory removed after."""
     found = server_binaries()
     if isinstance(found, str):
-        if os.environ.get("HUTONG_REQUIRE_POSTGRES") == "1":
-            pytest.fail(found)
-        pytest.skip(found)
+        prerequisite(found, required_by="HUTONG_REQUIRE_POSTGRES")
     postgres = pwd.getpwnam("postgres")
     # Not under tmp_path: pytest's base directory is 0700 root, which the postgres user cannot traverse.
     base = Path(tempfile.mkdtemp(prefix="hutong-pg-", dir="/tmp"))
     try:
         os.chown(base, postgres.pw_uid, postgres.pw_gid)
-        server = PostgresServer(found, base, free_loopback_port(), shutil.which("runuser") or "/usr/sbin/runuser")
+        server = PostgresServer(found, base, free_port(), shutil.which("runuser") or "/usr/sbin/runuser")
         server.initdb()
         try:
             # The port was free when probed; should something take it before the server binds it, another.
             for _ in range(2):
                 if server.start(check=False):
                     break
-                server.port = free_loopback_port()
+                server.port = free_port()
             else:
                 server.start()
             yield server

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import socket
 import sqlite3
 import threading
 import time
@@ -203,13 +202,6 @@ class ThreadedNode:
         self._thread.join(30)
 
 
-def free_port() -> int:
-    """A loopback port nothing listens on (bound and released at once)."""
-    with closing(socket.socket()) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def directory(*nodes: tuple[str, int]) -> NodeDirectory:
     """A federation directory of (node URI, loopback port) pairs."""
     return NodeDirectory(tuple(NodeAddress(uri, uri.split("/")[3], f"127.0.0.1:{port}") for uri, port in nodes))
@@ -282,6 +274,7 @@ FederationFactory = Callable[..., Awaitable[Federation]]
 
 @pytest.fixture
 def federation(
+    free_port: Callable[[], int],
     details: Details,
     hub_factory: Any,
     node_factory: NodeFactory,
@@ -512,6 +505,7 @@ async def test_a_node_refusing_the_hub_is_a_node_refused_failure_and_is_not_aske
 
 
 async def test_a_node_that_comes_back_within_the_deadline_is_retried_and_answers(
+    free_port: Callable[[], int],
     details: Details,
     hub_factory: Any,
     node_factory: NodeFactory,

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -445,6 +444,7 @@ def test_node_serve_indexes_the_sources_at_start_and_only_changed_ones_at_a_rest
 
 
 async def test_a_hub_verification_gets_real_sources_answers_and_names_the_province_that_is_down(
+    free_port: Callable[[], int],
     demo_pki: DemoPki,
     start_node: NodeStarter,
     hub_factory: Any,
@@ -499,10 +499,3 @@ async def test_a_hub_verification_gets_real_sources_answers_and_names_the_provin
     with closing(sqlite3.connect(sichuan.settings.data_dir / AUDIT_DATABASE)) as con:
         ids = {row[0] for row in con.execute("SELECT entry FROM audit_entries")}
     assert any(json.loads(entry)["request_id"] == leg.answer_id for entry in ids)
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (bound and released at once)."""
-    with closing(socket.socket()) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

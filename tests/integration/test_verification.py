@@ -12,7 +12,6 @@ import contextlib
 import datetime as dt
 import hashlib
 import json
-import socket
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -65,12 +64,6 @@ class Source(node_pb2_grpc.ProvinceNodeServiceServicer):
         if asyncio.iscoroutine(result):
             result = await result
         return result  # type: ignore[no-any-return]
-
-
-def free_port() -> int:
-    with contextlib.closing(socket.socket()) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -185,6 +178,7 @@ async def log_of(hub: HubServer) -> list[AuditEntry]:
 
 
 async def test_a_verification_across_three_provinces_with_one_node_down_reports_who_answered(
+    free_port: Callable[[], int],
     hub_factory: Any,
     tmp_path: Path,
     sources: Callable[[str, Source], Awaitable[int]],

@@ -21,10 +21,10 @@ import os
 import re
 import shutil
 import signal
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import pytest
 
@@ -95,7 +95,9 @@ def console_artifacts(request: pytest.FixtureRequest) -> Path:
 
 
 @pytest.fixture
-def console_browser(_browser_tools: _Tools | str, console_artifacts: Path) -> Browse:
+def console_browser(
+    _browser_tools: _Tools | str, console_artifacts: Path, prerequisite: Callable[..., NoReturn]
+) -> Browse:
     """Drive the console in headless Chromium: ``await console_browser(base_url, steps, certificate=...)``.
 
     Returns the captures by name (see drive.cjs for what each holds); a full-page screenshot of
@@ -103,9 +105,7 @@ def console_browser(_browser_tools: _Tools | str, console_artifacts: Path) -> Br
     the browser fails or takes too long.
     """
     if isinstance(_browser_tools, str):
-        if os.environ.get("HUTONG_REQUIRE_BROWSER") == "1":
-            pytest.fail(_browser_tools)
-        pytest.skip(_browser_tools)
+        prerequisite(_browser_tools, required_by="HUTONG_REQUIRE_BROWSER")
     tools = _browser_tools
 
     async def browse(

@@ -8,10 +8,9 @@ token through the login form and reads every page; screenshots land with the oth
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
-import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +18,6 @@ from gateway.demo.run import DEMO_NODES
 
 #: Seconds the demo may take to reach its console (a few hundred persons per province).
 DEMO_SECONDS = 180
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (bound and released at once)."""
-    with contextlib.closing(socket.socket()) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def read_token(demo: asyncio.subprocess.Process, transcript: list[str]) -> str:
@@ -50,7 +42,9 @@ def nav(path: str) -> dict[str, str]:
     return {"click": f'header nav a[href="{path}"]'}
 
 
-async def test_the_demo_console_shows_the_demos_exchange(tmp_path: Path, console_browser: Any) -> None:
+async def test_the_demo_console_shows_the_demos_exchange(
+    tmp_path: Path, console_browser: Any, free_port: Callable[[], int]
+) -> None:
     port = free_port()
     demo = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway.cli", "demo", "--persons", "200", "--console", str(port),
