@@ -185,6 +185,42 @@ async def test_an_empty_log_is_verified_at_zero_without_a_problem(
     assert store.read == []
 
 
+async def test_a_pass_over_large_entries_reads_them_a_few_at_a_time(
+    store: ReadCountingStore, key: AuditKey, monitor_of: Callable[..., AuditMonitor]
+) -> None:
+    # A SyncRecords batch of 1,000 records names 1,000 person keys: an entry of about 67 kB.
+    # Decoding 100 of them in one go would hold the hub's event loop for about a fifth of a second.
+    big = [
+        dataclasses.replace(
+            audit_entry(n), person_keys=[hashlib.sha256(f"{n}/{k}".encode()).hexdigest() for k in range(1000)]
+        )
+        for n in range(100)
+    ]
+    await store.inner.append_audit(big)
+    await append(store, 2000)  # then small query entries, about 400 bytes each
+    size = await sign(store, key)
+    turns = 0
+
+    async def count_turns() -> None:
+        nonlocal turns
+        while True:
+            await asyncio.sleep(0)
+            turns += 1
+
+    counter = asyncio.create_task(count_turns())
+    try:
+        status = await monitor_of().check()
+    finally:
+        counter.cancel()
+    assert (status.verified_size, status.problem) == (size, None)
+    assert store.read == list(range(size))
+    limits = [limit for _, limit, _ in store.calls]
+    assert limits[0] == 64  # nothing known of the entries yet
+    assert max(limits[1:10]) <= 4  # about 256 kB of 67 kB entries
+    assert max(limits[-3:]) >= 500  # small entries: hundreds at a time again
+    assert turns >= len(store.calls) - 1  # the hub's calls ran between every two chunks
+
+
 async def test_a_signed_checkpoint_is_verified_and_later_ones_read_only_the_new_entries(
     store: ReadCountingStore, key: AuditKey, monitor_of: Callable[..., AuditMonitor]
 ) -> None:
