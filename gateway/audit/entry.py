@@ -44,6 +44,7 @@ _MAX_INT = 2**63 - 1
 #: JSON string encoding without ASCII-escaping: what ``json.dumps(..., ensure_ascii=False)`` uses.
 _string = json.encoder.encode_basestring
 _HEX = re.compile(r"(?:[0-9a-f]{2})+")
+_HEX_LIST = re.compile(r"[0-9a-f,]*")
 _COUNT_NAME = re.compile(r"[a-z][a-z0-9_]*")
 _STATUS_NAME = re.compile(r"[A-Z][A-Z_]*")
 _STRING_FIELDS = (
@@ -58,6 +59,23 @@ _STRING_FIELDS = (
     "batch_id",
 )
 _MEMBERS = frozenset({"v", "time_us", "counts", "person_keys", *_STRING_FIELDS})
+
+
+def _all_hex(keys: tuple[object, ...]) -> bool:
+    """Whether every key is lower-case hex of whole bytes: one pass in C for the lot.
+
+    A batch's entry names a thousand keys; checking them one regex match at a time cost 2 ms an
+    entry, four times the rest of its decoding. False sends the caller to the exact check.
+    """
+    try:
+        joined = ",".join(keys)  # type: ignore[arg-type]  # a key that is not a string raises
+    except TypeError:
+        return False
+    return (
+        joined.count(",") == len(keys) - 1  # no key holds a comma of its own
+        and _HEX_LIST.fullmatch(joined) is not None
+        and not any(n == 0 or n & 1 for n in set(map(len, keys)))  # type: ignore[arg-type]
+    )
 
 
 def _is_int(value: object) -> bool:
@@ -129,11 +147,12 @@ class AuditEntry:
         if isinstance(self.person_keys, (str, bytes)) or not isinstance(self.person_keys, Iterable):
             raise EntryInvalid("person_keys must be a sequence of hex strings", field="person_keys")
         given = tuple(self.person_keys)
-        for position, key in enumerate(given):
-            if not isinstance(key, str) or not _HEX.fullmatch(key):
-                raise EntryInvalid(
-                    "person keys must be lower-case hex", field="person_keys", metadata={"position": str(position)}
-                )
+        if not _all_hex(given):
+            for position, key in enumerate(given):
+                if not isinstance(key, str) or not _HEX.fullmatch(key):
+                    raise EntryInvalid(
+                        "person keys must be lower-case hex", field="person_keys", metadata={"position": str(position)}
+                    )
         keys = tuple(sorted(set(given)))
         object.__setattr__(self, "counts", MappingProxyType(counts))
         object.__setattr__(self, "person_keys", keys)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -120,6 +121,18 @@ def test_invalid_entries_are_refused_naming_the_field(changes: dict[str, Any], f
     with pytest.raises(EntryInvalid) as info:
         _entry(**changes)
     assert info.value.field == field
+
+
+@given(st.lists(st.one_of(st.text(alphabet="0a9fF ,\n", max_size=6), st.integers(0, 9)), max_size=6))
+def test_person_keys_are_accepted_exactly_when_each_is_lower_case_hex_of_whole_bytes(keys: list[Any]) -> None:
+    valid = [isinstance(k, str) and re.fullmatch("(?:[0-9a-f]{2})+", k) is not None for k in keys]
+    if all(valid):
+        assert _entry(person_keys=keys).person_keys == tuple(sorted(set(keys)))
+    else:
+        with pytest.raises(EntryInvalid) as info:
+            _entry(person_keys=keys)
+        assert info.value.field == "person_keys"
+        assert info.value.metadata["position"] == str(valid.index(False))  # the first bad key, by position
 
 
 def test_decode_refuses_non_canonical_bytes() -> None:
