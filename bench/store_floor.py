@@ -1,11 +1,12 @@
-"""The embedded store's floor: what SQLite alone takes, with no hub in front of it.
+"""A store's floor: what the database alone takes, with no hub in front of it.
 
-``sqlite_floor`` writes rows shaped like the hub's own (prepared by the hub's preparer from the
+``store_floor`` writes rows shaped like the hub's own (prepared by the hub's preparer from the
 benchmark's first batch: the same lengths of person key, sealed PII, enrollments and hashes) into
-a fresh database with the hub's schema and the hub's engine settings (WAL, ``synchronous=FULL``,
-the same cache), in batches committed one at a time, the way the hub commits them. Only the
-INSERT and the COMMIT are timed. Every later person key is new random bytes (HMAC output is
-indistinguishable from that), so the person-key index takes random inserts as it does in the hub.
+a database migrated to the hub's schema, through the engine the hub uses (SQLite: WAL,
+``synchronous=FULL``, the same cache; PostgreSQL: COPY), in batches committed one at a time, the
+way the hub commits them. Only the insert and the commit are timed. Every person key is new
+random bytes (HMAC output is indistinguishable from that), so the person-key index takes random
+inserts as it does in the hub.
 
 The figure bounds the hub's ingest from above: whatever the hub does in Python, each record still
 has to go through this.
@@ -19,6 +20,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from gateway.domain.protection import FieldSealer, PersonKeyer, generate_key_material
 from gateway.domain.records import RecordPreparer
@@ -26,7 +28,7 @@ from gateway.hub.preparation import prepare_request
 from gateway.store.sql import RECORD_COLUMNS
 from gateway.store.sqlite import SqliteEngine
 
-__all__ = ["StoreFloor", "sqlite_floor"]
+__all__ = ["StoreFloor", "sqlite_floor", "store_floor"]
 
 
 @dataclass
@@ -59,13 +61,22 @@ def _template(province: str, first_batch: bytes) -> list[tuple[object, ...]]:
 
 
 def sqlite_floor(province: str, first_batch: bytes, rows: int, *, batch: int = 1000, seed: int = 7) -> StoreFloor:
-    """Insert ``rows`` hub-shaped rows into a fresh SQLite store, ``batch`` per committed transaction."""
-    template = _template(province, first_batch)
-    rnd = random.Random(seed)
+    """:func:`store_floor` on a fresh SQLite file with the hub's engine settings."""
     work = Path(tempfile.mkdtemp(prefix="hutong-bench-floor-"))
     try:
-        engine = SqliteEngine(work / "hub.db")  # the hub's defaults: WAL, FULL, the same cache
-        con = engine.connect()
+        return store_floor(SqliteEngine(work / "hub.db"), province, first_batch, rows, batch=batch, seed=seed)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def store_floor(
+    engine: Any, province: str, first_batch: bytes, rows: int, *, batch: int = 1000, seed: int = 7
+) -> StoreFloor:
+    """Insert ``rows`` hub-shaped rows through ``engine`` (an empty database), ``batch`` per committed transaction."""
+    template = _template(province, first_batch)
+    rnd = random.Random(seed)
+    con = engine.connect()
+    try:
         engine.migrate(con)
         elapsed = tail = 0.0
         tail_from = rows - rows // 10
@@ -86,8 +97,7 @@ def sqlite_floor(province: str, first_batch: bytes, rows: int, *, batch: int = 1
             if done >= tail_from:
                 tail += spent
             done += n
-        con.close()
-        tail_rows = rows - tail_from
-        return StoreFloor(rows, elapsed, tail_rows / tail if tail else float("nan"))
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        con.close()
+    tail_rows = rows - tail_from
+    return StoreFloor(rows, elapsed, tail_rows / tail if tail else float("nan"))
