@@ -11,7 +11,11 @@ at the end):
    PostgreSQL (``hutong hub serve --config`` with ``[store] url``) each take the same batches
    from one node over mTLS (at most 4 unacknowledged). Target: >= 50,000 records/s into
    PostgreSQL.
-2. **Lookup at scale.** ``records`` is filled directly with COPY (ID numbers made for the
+2. **PostgreSQL alone.** As many rows shaped like the hub's go into a fresh schema through the
+   hub's own engine (COPY, a committed transaction per 1,000, ``bench/store_floor.py``), with no
+   hub at all; the CPU the server's processes spent is read from ``/proc``. No hub writing
+   through one connection, as the hub's single sequencer does, can ingest faster than that.
+3. **Lookup at scale.** ``records`` is filled directly with COPY (ID numbers made for the
    hub's person-key secret, spread over 31 provinces, so over the partitions) to ``--small``
    persons, a PostgreSQL hub serves ``--calls`` CheckEnrollment calls from 64 concurrent
    callers for persons that exist; then the table grows to ``--large`` persons and the same
@@ -25,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import os
 import secrets
 import shutil
 import sys
@@ -35,6 +40,7 @@ from pathlib import Path
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench_hub import (
     Ingest,
@@ -48,6 +54,7 @@ from bench_hub import (
     token_metadata,
 )
 
+from bench.store_floor import StoreFloor, store_floor
 from gateway.demo.run import spawn_server
 from gateway.domain.identity import make_id_number
 from gateway.domain.linkage import bootstrap_model
@@ -186,6 +193,32 @@ def fill(url: str, data_dir: Path, start: int, end: int) -> float:
     return time.perf_counter() - started
 
 
+def postgres_cpu_seconds() -> float:
+    """User + system CPU time of every PostgreSQL server process on this machine (readable as root or as postgres)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        if "(postgres)" in text:
+            fields = text.rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def run_floor(url: str, first_batch: bytes, rows: int) -> tuple[StoreFloor, float]:
+    """PostgreSQL alone: the floor and the server's CPU per row, in µs."""
+    before = postgres_cpu_seconds()
+    floor = store_floor(PostgresEngine(url), PROVINCE, first_batch, rows)
+    server_us = 1e6 * (postgres_cpu_seconds() - before) / rows
+    print(
+        f"postgresql-alone: {rows:,} rows in {floor.seconds:.1f}s, {floor.rate:,.0f}/s;"
+        f" server CPU {server_us:.1f} µs a row"
+    )
+    return floor, server_us
+
+
 def run_queries(root: Path, name: str, pki: DemoPki, tls: TlsMaterial, url: str, held: int, calls: int) -> Queries:
     hub, port = spawn_server(hub_command(root, name, pki, url), root / f"{name}.port", root / f"{name}.log")
     try:
@@ -214,9 +247,9 @@ def main() -> None:
 
     root = Path(tempfile.mkdtemp(prefix="hutong-bench-pg-"))
     admin = psycopg.connect(args.url, autocommit=True)
-    schemas = [f"bench_{secrets.token_hex(4)}", f"bench_{secrets.token_hex(4)}"]
+    schemas = [f"bench_{secrets.token_hex(4)}" for _ in range(3)]
     separator = "&" if "?" in args.url else "?"
-    ingest_url, scale_url = (f"{args.url}{separator}options=-csearch_path%3D{s}" for s in schemas)
+    ingest_url, scale_url, floor_url = (f"{args.url}{separator}options=-csearch_path%3D{s}" for s in schemas)
     try:
         for schema in schemas:
             admin.execute(f"CREATE SCHEMA {schema}")
@@ -227,6 +260,7 @@ def main() -> None:
         print(f"prepared {args.records:,} records in {len(batches):,} batches in {time.perf_counter() - t:.1f}s")
         sqlite = run_ingest(root, "sqlite-hub", pki, tls, batches, None)
         postgres = run_ingest(root, "postgresql-hub", pki, tls, batches, ingest_url)
+        floor, server_us = run_floor(floor_url, batches[0], args.records)
 
         engine = PostgresEngine(scale_url)
         con = engine.connect()
@@ -256,6 +290,15 @@ def main() -> None:
     print(
         f"{'ingest into PostgreSQL (records/s)':<44}{postgres.rate:>14,.0f}{sqlite.rate:>14,.0f}"
         f"  {postgres.rate / sqlite.rate:>7.2f}  >= 50,000 records/s (baseline: the SQLite hub)"
+    )
+    print(
+        f"{'PostgreSQL alone, no hub (records/s)':<44}{floor.rate:>14,.0f}{postgres.rate:>14,.0f}"
+        f"  {floor.rate / postgres.rate:>7.2f}  (baseline: the PostgreSQL hub); tail {floor.tail_rate:,.0f}/s"
+    )
+    budget = 1e6 * (os.cpu_count() or 1) / 50_000
+    print(
+        f"{'PostgreSQL server CPU per row (µs)':<44}{server_us:>14.1f}{budget:>14.1f}  {server_us / budget:>7.2f}"
+        f"  (baseline: all the CPU per record that 50,000 records/s leaves on {os.cpu_count()} CPUs)"
     )
     print(
         f"{f'CheckEnrollment p99 at {args.large:,} (ms)':<44}{large.pct(99):>14.2f}{small.pct(99):>14.2f}"
