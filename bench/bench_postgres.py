@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import os
 import secrets
@@ -196,14 +197,10 @@ def fill(url: str, data_dir: Path, start: int, end: int) -> float:
 def postgres_cpu_seconds() -> float:
     """User + system CPU time of every PostgreSQL server process on this machine (readable as root or as postgres)."""
     total = 0.0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        if "(postgres)" in text:
-            fields = text.rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        with contextlib.suppress(OSError):  # a process that ended meanwhile
+            if comm.read_text().strip() == "postgres":
+                total += cpu_seconds(int(comm.parent.name))
     return total
 
 

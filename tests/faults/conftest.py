@@ -24,6 +24,10 @@ from typing import Any
 
 import pytest
 
+from gateway import errors
+from gateway.audit import verify_binding, verify_checkpoint
+from gateway.client import HubClient
+
 HUTONG = [sys.executable, "-m", "gateway.cli"]
 ROOT = Path(__file__).resolve().parents[2]
 PROFILE = ROOT / "adapters" / "profiles" / "guangdong-440000.toml"
@@ -143,6 +147,29 @@ def postgres_hub(tmp_path: Path, fault_certs: Path, hub_process: Callable[..., A
 def exchange_log_verified() -> Callable[..., list[bytes]]:
     """``exchange_log_verified(hub_args, certs, out, known=[notes])``: export, verify offline, return the entries."""
     return verify_exchange_log
+
+
+async def newest_signed_checkpoint(
+    client: HubClient, certs: Path, *, at_least: int = 0, wait: float = 60.0
+) -> tuple[str, int]:
+    """The newest signed checkpoint note covering ``at_least`` entries (signature checked against the CA); its size."""
+    async with asyncio.timeout(wait):
+        while True:
+            with contextlib.suppress(errors.FailedPrecondition):  # NO_CHECKPOINT yet
+                head = await client.get_checkpoint()
+                if head.tree_size >= at_least:
+                    break
+            await asyncio.sleep(0.05)
+    verifier = verify_binding(head.key_binding, (certs / "ca.pem").read_bytes()).verifier
+    signed = verify_checkpoint(head.checkpoint, verifier.name, verifier.public_key)
+    assert (signed.size, signed.root_hash) == (head.tree_size, head.root_hash)
+    return head.checkpoint, head.tree_size
+
+
+@pytest.fixture
+def signed_checkpoint() -> Callable[..., Coroutine[Any, Any, tuple[str, int]]]:
+    """``await signed_checkpoint(client, certs, at_least=n, wait=s)``: (note, size) of the newest checkpoint."""
+    return newest_signed_checkpoint
 
 
 # -- the fault proxy ---------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ import signal
 import sqlite3
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ import grpc
 import pytest
 
 from gateway import errors
-from gateway.audit import AuditEntry, verify_binding, verify_checkpoint
+from gateway.audit import AuditEntry
 from gateway.client import HubClient, RetryConfig
 from gateway.domain.model import Outcome
 from gateway.rpc_status import REQUEST_ID_KEY
@@ -139,21 +139,6 @@ async def sync_one(client: HubClient, request: records_pb2.SyncRecordsRequest) -
     return ack
 
 
-async def signed_checkpoint(world: World, client: HubClient, *, at_least: int = 0) -> str:
-    """The newest signed checkpoint note covering ``at_least`` entries, its signature checked against the CA."""
-    async with asyncio.timeout(WAIT_SECONDS):
-        while True:
-            with contextlib.suppress(errors.FailedPrecondition):  # NO_CHECKPOINT yet
-                head = await client.get_checkpoint()
-                if head.tree_size >= at_least:
-                    break
-            await asyncio.sleep(0.05)
-    verifier = verify_binding(head.key_binding, (world.certs / "ca.pem").read_bytes()).verifier
-    signed = verify_checkpoint(head.checkpoint, verifier.name, verifier.public_key)
-    assert (signed.size, signed.root_hash) == (head.tree_size, head.root_hash)
-    return head.checkpoint
-
-
 # -- audit appends ----------------------------------------------------------------------------------
 
 
@@ -175,12 +160,17 @@ class Traffic:
 
 
 async def traffic_until_killed(
-    world: World, traffic: Traffic, round_: int, make_record: Callable[..., person_pb2.PersonRecord]
+    world: World,
+    traffic: Traffic,
+    round_: int,
+    make_record: Callable[..., person_pb2.PersonRecord],
+    signed_checkpoint: Callable[..., Coroutine[Any, Any, tuple[str, int]]],
 ) -> None:
     """Six query workers and two batch workers until the hub, killed after CALLS_PER_ROUND answers, fails them."""
     gd, ha = world.client(GD), world.client(HA)
     metadata = {GD: await gd.call_metadata(), HA: await ha.call_metadata()}
-    traffic.seen_before_kill.append(await signed_checkpoint(world, gd))
+    note, _size = await signed_checkpoint(gd, world.certs, wait=WAIT_SECONDS)
+    traffic.seen_before_kill.append(note)
     target = traffic.answered + CALLS_PER_ROUND
     killed = asyncio.Event()
     question = query_pb2.CheckEnrollmentRequest(
@@ -234,11 +224,12 @@ async def test_the_hub_killed_during_audit_appends_keeps_every_answered_call_and
     make_record: Callable[..., person_pb2.PersonRecord],
     id_number_of: Callable[..., str],
     exchange_log_verified: Callable[..., list[bytes]],
+    signed_checkpoint: Callable[..., Coroutine[Any, Any, tuple[str, int]]],
 ) -> None:
     traffic = Traffic(asked=id_number_of("440000"))
     recovery: list[float] = []
     for round_ in range(KILLS):
-        await traffic_until_killed(world, traffic, round_, make_record)
+        await traffic_until_killed(world, traffic, round_, make_record, signed_checkpoint)
         killed_at = time.monotonic()
         await asyncio.to_thread(world.hub.start)
         await world.client(GD).get_sync_state()  # answering again

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import glob
 import os
 import pwd
@@ -35,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -43,8 +42,7 @@ from typing import Any, NoReturn
 import pytest
 
 from adapters.samples.synthetic import guangdong_person, write_guangdong_export
-from gateway import errors
-from gateway.audit import AuditEntry, verify_binding, verify_checkpoint
+from gateway.audit import AuditEntry
 from gateway.client import HubClient, RetryConfig
 from pki import TlsMaterial
 
@@ -182,21 +180,6 @@ def client_as(certs: Path, port: int, node: str = "440000-gd-gz-01") -> HubClien
     return HubClient(f"localhost:{port}", tls=tls, retry=RETRY)
 
 
-async def signed_checkpoint(client: HubClient, certs: Path, *, at_least: int = 1) -> tuple[str, int]:
-    """The newest signed checkpoint note covering at least ``at_least`` entries (signature checked); its size."""
-    async with asyncio.timeout(WAIT_SECONDS):
-        while True:
-            with contextlib.suppress(errors.FailedPrecondition):  # NO_CHECKPOINT yet
-                head = await client.get_checkpoint()
-                if head.tree_size >= at_least:
-                    break
-            await asyncio.sleep(0.05)
-    verifier = verify_binding(head.key_binding, (certs / "ca.pem").read_bytes()).verifier
-    signed = verify_checkpoint(head.checkpoint, verifier.name, verifier.public_key)
-    assert (signed.size, signed.root_hash) == (head.tree_size, head.root_hash)
-    return head.checkpoint, head.tree_size
-
-
 async def test_database_server_restarted_and_crash_restarted_mid_sync_the_hub_recovers_and_holds_each_record_once(
     own_postgres: PostgresServer,
     tmp_path: Path,
@@ -205,6 +188,7 @@ async def test_database_server_restarted_and_crash_restarted_mid_sync_the_hub_re
     node_config: Callable[..., Path],
     outbox_view: Callable[[Path], Any],
     exchange_log_verified: Callable[..., list[bytes]],
+    signed_checkpoint: Callable[..., Coroutine[Any, Any, tuple[str, int]]],
 ) -> None:
     server = own_postgres
     hub = await postgres_hub(server.url)
@@ -229,7 +213,7 @@ async def test_database_server_restarted_and_crash_restarted_mid_sync_the_hub_re
                 while outbox.progress()[1] < int(batches * share):
                     assert node.returncode is None, log.read_text()[-3000:]
                     await asyncio.sleep(0.01)
-                note, _size = await signed_checkpoint(gd, fault_certs)
+                note, _size = await signed_checkpoint(gd, fault_certs, at_least=1, wait=WAIT_SECONDS)
                 seen_before_restart.append(note)
                 acked_at_restart = outbox.progress()[1]
                 assert acked_at_restart < batches, "the sync ended before the restart: raise HUTONG_FAULT_RECORDS"
@@ -264,7 +248,7 @@ async def test_database_server_restarted_and_crash_restarted_mid_sync_the_hub_re
         assert hub.process.poll() is None
         await gd.get_sync_state()
         written = outbox.progress()[0]
-        note_after, size_after = await signed_checkpoint(gd, fault_certs, at_least=written)
+        note_after, size_after = await signed_checkpoint(gd, fault_certs, at_least=written, wait=WAIT_SECONDS)
     finally:
         await gd.close()
 
